@@ -1,0 +1,109 @@
+//! Command-line parsing and dispatch. Each command lives in its own file.
+
+mod acquire;
+mod bench;
+mod demo;
+mod status;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use torn_quota::{RateLimitConfig, TornUserId};
+
+/// Share each Torn player's API quota exactly across every process of a tool.
+#[derive(Debug, Parser)]
+#[command(name = "torn-quota", version, about)]
+struct Cli {
+    /// A TOML file of settings (keys are the environment names); the environment wins.
+    #[arg(long, global = true, env = "TORN_QUOTA_CONFIG")]
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Several workers race for one user's quota; the limit holds (Redis if it answers,
+    /// else in memory).
+    Demo(demo::Args),
+    /// One decision for a Torn user id. Exit 0 granted, 1 refused, 2 error.
+    Acquire(acquire::Args),
+    /// The bucket of a Torn user id now, without consuming anything.
+    Status(status::Args),
+    /// Set or clear one user's limit at run time, for every process at once.
+    SetLimit(status::SetLimitArgs),
+    /// Decisions per second against Redis, beside a no-op EVALSHA at the same concurrency.
+    Bench(bench::Args),
+}
+
+/// Parses arguments, runs the command, and maps failures to exit code 2 with the error
+/// chain on stderr.
+pub(crate) fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Demo(args) => demo::run(cli.config.as_deref(), args).await,
+            Command::Acquire(args) => acquire::run(load_config(cli.config.as_deref())?, args).await,
+            Command::Status(args) => status::run(load_config(cli.config.as_deref())?, args).await,
+            Command::SetLimit(args) => {
+                status::set_limit(load_config(cli.config.as_deref())?, args).await
+            }
+            Command::Bench(args) => bench::run(load_config(cli.config.as_deref())?, args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            report(&*e);
+            ExitCode::from(2)
+        }
+    }
+}
+
+pub(crate) type CliResult = Result<ExitCode, Box<dyn std::error::Error + Send + Sync>>;
+
+pub(crate) fn load_config(
+    file: Option<&std::path::Path>,
+) -> Result<RateLimitConfig, torn_quota::Error> {
+    RateLimitConfig::from_sources(file, |name| std::env::var(name).ok())
+}
+
+/// Prints an error and its causes, one per line, on stderr.
+fn report(e: &(dyn std::error::Error + 'static)) {
+    eprintln!("error: {e}");
+    let mut source = e.source();
+    while let Some(cause) = source {
+        eprintln!("  caused by: {cause}");
+        source = cause.source();
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Parses a Torn user id argument.
+pub(crate) fn user_id(raw: &str) -> Result<TornUserId, String> {
+    raw.parse()
+        .map_err(|_| format!("'{raw}' is not a Torn user id (a positive integer)"))
+}
+
+/// Writes one JSON object as a line on stdout.
+pub(crate) fn emit(value: &serde_json::Value) {
+    println!("{value}");
+}

@@ -1,0 +1,45 @@
+//! # torn-quota
+//!
+//! Torn City limits each player to 100 API requests per rolling minute across all of their
+//! keys. torn-quota lets every process of a tool share that quota exactly: an atomic Lua
+//! script in Redis keeps a rolling log per Torn user id, so in every interval of one window
+//! at most the limit is granted, however many workers ask at once, and a bucket asked often
+//! enough gets the whole limit.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), torn_quota::Error> {
+//! use torn_quota::{Limiter, RateLimitConfig, TornUserId};
+//!
+//! let limiter = Limiter::redis(RateLimitConfig::from_env()?)?;
+//! let grant = limiter.acquire(TornUserId::new(4), 1).await?; // waits when the window is full
+//! // ... call Torn; if the call was never sent:
+//! limiter.refund(&grant).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! The scripts live in `lua/` with their KEYS/ARGV/reply contract in each header, so other
+//! languages can call them too. The [`Limiter`] also runs [in memory](Limiter::in_memory)
+//! with identical semantics, for one process and for tests.
+
+pub mod error;
+pub mod limiter;
+
+pub use error::{Error, Result};
+pub use limiter::{
+    BucketKeys, Clock, Decision, Grant, KeyBuilder, Limiter, ManualClock, Mode, OnRedisDown,
+    Priority, RateLimitConfig, RateLimitConfigBuilder, Request, Status, SystemClock, TornUserId,
+    Wait,
+};
+
+/// The Lua scripts, as shipped in `lua/`, for callers in other languages or tools that load
+/// them themselves.
+pub mod lua {
+    /// `lua/acquire.lua`: take units from a bucket.
+    pub const ACQUIRE: &str = include_str!("../lua/acquire.lua");
+    /// `lua/status.lua`: read a bucket.
+    pub const STATUS: &str = include_str!("../lua/status.lua");
+    /// `lua/penalize.lua`: mark a bucket full for a while.
+    pub const PENALIZE: &str = include_str!("../lua/penalize.lua");
+    /// `lua/refund.lua`: give back a grant never sent.
+    pub const REFUND: &str = include_str!("../lua/refund.lua");
+}

@@ -1,0 +1,647 @@
+//! [`RateLimitConfig`]: what the limiter enforces and how it reaches Redis, validated once at
+//! start so that a bad value is a clear error naming its setting, never a surprise later.
+
+use std::collections::{BTreeMap, HashMap};
+use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
+use std::path::Path;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::limiter::TornUserId;
+
+/// What the limiter does when Redis cannot be reached or does not answer in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum OnRedisDown {
+    /// Return [`Error::Unavailable`] (or [`Error::Timeout`]) at once. The default: a caller
+    /// that cannot reach the shared count should not guess.
+    #[default]
+    FailFast,
+    /// Decide in this process with a local limiter at `limit / workers` per window, so that
+    /// `workers` processes deciding alone still stay under the shared limit together. Every
+    /// such decision says [`degraded`](crate::Decision::is_degraded), and a log line marks
+    /// the start and end of the degraded spell.
+    LocalFallback {
+        /// How many processes share each user's quota when Redis is gone.
+        workers: NonZeroU32,
+    },
+}
+
+/// Which limiter governs `acquire` calls (`TORN_QUOTA_MODE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Mode {
+    /// The legacy per-key limiter (50 per minute per key hash, in PostgreSQL).
+    Legacy,
+    /// Legacy enforces; the per-user limiter decides beside it and disagreements are counted.
+    Shadow,
+    /// The per-user limiter in Redis. The default.
+    #[default]
+    PerUser,
+}
+
+impl Mode {
+    /// The mode's name as written in `TORN_QUOTA_MODE` and in `enforced_by`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Legacy => "legacy",
+            Self::Shadow => "shadow",
+            Self::PerUser => "per-user",
+        }
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "legacy" => Ok(Self::Legacy),
+            "shadow" => Ok(Self::Shadow),
+            "per-user" => Ok(Self::PerUser),
+            other => Err(invalid(
+                "TORN_QUOTA_MODE",
+                format!("expected legacy, shadow or per-user, got '{other}'"),
+            )),
+        }
+    }
+}
+
+/// The limiter's configuration. Build it with [`RateLimitConfig::builder`] or read it with
+/// [`RateLimitConfig::from_env`]; both validate, so an instance is always usable.
+///
+/// ```
+/// use std::num::NonZeroU32;
+/// use std::time::Duration;
+/// use torn_quota::RateLimitConfig;
+///
+/// let config = RateLimitConfig::builder()
+///     .limit(NonZeroU32::new(20).unwrap())
+///     .window(Duration::from_millis(500))
+///     .key_prefix("my-app")
+///     .build()?;
+/// assert_eq!(config.window(), Duration::from_millis(500));
+/// # Ok::<(), torn_quota::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct RateLimitConfig {
+    limit: NonZeroU32,
+    window_ms: NonZeroU64,
+    user_limits: HashMap<TornUserId, NonZeroU32>,
+    key_prefix: String,
+    log_decisions: bool,
+    cleanup_interval: Duration,
+    redis_url: String,
+    connect_timeout: Duration,
+    command_timeout: Duration,
+    reconnect_interval: Duration,
+    connections: NonZeroUsize,
+    on_redis_down: OnRedisDown,
+    low_priority_reserve: u32,
+    mode: Mode,
+}
+
+impl Default for RateLimitConfig {
+    /// Torn's own limit: 100 per 60 000 ms, Redis on localhost, fail fast.
+    fn default() -> Self {
+        Self {
+            limit: NonZeroU32::new(100).expect("100 is not zero"),
+            window_ms: NonZeroU64::new(60_000).expect("60000 is not zero"),
+            user_limits: HashMap::new(),
+            key_prefix: "tq".to_owned(),
+            log_decisions: false,
+            cleanup_interval: Duration::from_secs(60),
+            redis_url: "redis://127.0.0.1:6379".to_owned(),
+            connect_timeout: Duration::from_millis(500),
+            command_timeout: Duration::from_millis(500),
+            reconnect_interval: Duration::from_secs(1),
+            connections: NonZeroUsize::new(2).expect("2 is not zero"),
+            on_redis_down: OnRedisDown::FailFast,
+            low_priority_reserve: 0,
+            mode: Mode::PerUser,
+        }
+    }
+}
+
+impl RateLimitConfig {
+    /// A builder starting from the defaults.
+    #[must_use]
+    pub fn builder() -> RateLimitConfigBuilder {
+        let config = Self::default();
+        RateLimitConfigBuilder {
+            window_ms: config.window_ms.get(),
+            config,
+        }
+    }
+
+    /// Reads the process environment, and the TOML file named by `TORN_QUOTA_CONFIG` when set.
+    /// Environment values win over the file's.
+    pub fn from_env() -> Result<Self> {
+        let file = std::env::var("TORN_QUOTA_CONFIG").ok();
+        Self::from_sources(file.as_deref().map(Path::new), |name| {
+            std::env::var(name).ok()
+        })
+    }
+
+    /// Reads settings from an optional TOML file (keys are the environment names, e.g.
+    /// `TORN_QUOTA_LIMIT = 100`) and then from `env`, which wins. `env` is injected so tests
+    /// and embedding programs control it.
+    pub fn from_sources(
+        file: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self> {
+        let mut values = match file {
+            Some(path) => read_toml(path)?,
+            None => BTreeMap::new(),
+        };
+        for name in SETTINGS {
+            if let Some(value) = env(name) {
+                values.insert((*name).to_owned(), value);
+            }
+        }
+        let mut b = Self::builder();
+        let get = |name: &str| values.get(name).map(|v| v.trim().to_owned());
+        if let Some(v) = get("REDIS_URL") {
+            b = b.redis_url(v);
+        }
+        if let Some(v) = get("TORN_QUOTA_LIMIT") {
+            b = b.limit(parse(&v, "TORN_QUOTA_LIMIT")?);
+        }
+        if let Some(v) = get("TORN_QUOTA_WINDOW_MS") {
+            let ms: NonZeroU64 = parse(&v, "TORN_QUOTA_WINDOW_MS")?;
+            b = b.window(Duration::from_millis(ms.get()));
+        }
+        if let Some(v) = get("TORN_QUOTA_USER_LIMITS") {
+            for (user, limit) in parse_user_limits(&v)? {
+                b = b.user_limit(user, limit);
+            }
+        }
+        if let Some(v) = get("TORN_QUOTA_KEY_PREFIX") {
+            b = b.key_prefix(v);
+        }
+        if let Some(v) = get("TORN_QUOTA_LOG_DECISIONS") {
+            b = b.log_decisions(parse_bool(&v, "TORN_QUOTA_LOG_DECISIONS")?);
+        }
+        if let Some(v) = get("TORN_QUOTA_CLEANUP_INTERVAL_MS") {
+            b = b.cleanup_interval(millis(&v, "TORN_QUOTA_CLEANUP_INTERVAL_MS")?);
+        }
+        if let Some(v) = get("TORN_QUOTA_REDIS_CONNECT_TIMEOUT_MS") {
+            b = b.connect_timeout(millis(&v, "TORN_QUOTA_REDIS_CONNECT_TIMEOUT_MS")?);
+        }
+        if let Some(v) = get("TORN_QUOTA_REDIS_COMMAND_TIMEOUT_MS") {
+            b = b.command_timeout(millis(&v, "TORN_QUOTA_REDIS_COMMAND_TIMEOUT_MS")?);
+        }
+        if let Some(v) = get("TORN_QUOTA_RECONNECT_INTERVAL_MS") {
+            b = b.reconnect_interval(millis(&v, "TORN_QUOTA_RECONNECT_INTERVAL_MS")?);
+        }
+        if let Some(v) = get("TORN_QUOTA_REDIS_CONNECTIONS") {
+            b = b.connections(parse(&v, "TORN_QUOTA_REDIS_CONNECTIONS")?);
+        }
+        if let Some(v) = get("TORN_QUOTA_RESERVE") {
+            b = b.low_priority_reserve(parse(&v, "TORN_QUOTA_RESERVE")?);
+        }
+        if let Some(v) = get("TORN_QUOTA_MODE") {
+            b = b.mode(v.parse()?);
+        }
+        let policy = get("TORN_QUOTA_ON_REDIS_DOWN");
+        let workers = get("TORN_QUOTA_WORKERS");
+        match policy.as_deref() {
+            None | Some("fail") => {}
+            Some("local") => {
+                let workers = match workers {
+                    Some(w) => parse(&w, "TORN_QUOTA_WORKERS")?,
+                    None => {
+                        return Err(invalid(
+                            "TORN_QUOTA_WORKERS",
+                            "required when TORN_QUOTA_ON_REDIS_DOWN=local: how many processes \
+                             share each user's quota"
+                                .into(),
+                        ));
+                    }
+                };
+                b = b.on_redis_down(OnRedisDown::LocalFallback { workers });
+            }
+            Some(other) => {
+                return Err(invalid(
+                    "TORN_QUOTA_ON_REDIS_DOWN",
+                    format!("expected fail or local, got '{other}'"),
+                ));
+            }
+        }
+        b.build()
+    }
+
+    /// Units admitted per window for users without an override.
+    pub fn limit(&self) -> NonZeroU32 {
+        self.limit
+    }
+    /// The rolling window's length.
+    pub fn window(&self) -> Duration {
+        Duration::from_millis(self.window_ms.get())
+    }
+    /// The window in milliseconds, as the Lua scripts take it.
+    pub fn window_ms(&self) -> u64 {
+        self.window_ms.get()
+    }
+    /// The limit configured for `user` (its override, else the default). A run-time
+    /// override set with [`Limiter::set_user_limit`](crate::Limiter::set_user_limit) wins
+    /// over this.
+    pub fn limit_for(&self, user: TornUserId) -> NonZeroU32 {
+        self.user_limits.get(&user).copied().unwrap_or(self.limit)
+    }
+    /// The prefix of every Redis key.
+    pub fn key_prefix(&self) -> &str {
+        &self.key_prefix
+    }
+    /// Whether every decision is logged (at `info`).
+    pub fn log_decisions(&self) -> bool {
+        self.log_decisions
+    }
+    /// How often the in-memory backend sweeps idle buckets.
+    pub fn cleanup_interval(&self) -> Duration {
+        self.cleanup_interval
+    }
+    /// The Redis URL.
+    pub fn redis_url(&self) -> &str {
+        &self.redis_url
+    }
+    /// Time allowed to open a Redis connection.
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+    /// Time allowed for one Redis command.
+    pub fn command_timeout(&self) -> Duration {
+        self.command_timeout
+    }
+    /// After Redis failed, how long calls skip it before trying again.
+    pub fn reconnect_interval(&self) -> Duration {
+        self.reconnect_interval
+    }
+    /// Multiplexed Redis connections shared by all calls.
+    pub fn connections(&self) -> NonZeroUsize {
+        self.connections
+    }
+    /// The policy when Redis is unreachable.
+    pub fn on_redis_down(&self) -> OnRedisDown {
+        self.on_redis_down
+    }
+    /// Units a [`Priority::Low`](crate::Priority::Low) call must leave to others.
+    pub fn low_priority_reserve(&self) -> u32 {
+        self.low_priority_reserve
+    }
+    /// Which limiter enforces.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+}
+
+/// Builds a [`RateLimitConfig`]; [`build`](Self::build) validates.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct RateLimitConfigBuilder {
+    config: RateLimitConfig,
+    window_ms: u64,
+}
+
+impl RateLimitConfigBuilder {
+    /// Units admitted per window (default 100).
+    pub fn limit(mut self, limit: NonZeroU32) -> Self {
+        self.config.limit = limit;
+        self
+    }
+    /// The window's length (default 60 s); whole milliseconds, at least 1.
+    pub fn window(mut self, window: Duration) -> Self {
+        self.window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+        self
+    }
+    /// One user's limit, instead of the default.
+    pub fn user_limit(mut self, user: TornUserId, limit: NonZeroU32) -> Self {
+        self.config.user_limits.insert(user, limit);
+        self
+    }
+    /// The prefix of every Redis key (default `tq`), so several apps or tests share a Redis.
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.config.key_prefix = prefix.into();
+        self
+    }
+    /// Log every decision at `info` (default off).
+    pub fn log_decisions(mut self, on: bool) -> Self {
+        self.config.log_decisions = on;
+        self
+    }
+    /// How often the in-memory backend sweeps idle buckets (default 60 s).
+    pub fn cleanup_interval(mut self, every: Duration) -> Self {
+        self.config.cleanup_interval = every;
+        self
+    }
+    /// The Redis URL (default `redis://127.0.0.1:6379`).
+    pub fn redis_url(mut self, url: impl Into<String>) -> Self {
+        self.config.redis_url = url.into();
+        self
+    }
+    /// Time allowed to open a connection (default 500 ms).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.config.connect_timeout = timeout;
+        self
+    }
+    /// Time allowed for one command (default 500 ms).
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.config.command_timeout = timeout;
+        self
+    }
+    /// After a Redis failure, how long calls skip Redis before trying it again (default 1 s).
+    pub fn reconnect_interval(mut self, every: Duration) -> Self {
+        self.config.reconnect_interval = every;
+        self
+    }
+    /// Multiplexed connections shared by all calls (default 2). Each pipelines every call in
+    /// flight on it, so a few are enough for thousands of concurrent callers.
+    pub fn connections(mut self, n: NonZeroUsize) -> Self {
+        self.config.connections = n;
+        self
+    }
+    /// What to do when Redis is unreachable (default [`OnRedisDown::FailFast`]).
+    pub fn on_redis_down(mut self, policy: OnRedisDown) -> Self {
+        self.config.on_redis_down = policy;
+        self
+    }
+    /// Units a low-priority call must leave to others (default 0).
+    pub fn low_priority_reserve(mut self, reserve: u32) -> Self {
+        self.config.low_priority_reserve = reserve;
+        self
+    }
+    /// Which limiter enforces (default per-user).
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.config.mode = mode;
+        self
+    }
+
+    /// Validates and returns the configuration.
+    pub fn build(self) -> Result<RateLimitConfig> {
+        let mut c = self.config;
+        c.window_ms = NonZeroU64::new(self.window_ms).ok_or_else(|| {
+            invalid("TORN_QUOTA_WINDOW_MS", "must be at least 1 millisecond".into())
+        })?;
+        validate_redis_url(&c.redis_url)?;
+        if c.key_prefix.is_empty() || c.key_prefix.contains(['{', '}', ' ']) {
+            return Err(invalid(
+                "TORN_QUOTA_KEY_PREFIX",
+                format!(
+                    "must be non-empty without braces or spaces (braces would break the hash \
+                     tag), got '{}'",
+                    c.key_prefix
+                ),
+            ));
+        }
+        for (name, d) in [
+            ("TORN_QUOTA_REDIS_CONNECT_TIMEOUT_MS", c.connect_timeout),
+            ("TORN_QUOTA_REDIS_COMMAND_TIMEOUT_MS", c.command_timeout),
+            ("TORN_QUOTA_CLEANUP_INTERVAL_MS", c.cleanup_interval),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(name, "must be at least 1 millisecond".into()));
+            }
+        }
+        if c.low_priority_reserve >= c.limit.get() {
+            return Err(invalid(
+                "TORN_QUOTA_RESERVE",
+                format!(
+                    "must be below the limit {} so that low-priority calls can ever run, got {}",
+                    c.limit, c.low_priority_reserve
+                ),
+            ));
+        }
+        Ok(c)
+    }
+}
+
+/// Every setting's name, in the environment and in the TOML file.
+pub const SETTINGS: &[&str] = &[
+    "REDIS_URL",
+    "TORN_QUOTA_LIMIT",
+    "TORN_QUOTA_WINDOW_MS",
+    "TORN_QUOTA_USER_LIMITS",
+    "TORN_QUOTA_KEY_PREFIX",
+    "TORN_QUOTA_LOG_DECISIONS",
+    "TORN_QUOTA_CLEANUP_INTERVAL_MS",
+    "TORN_QUOTA_REDIS_CONNECT_TIMEOUT_MS",
+    "TORN_QUOTA_REDIS_COMMAND_TIMEOUT_MS",
+    "TORN_QUOTA_RECONNECT_INTERVAL_MS",
+    "TORN_QUOTA_REDIS_CONNECTIONS",
+    "TORN_QUOTA_RESERVE",
+    "TORN_QUOTA_MODE",
+    "TORN_QUOTA_ON_REDIS_DOWN",
+    "TORN_QUOTA_WORKERS",
+];
+
+fn invalid(setting: &'static str, reason: String) -> Error {
+    Error::Config { setting, reason }
+}
+
+fn setting_name(name: &str) -> &'static str {
+    SETTINGS
+        .iter()
+        .find(|s| **s == name)
+        .copied()
+        .unwrap_or("unknown")
+}
+
+fn parse<T: std::str::FromStr>(raw: &str, name: &str) -> Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    raw.parse().map_err(|e: T::Err| {
+        invalid(
+            setting_name(name),
+            format!("expected a positive integer, got '{raw}' ({e})"),
+        )
+    })
+}
+
+fn millis(raw: &str, name: &str) -> Result<Duration> {
+    let ms: NonZeroU64 = parse(raw, name)?;
+    Ok(Duration::from_millis(ms.get()))
+}
+
+fn parse_bool(raw: &str, name: &str) -> Result<bool> {
+    match raw.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(invalid(
+            setting_name(name),
+            format!("expected true or false, got '{raw}'"),
+        )),
+    }
+}
+
+/// `TORN_QUOTA_USER_LIMITS`: `ID=LIMIT` pairs separated by commas, e.g. `1234=50,5678=200`.
+fn parse_user_limits(raw: &str) -> Result<Vec<(TornUserId, NonZeroU32)>> {
+    let bad = |part: &str| {
+        invalid(
+            "TORN_QUOTA_USER_LIMITS",
+            format!("expected ID=LIMIT pairs separated by commas (LIMIT >= 1), got '{part}'"),
+        )
+    };
+    raw.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|part| {
+            let (id, limit) = part.split_once('=').ok_or_else(|| bad(part))?;
+            let id: u64 = id.trim().parse().map_err(|_| bad(part))?;
+            let limit: NonZeroU32 = limit.trim().parse().map_err(|_| bad(part))?;
+            Ok((TornUserId::new(id), limit))
+        })
+        .collect()
+}
+
+fn validate_redis_url(raw: &str) -> Result<()> {
+    let url = url::Url::parse(raw).map_err(|e| {
+        invalid(
+            "REDIS_URL",
+            format!("not a URL ({e}); expected e.g. redis://127.0.0.1:6379"),
+        )
+    })?;
+    if !matches!(url.scheme(), "redis" | "rediss" | "redis+unix" | "unix") {
+        return Err(invalid(
+            "REDIS_URL",
+            format!(
+                "scheme must be redis:// or rediss://, got '{}://'",
+                url.scheme()
+            ),
+        ));
+    }
+    if url.scheme().starts_with("redis") && !url.scheme().contains("unix") && url.host().is_none()
+    {
+        return Err(invalid("REDIS_URL", "has no host".into()));
+    }
+    Ok(())
+}
+
+/// Reads a TOML file into setting strings. Unknown keys are refused: a typo should not
+/// silently leave a default in force.
+fn read_toml(path: &Path) -> Result<BTreeMap<String, String>> {
+    let file_err = |e: Box<dyn std::error::Error + Send + Sync>| Error::ConfigFile {
+        path: path.display().to_string(),
+        source: e,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| file_err(Box::new(e)))?;
+    let table: toml::Table = text.parse().map_err(|e| file_err(Box::new(e)))?;
+    let mut out = BTreeMap::new();
+    for (key, value) in table {
+        let name = setting_name(&key);
+        if name == "unknown" {
+            return Err(file_err(
+                format!(
+                    "unknown setting '{key}'; known settings: {}",
+                    SETTINGS.join(", ")
+                )
+                .into(),
+            ));
+        }
+        let text = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Table(t) if name == "TORN_QUOTA_USER_LIMITS" => t
+                .iter()
+                .map(|(id, limit)| match limit {
+                    toml::Value::Integer(l) => Ok(format!("{id}={l}")),
+                    other => Err(invalid(name, format!("limit for {id} is not an integer: {other}"))),
+                })
+                .collect::<Result<Vec<_>>>()?
+                .join(","),
+            other => return Err(invalid(name, format!("unsupported value {other}"))),
+        };
+        out.insert(key, text);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    }
+
+    fn setting_of(err: Error) -> &'static str {
+        match err {
+            Error::Config { setting, .. } => setting,
+            other => panic!("expected a config error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_torns_limit() {
+        let c = RateLimitConfig::from_sources(None, env(&[])).unwrap();
+        assert_eq!(c.limit().get(), 100);
+        assert_eq!(c.window_ms(), 60_000);
+        assert_eq!(c.mode(), Mode::PerUser);
+        assert_eq!(c.on_redis_down(), OnRedisDown::FailFast);
+    }
+
+    #[test]
+    fn bad_values_name_their_setting() {
+        for (pairs, setting) in [
+            (vec![("TORN_QUOTA_LIMIT", "0")], "TORN_QUOTA_LIMIT"),
+            (vec![("TORN_QUOTA_LIMIT", "ten")], "TORN_QUOTA_LIMIT"),
+            (vec![("TORN_QUOTA_WINDOW_MS", "0")], "TORN_QUOTA_WINDOW_MS"),
+            (vec![("REDIS_URL", "not a url")], "REDIS_URL"),
+            (vec![("REDIS_URL", "http://localhost:6379")], "REDIS_URL"),
+            (vec![("TORN_QUOTA_MODE", "fast")], "TORN_QUOTA_MODE"),
+            (vec![("TORN_QUOTA_USER_LIMITS", "12=0")], "TORN_QUOTA_USER_LIMITS"),
+            (vec![("TORN_QUOTA_USER_LIMITS", "12")], "TORN_QUOTA_USER_LIMITS"),
+            (vec![("TORN_QUOTA_ON_REDIS_DOWN", "local")], "TORN_QUOTA_WORKERS"),
+            (vec![("TORN_QUOTA_ON_REDIS_DOWN", "pray")], "TORN_QUOTA_ON_REDIS_DOWN"),
+            (vec![("TORN_QUOTA_RESERVE", "100")], "TORN_QUOTA_RESERVE"),
+            (vec![("TORN_QUOTA_KEY_PREFIX", "a{b")], "TORN_QUOTA_KEY_PREFIX"),
+            (vec![("TORN_QUOTA_LOG_DECISIONS", "maybe")], "TORN_QUOTA_LOG_DECISIONS"),
+        ] {
+            let err = RateLimitConfig::from_sources(None, env(&pairs)).unwrap_err();
+            let message = err.to_string();
+            assert_eq!(setting_of(err), setting, "for {pairs:?}");
+            assert!(message.contains(setting), "{message}");
+        }
+    }
+
+    #[test]
+    fn builder_rejects_a_zero_window() {
+        let err = RateLimitConfig::builder()
+            .window(Duration::ZERO)
+            .build()
+            .unwrap_err();
+        assert_eq!(setting_of(err), "TORN_QUOTA_WINDOW_MS");
+    }
+
+    #[test]
+    fn env_wins_over_the_file_and_overrides_parse() {
+        let dir = std::env::temp_dir().join(format!("tq-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("quota.toml");
+        std::fs::write(
+            &path,
+            "TORN_QUOTA_LIMIT = 80\nTORN_QUOTA_WINDOW_MS = 1000\n\
+             [TORN_QUOTA_USER_LIMITS]\n7 = 40\n",
+        )
+        .unwrap();
+        let c = RateLimitConfig::from_sources(Some(&path), env(&[("TORN_QUOTA_LIMIT", "90")]))
+            .unwrap();
+        assert_eq!(c.limit().get(), 90);
+        assert_eq!(c.window_ms(), 1000);
+        assert_eq!(c.limit_for(TornUserId::new(7)).get(), 40);
+        assert_eq!(c.limit_for(TornUserId::new(8)).get(), 90);
+
+        std::fs::write(&path, "TORN_QUOTA_LIMT = 80\n").unwrap();
+        let err = RateLimitConfig::from_sources(Some(&path), env(&[])).unwrap_err();
+        assert!(
+            std::error::Error::source(&err).unwrap().to_string().contains("TORN_QUOTA_LIMT"),
+            "{err:?}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

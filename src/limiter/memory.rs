@@ -1,0 +1,239 @@
+//! The in-memory backend: the same rolling log as `lua/acquire.lua`, for one process
+//! (the demo's default, fast unit tests, and the conservative fallback when Redis is down).
+
+use std::collections::{HashMap, VecDeque};
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::error::{Error, Result};
+use crate::limiter::backend::{Ask, RawDecision, RawStatus};
+use crate::limiter::{Clock, TornUserId};
+
+#[derive(Debug)]
+pub(crate) struct MemoryBackend {
+    state: Mutex<State>,
+    clock: Arc<dyn Clock>,
+    cleanup_every_ms: u64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    buckets: HashMap<TornUserId, Bucket>,
+    overrides: HashMap<TornUserId, NonZeroU32>,
+    replies: HashMap<(TornUserId, String), (RawDecision, u64)>,
+    last_sweep_ms: u64,
+}
+
+#[derive(Debug, Default)]
+struct Bucket {
+    /// Grants oldest first, as (time ms, units); units at one instant share an entry.
+    log: VecDeque<(u64, u32)>,
+    used: u64,
+    penalty_until_ms: u64,
+    /// When the whole bucket (log and penalty) may be forgotten.
+    idle_at_ms: u64,
+}
+
+impl Bucket {
+    fn trim(&mut self, now: u64, window: u64) {
+        let horizon = now.saturating_sub(window);
+        while let Some(&(ts, units)) = self.log.front() {
+            if ts > horizon {
+                break;
+            }
+            self.log.pop_front();
+            self.used -= u64::from(units);
+        }
+    }
+
+    /// Wait until `excess` of the oldest units have left the window.
+    fn wait_for(&self, excess: u64, now: u64, window: u64) -> u64 {
+        let mut freed = 0;
+        for &(ts, units) in &self.log {
+            freed += u64::from(units);
+            if freed >= excess {
+                return (ts + window).saturating_sub(now);
+            }
+        }
+        0
+    }
+}
+
+impl MemoryBackend {
+    pub(crate) fn new(clock: Arc<dyn Clock>, cleanup_every_ms: u64) -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            clock,
+            cleanup_every_ms,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic elsewhere cannot leave a bucket half-updated in a way that over-admits:
+        // every mutation below completes before it can panic, so the state stays usable.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn acquire(&self, user: TornUserId, ask: &Ask<'_>) -> Result<RawDecision> {
+        let now = self.clock.now_ms();
+        let mut state = self.lock();
+        state.sweep(now, self.cleanup_every_ms);
+        if let Some(id) = ask.idempotency_id {
+            if let Some((reply, expires)) = state.replies.get(&(user, id.to_owned())) {
+                if *expires > now {
+                    return Ok(*reply);
+                }
+            }
+        }
+        let limit = state
+            .overrides
+            .get(&user)
+            .map_or(ask.limit, |l| l.get());
+        let effective = limit.saturating_sub(ask.reserve);
+        if ask.cost > effective {
+            return Err(Error::CostExceedsLimit {
+                cost: ask.cost,
+                limit: effective,
+            });
+        }
+        let bucket = state.buckets.entry(user).or_default();
+        bucket.trim(now, ask.window_ms);
+        let penalty = bucket.penalty_until_ms.saturating_sub(now);
+        let (used, cost, effective) = (bucket.used, u64::from(ask.cost), u64::from(effective));
+        let reply = if penalty == 0 && used + cost <= effective {
+            match bucket.log.back_mut() {
+                Some((ts, units)) if *ts == now => *units += ask.cost,
+                _ => bucket.log.push_back((now, ask.cost)),
+            }
+            bucket.used += cost;
+            bucket.idle_at_ms = bucket.idle_at_ms.max(now + ask.window_ms);
+            RawDecision {
+                granted: true,
+                remaining: (effective - used - cost) as u32,
+                retry_after_ms: 0,
+                at_ms: now,
+            }
+        } else {
+            let excess = (used + cost).saturating_sub(effective);
+            let wait = if excess > 0 {
+                bucket.wait_for(excess, now, ask.window_ms)
+            } else {
+                0
+            };
+            RawDecision {
+                granted: false,
+                remaining: if penalty > 0 {
+                    0
+                } else {
+                    effective.saturating_sub(used) as u32
+                },
+                retry_after_ms: penalty.max(wait).max(1),
+                at_ms: now,
+            }
+        };
+        if let Some(id) = ask.idempotency_id {
+            let ttl = if reply.granted {
+                ask.window_ms
+            } else {
+                reply.retry_after_ms
+            };
+            state.replies.insert((user, id.to_owned()), (reply, now + ttl));
+        }
+        Ok(reply)
+    }
+
+    pub(crate) fn status(&self, user: TornUserId, limit: u32, window_ms: u64) -> RawStatus {
+        let now = self.clock.now_ms();
+        let mut state = self.lock();
+        let limit = state.overrides.get(&user).map_or(limit, |l| l.get());
+        let Some(bucket) = state.buckets.get_mut(&user) else {
+            return RawStatus {
+                used: 0,
+                limit,
+                remaining: limit,
+                reset_after_ms: 0,
+                penalty_ms: 0,
+            };
+        };
+        bucket.trim(now, window_ms);
+        let penalty = bucket.penalty_until_ms.saturating_sub(now);
+        let newest_free = bucket
+            .log
+            .back()
+            .map_or(0, |&(ts, _)| (ts + window_ms).saturating_sub(now));
+        RawStatus {
+            used: bucket.used as u32,
+            limit,
+            remaining: if penalty > 0 {
+                0
+            } else {
+                u64::from(limit).saturating_sub(bucket.used) as u32
+            },
+            reset_after_ms: penalty.max(newest_free),
+            penalty_ms: penalty,
+        }
+    }
+
+    pub(crate) fn penalize(&self, user: TornUserId, hold_ms: u64) -> u64 {
+        let now = self.clock.now_ms();
+        let mut state = self.lock();
+        let bucket = state.buckets.entry(user).or_default();
+        bucket.penalty_until_ms = bucket.penalty_until_ms.max(now + hold_ms);
+        bucket.idle_at_ms = bucket.idle_at_ms.max(bucket.penalty_until_ms);
+        bucket.penalty_until_ms - now
+    }
+
+    pub(crate) fn refund(
+        &self,
+        user: TornUserId,
+        at_ms: u64,
+        cost: u32,
+        idempotency_id: Option<&str>,
+    ) -> u32 {
+        let mut state = self.lock();
+        if let Some(id) = idempotency_id {
+            state.replies.remove(&(user, id.to_owned()));
+        }
+        let Some(bucket) = state.buckets.get_mut(&user) else {
+            return 0;
+        };
+        let Some(pos) = bucket.log.iter().position(|&(ts, _)| ts == at_ms) else {
+            return 0;
+        };
+        let units = &mut bucket.log[pos].1;
+        let back = (*units).min(cost);
+        *units -= back;
+        if *units == 0 {
+            bucket.log.remove(pos);
+        }
+        bucket.used -= u64::from(back);
+        back
+    }
+
+    pub(crate) fn set_user_limit(&self, user: TornUserId, limit: Option<NonZeroU32>) {
+        let mut state = self.lock();
+        match limit {
+            Some(l) => state.overrides.insert(user, l),
+            None => state.overrides.remove(&user),
+        };
+    }
+
+    /// Buckets (and idempotency records) held right now: the memory an idle user costs.
+    pub(crate) fn tracked(&self) -> usize {
+        let now = self.clock.now_ms();
+        let mut state = self.lock();
+        state.sweep(now, 0);
+        state.buckets.len() + state.replies.len()
+    }
+}
+
+impl State {
+    fn sweep(&mut self, now: u64, every_ms: u64) {
+        if now.saturating_sub(self.last_sweep_ms) < every_ms {
+            return;
+        }
+        self.last_sweep_ms = now;
+        self.buckets.retain(|_, b| b.idle_at_ms > now);
+        self.replies.retain(|_, (_, expires)| *expires > now);
+    }
+}

@@ -1,0 +1,647 @@
+//! The per-user limiter: an exact rolling window per Torn user id, shared by every process
+//! through Lua scripts in Redis, or kept in this process by the in-memory backend.
+
+mod backend;
+mod clock;
+mod config;
+mod keys;
+mod memory;
+mod redis;
+
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result};
+use backend::{Ask, RawDecision, RawStatus};
+use memory::MemoryBackend;
+use redis::RedisBackend;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::{Mode, OnRedisDown, RateLimitConfig, RateLimitConfigBuilder, SETTINGS};
+pub use keys::{BucketKeys, KeyBuilder};
+
+/// A Torn player id: the identity Torn limits, so the identity every bucket is keyed by.
+/// Two keys of one player share one bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TornUserId(u64);
+
+impl TornUserId {
+    /// Wraps a Torn player id.
+    pub const fn new(id: u64) -> Self {
+        Self(id)
+    }
+    /// The raw id.
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl std::fmt::Display for TornUserId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::str::FromStr for TornUserId {
+    type Err = std::num::ParseIntError;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        s.parse().map(Self)
+    }
+}
+
+/// How urgent a call is. Low-priority calls (batch work) leave the configured
+/// [reserve](RateLimitConfigBuilder::low_priority_reserve) to high-priority ones
+/// (interactive commands).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Priority {
+    /// May use the whole limit. The default.
+    #[default]
+    High,
+    /// Admitted only while the reserve stays free for others.
+    Low,
+}
+
+/// One request for quota: a cost, a priority, and an optional idempotency id.
+///
+/// ```
+/// use torn_quota::{Priority, Request};
+///
+/// let req = Request::new(3).priority(Priority::Low).idempotency_id("job-42/page-7");
+/// assert_eq!(req.cost(), 3);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub struct Request {
+    cost: u32,
+    priority: Priority,
+    idempotency_id: Option<String>,
+}
+
+impl Request {
+    /// Asks for `cost` units (a cost of 0 is refused when the request is made).
+    pub fn new(cost: u32) -> Self {
+        Self {
+            cost,
+            priority: Priority::High,
+            idempotency_id: None,
+        }
+    }
+    /// Sets the priority.
+    pub fn priority(mut self, priority: Priority) -> Self {
+        self.priority = priority;
+        self
+    }
+    /// Makes the call idempotent: a replay with the same id (say, after a timeout) returns
+    /// the first grant and counts nothing again. At most 128 visible ASCII characters.
+    pub fn idempotency_id(mut self, id: impl Into<String>) -> Self {
+        self.idempotency_id = Some(id.into());
+        self
+    }
+    /// Units asked for.
+    pub fn cost(&self) -> u32 {
+        self.cost
+    }
+}
+
+/// Units granted: proof of admission, and what [`Limiter::refund`] takes back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    user: TornUserId,
+    cost: u32,
+    remaining: u32,
+    at_ms: u64,
+    degraded: bool,
+    idempotency_id: Option<String>,
+}
+
+impl Grant {
+    /// The user whose quota paid.
+    pub fn user(&self) -> TornUserId {
+        self.user
+    }
+    /// Units granted.
+    pub fn cost(&self) -> u32 {
+        self.cost
+    }
+    /// Units still available right after this grant.
+    pub fn remaining(&self) -> u32 {
+        self.remaining
+    }
+    /// When the grant was made, in the deciding clock's milliseconds (Redis `TIME` for the
+    /// Redis backend, so grants from every process compare).
+    pub fn granted_at_ms(&self) -> u64 {
+        self.at_ms
+    }
+    /// True when Redis was unreachable and the local fallback decided.
+    pub fn is_degraded(&self) -> bool {
+        self.degraded
+    }
+}
+
+/// The answer to a request: granted, or limited with the time to wait. A denial is a value,
+/// not an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Decision {
+    /// All units were granted.
+    Granted(Grant),
+    /// None were; nothing was recorded.
+    Limited {
+        /// The shortest wait after which the same request is granted if nothing else arrives.
+        retry_after: Duration,
+        /// Units that would be granted right now.
+        remaining: u32,
+        /// True when Redis was unreachable and the local fallback decided.
+        degraded: bool,
+    },
+}
+
+impl Decision {
+    /// True when granted.
+    pub fn is_granted(&self) -> bool {
+        matches!(self, Self::Granted(_))
+    }
+    /// The grant, if any.
+    pub fn grant(&self) -> Option<&Grant> {
+        match self {
+            Self::Granted(g) => Some(g),
+            Self::Limited { .. } => None,
+        }
+    }
+    /// Units available right after the decision.
+    pub fn remaining(&self) -> u32 {
+        match self {
+            Self::Granted(g) => g.remaining,
+            Self::Limited { remaining, .. } => *remaining,
+        }
+    }
+    /// The wait before retrying: zero when granted.
+    pub fn retry_after(&self) -> Duration {
+        match self {
+            Self::Granted(_) => Duration::ZERO,
+            Self::Limited { retry_after, .. } => *retry_after,
+        }
+    }
+    /// True when the local fallback decided because Redis was unreachable.
+    pub fn is_degraded(&self) -> bool {
+        match self {
+            Self::Granted(g) => g.degraded,
+            Self::Limited { degraded, .. } => *degraded,
+        }
+    }
+}
+
+/// A bucket as it stands, from [`Limiter::status`]. Reading it consumes nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Status {
+    /// Units granted in the last window.
+    pub used: u32,
+    /// The limit in force (a run-time override wins over the configuration).
+    pub limit: u32,
+    /// Units a request would be granted right now (0 while penalized).
+    pub remaining: u32,
+    /// Wait until the whole limit is free again.
+    pub reset_after: Duration,
+    /// Wait until a penalty ends (zero when none).
+    pub penalty: Duration,
+    /// True when the local fallback answered because Redis was unreachable.
+    pub degraded: bool,
+}
+
+/// How long [`Limiter::acquire_with`] may wait.
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct Wait {
+    deadline: Option<Instant>,
+    cancel: Option<CancellationToken>,
+}
+
+impl Wait {
+    /// Waits as long as it takes.
+    pub fn forever() -> Self {
+        Self::default()
+    }
+    /// Gives up (returning the last [`Decision::Limited`]) rather than wait past `deadline`.
+    pub fn until(mut self, deadline: Instant) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+    /// Gives up rather than wait longer than `timeout` from now.
+    pub fn at_most(self, timeout: Duration) -> Self {
+        self.until(Instant::now() + timeout)
+    }
+    /// Stops waiting with [`Error::Cancelled`] when `token` is cancelled (shutdown).
+    pub fn cancel_on(mut self, token: CancellationToken) -> Self {
+        self.cancel = Some(token);
+        self
+    }
+}
+
+#[derive(Debug)]
+enum Backend {
+    Memory(MemoryBackend),
+    Redis(RedisBackend),
+}
+
+/// The degraded spell of a limiter whose Redis is unreachable.
+#[derive(Debug)]
+struct Fallback {
+    local: MemoryBackend,
+    workers: NonZeroU32,
+    down: Mutex<Option<Down>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Down {
+    since: Instant,
+    retry_at: Instant,
+}
+
+/// The per-user limiter. Cheap to clone; every clone shares one backend.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), torn_quota::Error> {
+/// use torn_quota::{Decision, Limiter, RateLimitConfig, TornUserId};
+///
+/// let limiter = Limiter::redis(RateLimitConfig::from_env()?)?;
+/// match limiter.try_acquire(TornUserId::new(4), 1).await? {
+///     Decision::Granted(_) => { /* call Torn */ }
+///     Decision::Limited { retry_after, .. } => println!("come back in {retry_after:?}"),
+///     _ => {}
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Limiter {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: RateLimitConfig,
+    backend: Backend,
+    fallback: Option<Fallback>,
+}
+
+impl Limiter {
+    /// A limiter shared through Redis at [`RateLimitConfig::redis_url`]. It connects on the
+    /// first call; [`ping`](Self::ping) checks the connection now.
+    pub fn redis(config: RateLimitConfig) -> Result<Self> {
+        let backend = Backend::Redis(RedisBackend::new(&config)?);
+        let fallback = match config.on_redis_down() {
+            OnRedisDown::FailFast => None,
+            OnRedisDown::LocalFallback { workers } => Some(Fallback {
+                local: MemoryBackend::new(
+                    Arc::new(SystemClock::default()),
+                    config.cleanup_interval().as_millis() as u64,
+                ),
+                workers,
+                down: Mutex::new(None),
+            }),
+        };
+        Ok(Self::from_parts(config, backend, fallback))
+    }
+
+    /// A limiter for this process alone, on the system clock.
+    pub fn in_memory(config: RateLimitConfig) -> Self {
+        Self::in_memory_with_clock(config, Arc::new(SystemClock::default()))
+    }
+
+    /// A limiter for this process alone, on an injected clock.
+    pub fn in_memory_with_clock(config: RateLimitConfig, clock: Arc<dyn Clock>) -> Self {
+        let every = config.cleanup_interval().as_millis() as u64;
+        Self::from_parts(config, Backend::Memory(MemoryBackend::new(clock, every)), None)
+    }
+
+    fn from_parts(config: RateLimitConfig, backend: Backend, fallback: Option<Fallback>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                backend,
+                fallback,
+            }),
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &RateLimitConfig {
+        &self.inner.config
+    }
+
+    /// The backend's name: `redis` or `memory`.
+    pub fn backend_name(&self) -> &'static str {
+        match self.inner.backend {
+            Backend::Memory(_) => "memory",
+            Backend::Redis(_) => "redis",
+        }
+    }
+
+    /// Checks that the backend answers (always true in memory).
+    pub async fn ping(&self) -> Result<()> {
+        match &self.inner.backend {
+            Backend::Memory(_) => Ok(()),
+            Backend::Redis(r) => r.ping().await,
+        }
+    }
+
+    /// One decision for `cost` units of `user`'s quota, now, without waiting.
+    pub async fn try_acquire(&self, user: TornUserId, cost: u32) -> Result<Decision> {
+        self.try_acquire_with(user, &Request::new(cost)).await
+    }
+
+    /// One decision for a [`Request`], now, without waiting.
+    pub async fn try_acquire_with(&self, user: TornUserId, request: &Request) -> Result<Decision> {
+        if request.cost == 0 {
+            return Err(Error::InvalidArgument {
+                name: "cost",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if let Some(id) = &request.idempotency_id {
+            validate_idempotency_id(id)?;
+        }
+        let config = &self.inner.config;
+        let limit = config.limit_for(user).get();
+        let mut ask = Ask {
+            limit,
+            window_ms: config.window_ms(),
+            cost: request.cost,
+            reserve: match request.priority {
+                Priority::High => 0,
+                Priority::Low => config.low_priority_reserve(),
+            },
+            idempotency_id: request.idempotency_id.as_deref(),
+        };
+        let (raw, degraded) = match &self.inner.backend {
+            Backend::Memory(m) => (m.acquire(user, &ask)?, false),
+            Backend::Redis(r) => {
+                let fallback = self.inner.fallback.as_ref();
+                match fallback {
+                    Some(f) if f.skip_redis() => {
+                        ask.limit = f.share(limit);
+                        (f.local.acquire(user, &ask)?, true)
+                    }
+                    _ => match r.acquire(user, &ask).await {
+                        Ok(raw) => {
+                            if let Some(f) = fallback {
+                                f.recovered();
+                            }
+                            (raw, false)
+                        }
+                        Err(e) if e.is_unavailable() && fallback.is_some() => {
+                            let f = fallback.expect("checked above");
+                            f.failed(&e, config.reconnect_interval());
+                            ask.limit = f.share(limit);
+                            (f.local.acquire(user, &ask)?, true)
+                        }
+                        Err(e) => return Err(e),
+                    },
+                }
+            }
+        };
+        let decision = to_decision(user, request, raw, degraded);
+        if config.log_decisions() {
+            tracing::info!(
+                user = user.get(),
+                cost = request.cost,
+                granted = decision.is_granted(),
+                remaining = decision.remaining(),
+                retry_after_ms = decision.retry_after().as_millis() as u64,
+                degraded,
+                "quota decision"
+            );
+        }
+        Ok(decision)
+    }
+
+    /// Waits until `cost` units of `user`'s quota are granted.
+    ///
+    /// Cancel it by dropping the future (nothing is held while waiting), or use
+    /// [`acquire_with`](Self::acquire_with) for a deadline or a cancellation token.
+    pub async fn acquire(&self, user: TornUserId, cost: u32) -> Result<Grant> {
+        match self
+            .acquire_with(user, &Request::new(cost), &Wait::forever())
+            .await?
+        {
+            Decision::Granted(g) => Ok(g),
+            Decision::Limited { .. } => unreachable!("waiting forever ends only in a grant"),
+        }
+    }
+
+    /// Waits for a grant, sleeping `retry_after` plus a little jitter between tries (so
+    /// waiting processes do not stampede). Returns [`Decision::Limited`] at once when the
+    /// next try would fall after the deadline, and [`Error::Cancelled`] when cancelled.
+    pub async fn acquire_with(
+        &self,
+        user: TornUserId,
+        request: &Request,
+        wait: &Wait,
+    ) -> Result<Decision> {
+        loop {
+            if wait.cancel.as_ref().is_some_and(CancellationToken::is_cancelled) {
+                return Err(Error::Cancelled);
+            }
+            let decision = self.try_acquire_with(user, request).await?;
+            let retry_after = match &decision {
+                Decision::Granted(_) => return Ok(decision),
+                Decision::Limited { retry_after, .. } => *retry_after,
+            };
+            let pause = retry_after + jitter(retry_after);
+            if wait.deadline.is_some_and(|d| Instant::now() + retry_after > d) {
+                return Ok(decision);
+            }
+            let sleep = match wait.deadline {
+                Some(d) => tokio::time::sleep_until(d.min(Instant::now() + pause)),
+                None => tokio::time::sleep(pause),
+            };
+            match &wait.cancel {
+                Some(token) => tokio::select! {
+                    () = sleep => {}
+                    () = token.cancelled() => return Err(Error::Cancelled),
+                },
+                None => sleep.await,
+            }
+        }
+    }
+
+    /// The bucket of `user` now; consumes nothing.
+    pub async fn status(&self, user: TornUserId) -> Result<Status> {
+        let config = &self.inner.config;
+        let limit = config.limit_for(user).get();
+        let window = config.window_ms();
+        let (raw, degraded) = match &self.inner.backend {
+            Backend::Memory(m) => (m.status(user, limit, window), false),
+            Backend::Redis(r) => match (r.status(user, limit, window).await, &self.inner.fallback)
+            {
+                (Ok(raw), _) => (raw, false),
+                (Err(e), Some(f)) if e.is_unavailable() => {
+                    (f.local.status(user, f.share(limit), window), true)
+                }
+                (Err(e), _) => return Err(e),
+            },
+        };
+        Ok(to_status(raw, degraded))
+    }
+
+    /// Sets (or with `None` clears) `user`'s limit at run time. With Redis every process
+    /// sees it on its next call; it wins over the configured limit and stays until cleared.
+    pub async fn set_user_limit(&self, user: TornUserId, limit: Option<NonZeroU32>) -> Result<()> {
+        match &self.inner.backend {
+            Backend::Memory(m) => {
+                m.set_user_limit(user, limit);
+                Ok(())
+            }
+            Backend::Redis(r) => r.set_user_limit(user, limit).await,
+        }
+    }
+
+    /// Marks `user`'s bucket full for `hold` (never shortening a penalty in force): for when
+    /// Torn answers code 5 because the owner spent quota elsewhere. Returns the penalty now
+    /// in force.
+    pub async fn penalize(&self, user: TornUserId, hold: Duration) -> Result<Duration> {
+        let hold_ms = (hold.as_millis() as u64).max(1);
+        let ms = match &self.inner.backend {
+            Backend::Memory(m) => m.penalize(user, hold_ms),
+            Backend::Redis(r) => match (r.penalize(user, hold_ms).await, &self.inner.fallback) {
+                (Ok(ms), _) => ms,
+                (Err(e), Some(f)) if e.is_unavailable() => f.local.penalize(user, hold_ms),
+                (Err(e), _) => return Err(e),
+            },
+        };
+        Ok(Duration::from_millis(ms))
+    }
+
+    /// Gives back a grant that was never sent to Torn. Returns the units given back: fewer
+    /// than granted when some had already left the window.
+    pub async fn refund(&self, grant: &Grant) -> Result<u32> {
+        let id = grant.idempotency_id.as_deref();
+        match (&self.inner.backend, &self.inner.fallback) {
+            (Backend::Memory(m), _) => Ok(m.refund(grant.user, grant.at_ms, grant.cost, id)),
+            (Backend::Redis(_), Some(f)) if grant.degraded => {
+                Ok(f.local.refund(grant.user, grant.at_ms, grant.cost, id))
+            }
+            (Backend::Redis(r), _) => r.refund(grant.user, grant.at_ms, grant.cost, id).await,
+        }
+    }
+
+    /// How long the limiter has been deciding locally because Redis is unreachable, if it is.
+    pub fn degraded_for(&self) -> Option<Duration> {
+        let f = self.inner.fallback.as_ref()?;
+        f.state().map(|d| d.since.elapsed())
+    }
+
+    /// Redis keys of this limiter (its prefix), e.g. to inspect a bucket.
+    pub fn keys(&self) -> KeyBuilder {
+        match &self.inner.backend {
+            Backend::Redis(r) => r.keys().clone(),
+            Backend::Memory(_) => KeyBuilder::new(self.inner.config.key_prefix()),
+        }
+    }
+
+    /// Buckets the in-memory backend holds now (after sweeping idle ones); `None` for Redis,
+    /// whose keys expire on their own.
+    pub fn tracked_buckets(&self) -> Option<usize> {
+        match &self.inner.backend {
+            Backend::Memory(m) => Some(m.tracked()),
+            Backend::Redis(_) => None,
+        }
+    }
+}
+
+impl Fallback {
+    fn state(&self) -> Option<Down> {
+        *self.down.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// True while Redis failed recently enough that calls should not wait on it again.
+    fn skip_redis(&self) -> bool {
+        self.state().is_some_and(|d| Instant::now() < d.retry_at)
+    }
+
+    /// Each worker's share when it must decide alone: the total stays under the limit.
+    fn share(&self, limit: u32) -> u32 {
+        limit / self.workers.get()
+    }
+
+    fn failed(&self, error: &Error, retry_in: Duration) {
+        let now = Instant::now();
+        let mut down = self.down.lock().unwrap_or_else(PoisonError::into_inner);
+        match down.as_mut() {
+            Some(d) => d.retry_at = now + retry_in,
+            None => {
+                tracing::warn!(
+                    error = %error,
+                    workers = self.workers.get(),
+                    "redis unreachable: deciding locally at limit / workers until it answers"
+                );
+                *down = Some(Down {
+                    since: now,
+                    retry_at: now + retry_in,
+                });
+            }
+        }
+    }
+
+    fn recovered(&self) {
+        let mut down = self.down.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(d) = down.take() {
+            tracing::warn!(
+                degraded_ms = d.since.elapsed().as_millis() as u64,
+                "redis answers again: shared limits restored"
+            );
+        }
+    }
+}
+
+fn to_decision(user: TornUserId, request: &Request, raw: RawDecision, degraded: bool) -> Decision {
+    if raw.granted {
+        Decision::Granted(Grant {
+            user,
+            cost: request.cost,
+            remaining: raw.remaining,
+            at_ms: raw.at_ms,
+            degraded,
+            idempotency_id: request.idempotency_id.clone(),
+        })
+    } else {
+        Decision::Limited {
+            retry_after: Duration::from_millis(raw.retry_after_ms),
+            remaining: raw.remaining,
+            degraded,
+        }
+    }
+}
+
+fn to_status(raw: RawStatus, degraded: bool) -> Status {
+    Status {
+        used: raw.used,
+        limit: raw.limit,
+        remaining: raw.remaining,
+        reset_after: Duration::from_millis(raw.reset_after_ms),
+        penalty: Duration::from_millis(raw.penalty_ms),
+        degraded,
+    }
+}
+
+fn validate_idempotency_id(id: &str) -> Result<()> {
+    if id.is_empty() || id.len() > 128 || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Error::InvalidArgument {
+            name: "idempotency_id",
+            reason: "must be 1 to 128 visible ASCII characters".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Up to 5 % of the wait, at most 20 ms: enough to spread waiters, small enough to keep the
+/// quota in use.
+fn jitter(wait: Duration) -> Duration {
+    let cap = (wait.as_micros() as u64 / 20).clamp(1, 20_000);
+    Duration::from_micros(rand::rng().random_range(0..=cap))
+}

@@ -1,0 +1,312 @@
+//! The Redis backend: the Lua scripts in `lua/`, called over a few shared multiplexed
+//! connections from a deadpool pool.
+//!
+//! Each call clones a multiplexed connection held by a lane instead of checking a
+//! connection out of the pool per call: a checkout costs a PING round trip (deadpool's
+//! recycle) and serialises callers, while a shared multiplexed connection pipelines every
+//! call in flight. The pool still owns creation (with its timeouts) and replacement: a lane
+//! whose connection fails hands it back and takes a fresh one on its next call.
+
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{LazyLock, Mutex, PoisonError};
+use std::time::Duration;
+
+use deadpool_redis::{Manager, Pool, PoolError, Runtime};
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, RedisError, Script};
+
+use crate::error::{Error, Result};
+use crate::limiter::backend::{Ask, RawDecision, RawStatus};
+use crate::limiter::keys::KeyBuilder;
+use crate::limiter::{RateLimitConfig, TornUserId};
+
+/// The scripts, hashed once per process. `invoke_async` sends `EVALSHA` and falls back to
+/// loading the script only when Redis answers `NOSCRIPT`.
+pub(crate) struct Scripts {
+    pub(crate) acquire: Script,
+    pub(crate) status: Script,
+    pub(crate) penalize: Script,
+    pub(crate) refund: Script,
+}
+
+pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
+    acquire: Script::new(crate::lua::ACQUIRE),
+    status: Script::new(crate::lua::STATUS),
+    penalize: Script::new(crate::lua::PENALIZE),
+    refund: Script::new(crate::lua::REFUND),
+});
+
+pub(crate) struct RedisBackend {
+    pool: Pool,
+    lanes: Box<[Mutex<Option<deadpool_redis::Connection>>]>,
+    next: AtomicUsize,
+    keys: KeyBuilder,
+    connect_timeout: Duration,
+    command_timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("lanes", &self.lanes.len())
+            .field("pool", &self.pool.status())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisBackend {
+    /// Builds the pool; connects lazily, on the first call.
+    pub(crate) fn new(config: &RateLimitConfig) -> Result<Self> {
+        let conn_config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(config.connect_timeout()))
+            .set_response_timeout(Some(config.command_timeout()));
+        let manager =
+            Manager::new_with_config(config.redis_url(), conn_config).map_err(|e| {
+                Error::Config {
+                    setting: "REDIS_URL",
+                    reason: format!("redis refused it: {e}"),
+                }
+            })?;
+        let lanes = config.connections().get();
+        let pool = Pool::builder(manager)
+            .max_size(lanes)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(config.connect_timeout()))
+            .create_timeout(Some(config.connect_timeout()))
+            .recycle_timeout(Some(config.command_timeout()))
+            .build()
+            .map_err(|e| Error::Config {
+                setting: "TORN_QUOTA_REDIS_CONNECTIONS",
+                reason: e.to_string(),
+            })?;
+        Ok(Self {
+            pool,
+            lanes: (0..lanes).map(|_| Mutex::new(None)).collect(),
+            next: AtomicUsize::new(0),
+            keys: KeyBuilder::new(config.key_prefix()),
+            connect_timeout: config.connect_timeout(),
+            command_timeout: config.command_timeout(),
+        })
+    }
+
+    pub(crate) fn keys(&self) -> &KeyBuilder {
+        &self.keys
+    }
+
+    /// A connection to send one call on, and the lane it came from.
+    async fn connection(&self, operation: &'static str) -> Result<(usize, MultiplexedConnection)> {
+        let lane = self.next.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
+        if let Some(conn) = self.lane(lane).as_ref() {
+            return Ok((lane, (**conn).clone()));
+        }
+        let pooled = self.pool.get().await.map_err(|e| match e {
+            PoolError::Backend(source) => Error::Unavailable { operation, source },
+            _ => Error::Timeout {
+                operation,
+                timeout: self.connect_timeout,
+            },
+        })?;
+        let conn = (*pooled).clone();
+        let mut slot = self.lane(lane);
+        if slot.is_none() {
+            *slot = Some(pooled);
+        }
+        Ok((lane, conn))
+    }
+
+    fn lane(&self, i: usize) -> std::sync::MutexGuard<'_, Option<deadpool_redis::Connection>> {
+        self.lanes[i].lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs one command with the command timeout; a connection-level failure empties the
+    /// lane so the next call gets a fresh connection from the pool.
+    pub(crate) async fn run<T, F, Fut>(&self, operation: &'static str, f: F) -> Result<T>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let call = async {
+            let (lane, conn) = self.connection(operation).await?;
+            match f(conn).await {
+                Ok(v) => Ok(v),
+                Err(e) if is_connectivity(&e) => {
+                    self.lane(lane).take();
+                    Err(Error::Unavailable {
+                        operation,
+                        source: e,
+                    })
+                }
+                Err(e) => Err(script_error(operation, e)),
+            }
+        };
+        // The connection has its own timeouts; this bounds the whole call, pool wait
+        // included, so no call outlives connect + command timeout.
+        let bound = self.connect_timeout + self.command_timeout;
+        match tokio::time::timeout(bound, call).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout {
+                operation,
+                timeout: bound,
+            }),
+        }
+    }
+
+    pub(crate) async fn ping(&self) -> Result<()> {
+        self.run("ping", |mut c| async move {
+            redis::cmd("PING").query_async::<String>(&mut c).await.map(drop)
+        })
+        .await
+    }
+
+    pub(crate) async fn acquire(&self, user: TornUserId, ask: &Ask<'_>) -> Result<RawDecision> {
+        let keys = self.keys.bucket(user);
+        let idem = ask
+            .idempotency_id
+            .map(|id| self.keys.idempotency(user, id));
+        let reply: Vec<i64> = self
+            .run("acquire", |mut c| async move {
+                let mut inv = SCRIPTS.acquire.key(&keys.state);
+                inv.key(&keys.limit).key(&keys.penalty);
+                if let Some(idem) = &idem {
+                    inv.key(idem);
+                }
+                inv.arg(ask.limit)
+                    .arg(ask.window_ms)
+                    .arg(ask.cost)
+                    .arg(ask.reserve)
+                    .arg(1);
+                inv.invoke_async(&mut c).await
+            })
+            .await?;
+        match reply[..] {
+            [granted, remaining, retry, at] => Ok(RawDecision {
+                granted: granted == 1,
+                remaining: remaining as u32,
+                retry_after_ms: retry as u64,
+                at_ms: at as u64,
+            }),
+            _ => Err(unexpected("acquire", &reply)),
+        }
+    }
+
+    pub(crate) async fn status(
+        &self,
+        user: TornUserId,
+        limit: u32,
+        window_ms: u64,
+    ) -> Result<RawStatus> {
+        let keys = self.keys.bucket(user);
+        let reply: Vec<i64> = self
+            .run("status", |mut c| async move {
+                SCRIPTS
+                    .status
+                    .key(&keys.state)
+                    .key(&keys.limit)
+                    .key(&keys.penalty)
+                    .arg(limit)
+                    .arg(window_ms)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        match reply[..] {
+            [used, limit, remaining, reset, penalty] => Ok(RawStatus {
+                used: used as u32,
+                limit: limit as u32,
+                remaining: remaining as u32,
+                reset_after_ms: reset as u64,
+                penalty_ms: penalty as u64,
+            }),
+            _ => Err(unexpected("status", &reply)),
+        }
+    }
+
+    pub(crate) async fn penalize(&self, user: TornUserId, hold_ms: u64) -> Result<u64> {
+        let key = self.keys.bucket(user).penalty;
+        self.run("penalize", |mut c| async move {
+            SCRIPTS
+                .penalize
+                .key(&key)
+                .arg(hold_ms)
+                .invoke_async(&mut c)
+                .await
+        })
+        .await
+    }
+
+    pub(crate) async fn refund(
+        &self,
+        user: TornUserId,
+        at_ms: u64,
+        cost: u32,
+        idempotency_id: Option<&str>,
+    ) -> Result<u32> {
+        let state = self.keys.bucket(user).state;
+        let idem = idempotency_id.map(|id| self.keys.idempotency(user, id));
+        self.run("refund", |mut c| async move {
+            let mut inv = SCRIPTS.refund.key(&state);
+            if let Some(idem) = &idem {
+                inv.key(idem);
+            }
+            inv.arg(at_ms).arg(cost).invoke_async(&mut c).await
+        })
+        .await
+    }
+
+    pub(crate) async fn set_user_limit(
+        &self,
+        user: TornUserId,
+        limit: Option<NonZeroU32>,
+    ) -> Result<()> {
+        let key = self.keys.bucket(user).limit;
+        self.run("set_user_limit", |mut c| async move {
+            match limit {
+                Some(l) => redis::cmd("SET").arg(&key).arg(l.get()).exec_async(&mut c).await,
+                None => redis::cmd("DEL").arg(&key).exec_async(&mut c).await,
+            }
+        })
+        .await
+    }
+}
+
+fn is_connectivity(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_refusal()
+        || e.is_connection_dropped()
+        || e.is_timeout()
+        || e.is_unrecoverable_error()
+}
+
+/// Maps a script's error reply. The scripts' messages name the argument and carry no key.
+fn script_error(operation: &'static str, e: RedisError) -> Error {
+    let detail = e.detail().unwrap_or_default();
+    if let Some(rest) = detail.strip_prefix("acquire: cost ") {
+        // "acquire: cost C exceeds the limit L (reserve R): ..."
+        let nums: Vec<u32> = rest
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|s| s.parse().ok())
+            .collect();
+        if let [cost, limit, reserve, ..] = nums[..] {
+            return Error::CostExceedsLimit {
+                cost,
+                limit: limit.saturating_sub(reserve),
+            };
+        }
+    }
+    Error::Redis {
+        operation,
+        source: e,
+    }
+}
+
+fn unexpected(operation: &'static str, reply: &[i64]) -> Error {
+    Error::Redis {
+        operation,
+        source: RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "unexpected script reply",
+            format!("{reply:?}"),
+        )),
+    }
+}
