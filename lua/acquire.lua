@@ -1,12 +1,13 @@
 --[[ acquire.lua: take `cost` units from one bucket's exact rolling window.
 
-The bucket is a log of grant times, one list element per unit, oldest first. A call is
-admitted when the units granted in the last `window` milliseconds plus `cost` fit under
-the limit, so in every interval of one window's length at most `limit` units are granted.
-Time comes from Redis TIME: workers' clocks may disagree, Redis has one clock.
+The bucket is a log of grant times, one record per unit, oldest first. A call is admitted
+when the units granted in the last `window` milliseconds plus `cost` fit under the limit,
+so in every interval of one window's length at most `limit` units are granted. Time comes
+from Redis TIME: workers' clocks may disagree, Redis has one clock.
 
-KEYS[1]  the bucket's state: a list of grant times in Redis milliseconds. It expires one
-         window after the last grant, so an idle bucket costs no memory.
+KEYS[1]  the bucket's state: a string of 6-byte big-endian grant times (Redis ms), one per
+         granted unit, oldest first (600 bytes for 100 grants). It expires one window after
+         the last grant, so an idle bucket costs no memory.
 KEYS[2]  optional: a per-user limit override. When it holds an integer >= 1, that integer
          replaces ARGV[1], so an operator changes one user's limit for every process at once.
 KEYS[3]  optional: a penalty mark. While it exists the bucket counts as full; it holds the
@@ -32,70 +33,50 @@ errors   "ERR acquire: <argument> ..." for a bad argument; a cost that can never
          the limit, or above limit - reserve) is an error, never a silent grant or a wait.
 ]]
 
-local function int_arg(name, raw, min)
-  local n = tonumber(raw)
-  if n == nil or n ~= math.floor(n) or n < min or n > 9007199254740991 then
-    return nil, redis.error_reply(string.format(
-      "ERR acquire: %s must be an integer >= %d, got '%s'", name, min, tostring(raw)))
-  end
-  return n
+local function bad(name, raw, min)
+  return redis.error_reply(string.format(
+    "ERR acquire: %s must be an integer >= %d, got '%s'", name, min, tostring(raw)))
+end
+local function is_int(n, min)
+  return n ~= nil and n == math.floor(n) and n >= min and n <= 9007199254740991
 end
 
-local limit, err = int_arg("ARGV[1] limit", ARGV[1], 1)
-if err then return err end
-local window
-window, err = int_arg("ARGV[2] window_ms", ARGV[2], 1)
-if err then return err end
-local cost
-cost, err = int_arg("ARGV[3] cost", ARGV[3], 1)
-if err then return err end
+-- Arguments are checked on one line each: this script is the hot path of every worker.
+local limit, window, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+if not is_int(limit, 1) then return bad("ARGV[1] limit", ARGV[1], 1) end
+if not is_int(window, 1) then return bad("ARGV[2] window_ms", ARGV[2], 1) end
+if not is_int(cost, 1) then return bad("ARGV[3] cost", ARGV[3], 1) end
 local reserve = 0
 if ARGV[4] ~= nil and ARGV[4] ~= "" then
-  reserve, err = int_arg("ARGV[4] reserve", ARGV[4], 0)
-  if err then return err end
+  reserve = tonumber(ARGV[4])
+  if not is_int(reserve, 0) then return bad("ARGV[4] reserve", ARGV[4], 0) end
 end
 local with_time = ARGV[5] == "1"
-if ARGV[5] ~= nil and ARGV[5] ~= "" and ARGV[5] ~= "0" and ARGV[5] ~= "1" then
+if not (ARGV[5] == nil or with_time or ARGV[5] == "" or ARGV[5] == "0") then
   return redis.error_reply("ERR acquire: ARGV[5] with_time must be 0 or 1, got '" .. ARGV[5] .. "'")
 end
 
 local t = redis.call("TIME")
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
 
-local function reply(granted, remaining, retry)
-  if with_time then return {granted, remaining, retry, now} end
-  return {granted, remaining, retry}
-end
+-- One read for everything the decision needs: state, override, penalty, replay record.
+local v = redis.call("MGET", unpack(KEYS))
+local state, override, pen_until, rec = v[1] or "", v[2], v[3], v[4]
 
-local idem = KEYS[4]
-if idem then
-  local rec = redis.call("GET", idem)
-  if rec then
-    local g, r, ra, at = string.match(rec, "^(%d+):(%d+):(%d+):(%d+)$")
-    if g then
-      if with_time then return {tonumber(g), tonumber(r), tonumber(ra), tonumber(at)} end
-      return {tonumber(g), tonumber(r), tonumber(ra)}
-    end
+if rec then
+  local g, r, ra, at = string.match(rec, "^(%d+):(%d+):(%d+):(%d+)$")
+  if g then
+    if with_time then return {tonumber(g), tonumber(r), tonumber(ra), tonumber(at)} end
+    return {tonumber(g), tonumber(r), tonumber(ra)}
   end
 end
 
+if override then
+  limit = tonumber(override)
+  if not is_int(limit, 1) then return bad("limit override " .. KEYS[2], override, 1) end
+end
 local penalty = 0
-if KEYS[2] then
-  local override, pen_until
-  if KEYS[3] then
-    local v = redis.call("MGET", KEYS[2], KEYS[3])
-    override, pen_until = v[1], v[2]
-  else
-    override = redis.call("GET", KEYS[2])
-  end
-  if override then
-    limit, err = int_arg("limit override " .. KEYS[2], override, 1)
-    if err then return err end
-  end
-  if pen_until then
-    penalty = math.max(0, (tonumber(pen_until) or 0) - now)
-  end
-end
+if pen_until then penalty = math.max(0, (tonumber(pen_until) or 0) - now) end
 
 local effective = limit - reserve
 if cost > effective then
@@ -104,59 +85,43 @@ if cost > effective then
     cost, limit, reserve))
 end
 
-local key = KEYS[1]
+-- Records are 6 bytes; record i (0-based) starts at byte i * 6 + 1.
+local n = #state / 6
 local horizon = now - window -- a grant at or before the horizon has left the window
-local n = redis.call("LLEN", key)
-if n > 0 and tonumber(redis.call("LINDEX", key, 0)) <= horizon then
-  -- Gallop then bisect for the first live grant: one expired unit costs two LINDEX, a
-  -- whole expired burst costs O(log n), and one LTRIM drops them all.
-  local lo, hi = 0, 1 -- lo: known expired; hi: first index not known to be expired
-  while hi < n and tonumber(redis.call("LINDEX", key, hi)) <= horizon do
-    lo = hi
-    hi = math.min(hi * 2, n)
-  end
+if n > 0 and struct.unpack(">I6", state) <= horizon then
+  -- Bisect for the first live record: O(log n) reads, one cut.
+  local lo, hi = 0, n -- record lo has expired; records from hi on are live
   while hi - lo > 1 do
     local mid = math.floor((lo + hi) / 2)
-    if tonumber(redis.call("LINDEX", key, mid)) <= horizon then lo = mid else hi = mid end
+    if struct.unpack(">I6", state, mid * 6 + 1) <= horizon then lo = mid else hi = mid end
   end
-  if hi >= n then
-    redis.call("DEL", key)
-    n = 0
-  else
-    redis.call("LTRIM", key, hi, -1)
-    n = n - hi
-  end
+  state = string.sub(state, hi * 6 + 1)
+  n = n - hi
 end
 
 local granted, remaining, retry
 if penalty == 0 and n + cost <= effective then
-  local stamp = string.format("%d", now)
-  local batch = {}
-  for i = 1, cost do
-    batch[#batch + 1] = stamp
-    if #batch == 1000 or i == cost then
-      redis.call("RPUSH", key, unpack(batch))
-      batch = {}
-    end
-  end
-  redis.call("PEXPIRE", key, window)
+  local stamp = struct.pack(">I6", now)
+  if cost > 1 then stamp = string.rep(stamp, cost) end
+  redis.call("PSETEX", KEYS[1], ARGV[2], state .. stamp)
   granted, remaining, retry = 1, effective - n - cost, 0
 else
+  -- A denial records nothing; the expired records it skipped are cut by the next grant.
   retry = penalty
   local excess = n + cost - effective
   if excess > 0 then
     -- The call fits once the `excess` oldest units have left the window.
-    local ts = tonumber(redis.call("LINDEX", key, excess - 1))
-    retry = math.max(retry, ts + window - now)
+    retry = math.max(retry, struct.unpack(">I6", state, (excess - 1) * 6 + 1) + window - now)
   end
   granted, retry = 0, math.max(retry, 1)
   if penalty > 0 then remaining = 0 else remaining = math.max(0, effective - n) end
 end
 
-if idem then
+if KEYS[4] then
   local ttl = window
   if granted == 0 then ttl = retry end
-  redis.call("SET", idem, string.format("%d:%d:%d:%d", granted, remaining, retry, now), "PX", ttl)
+  redis.call("PSETEX", KEYS[4], ttl, string.format("%d:%d:%d:%d", granted, remaining, retry, now))
 end
 
-return reply(granted, remaining, retry)
+if with_time then return {granted, remaining, retry, now} end
+return {granted, remaining, retry}

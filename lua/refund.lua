@@ -4,7 +4,7 @@ Only the grant's own units may go: removing a later grant's units instead would 
 bucket forget a request that Torn still counts. So the caller names the grant by the Redis
 time acquire.lua returned for it (its ARGV[5] = "1").
 
-KEYS[1]  the bucket's state list (acquire.lua KEYS[1])
+KEYS[1]  the bucket's state (acquire.lua KEYS[1])
 KEYS[2]  optional: the grant's idempotency record (acquire.lua KEYS[4]); deleted, so that a
          replay of the refunded call is decided afresh. Same {hash tag} as KEYS[1].
 ARGV[1]  granted_at_ms: the grant's Redis time, integer >= 0
@@ -30,4 +30,26 @@ cost, err = int_arg("ARGV[2] cost", ARGV[2], 1)
 if err then return err end
 
 if KEYS[2] then redis.call("DEL", KEYS[2]) end
-return redis.call("LREM", KEYS[1], cost, string.format("%d", at))
+local state = redis.call("GET", KEYS[1])
+if not state then return 0 end
+-- Records are in time order: the grant's units are the run of records equal to `at`.
+local REC = 6
+local first, count = nil, 0
+for i = 0, math.floor(#state / REC) - 1 do
+  local ts = struct.unpack(">I6", state, i * REC + 1)
+  if ts == at then
+    first = first or i
+    count = count + 1
+    if count == cost then break end
+  elseif first or ts > at then
+    break
+  end
+end
+if not first then return 0 end
+state = string.sub(state, 1, first * REC) .. string.sub(state, (first + count) * REC + 1)
+if #state == 0 then
+  redis.call("DEL", KEYS[1])
+else
+  redis.call("SET", KEYS[1], state, "KEEPTTL")
+end
+return count

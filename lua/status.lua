@@ -1,6 +1,6 @@
 --[[ status.lua: read one bucket without consuming anything (safe on a replica: EVAL_RO).
 
-KEYS[1]  the bucket's state list (see acquire.lua)
+KEYS[1]  the bucket's state (see acquire.lua)
 KEYS[2]  optional: the per-user limit override (see acquire.lua)
 KEYS[3]  optional: the penalty mark (see penalize.lua)
          Every key shares KEYS[1]'s {hash tag}.
@@ -48,9 +48,10 @@ if KEYS[3] then
 end
 
 local horizon = now - window
+local state = redis.call("GET", KEYS[1]) or ""
 local used, newest = 0, nil
-for _, v in ipairs(redis.call("LRANGE", KEYS[1], 0, -1)) do
-  local ts = tonumber(v)
+for i = 0, math.floor(#state / 6) - 1 do
+  local ts = struct.unpack(">I6", state, i * 6 + 1)
   if ts > horizon then
     used = used + 1
     newest = ts

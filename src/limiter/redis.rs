@@ -37,9 +37,17 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     refund: Script::new(crate::lua::REFUND),
 });
 
+/// One shared connection slot. `refill` makes the callers that find it empty wait for one
+/// of them to fetch a connection, instead of each draining the pool.
+#[derive(Default)]
+struct Lane {
+    conn: Mutex<Option<deadpool_redis::Connection>>,
+    refill: tokio::sync::Mutex<()>,
+}
+
 pub(crate) struct RedisBackend {
     pool: Pool,
-    lanes: Box<[Mutex<Option<deadpool_redis::Connection>>]>,
+    lanes: Box<[Lane]>,
     next: AtomicUsize,
     keys: KeyBuilder,
     connect_timeout: Duration,
@@ -82,7 +90,7 @@ impl RedisBackend {
             })?;
         Ok(Self {
             pool,
-            lanes: (0..lanes).map(|_| Mutex::new(None)).collect(),
+            lanes: (0..lanes).map(|_| Lane::default()).collect(),
             next: AtomicUsize::new(0),
             keys: KeyBuilder::new(config.key_prefix()),
             connect_timeout: config.connect_timeout(),
@@ -100,6 +108,10 @@ impl RedisBackend {
         if let Some(conn) = self.lane(lane).as_ref() {
             return Ok((lane, (**conn).clone()));
         }
+        let _refilling = self.lanes[lane].refill.lock().await;
+        if let Some(conn) = self.lane(lane).as_ref() {
+            return Ok((lane, (**conn).clone()));
+        }
         let pooled = self.pool.get().await.map_err(|e| match e {
             PoolError::Backend(source) => Error::Unavailable { operation, source },
             _ => Error::Timeout {
@@ -108,15 +120,12 @@ impl RedisBackend {
             },
         })?;
         let conn = (*pooled).clone();
-        let mut slot = self.lane(lane);
-        if slot.is_none() {
-            *slot = Some(pooled);
-        }
+        *self.lane(lane) = Some(pooled);
         Ok((lane, conn))
     }
 
     fn lane(&self, i: usize) -> std::sync::MutexGuard<'_, Option<deadpool_redis::Connection>> {
-        self.lanes[i].lock().unwrap_or_else(PoisonError::into_inner)
+        self.lanes[i].conn.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Runs one command with the command timeout; a connection-level failure empties the
