@@ -13,7 +13,7 @@
 //! let limiter = Limiter::redis(RateLimitConfig::from_env()?)?;
 //! let grant = limiter.acquire(TornUserId::new(4), 1).await?; // waits when the window is full
 //! // ... call Torn; if the call was never sent:
-//! limiter.refund(&grant).await?;
+//! limiter.refund(grant).await?;
 //! # Ok(()) }
 //! ```
 //!

@@ -1,1 +1,202 @@
-fn main() {}
+//! The multi-process oracle: 4 OS processes hammer 3 users on a short window (20 per
+//! 500 ms) through Redis for a few seconds. Each grant is recorded with the Redis time of
+//! the decision and the worker's send and receive times. The oracle then proves that no
+//! trailing window held more than the limit, and that every user got at least 95 % of its
+//! quota.
+//!
+//! This file runs its own `main` (`harness = false`): without arguments it is the oracle
+//! and spawns copies of itself with `--worker` as the worker processes.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::num::NonZeroU32;
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use torn_quota::{Decision, Limiter, RateLimitConfig, Request, TornUserId, Wait};
+
+const PROCESSES: usize = 4;
+const TASKS_PER_USER: usize = 3;
+const USERS: [u64; 3] = [11, 22, 33];
+const LIMIT: u32 = 20;
+const WINDOW_MS: u64 = 500;
+const RUN_MS: u64 = 3_000;
+
+fn epoch_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64
+}
+
+fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(pos) = args.iter().position(|a| a == "--worker") {
+        let prefix = args[pos + 1].clone();
+        let start_us: u64 = args[pos + 2].parse().unwrap();
+        worker(&prefix, start_us);
+    } else if args.iter().any(|a| a == "--list") {
+        // cargo test --list / nextest discovery: one test.
+        println!("multi_process_oracle: test");
+    } else {
+        oracle();
+    }
+}
+
+/// One worker process: several tasks per user acquire until the run ends; every grant is
+/// printed as `user redis_ms send_us recv_us`.
+fn worker(prefix: &str, start_us: u64) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let config = RateLimitConfig::builder()
+            .redis_url(redis_url())
+            .key_prefix(prefix)
+            .limit(NonZeroU32::new(LIMIT).unwrap())
+            .window(Duration::from_millis(WINDOW_MS))
+            .build()
+            .unwrap();
+        let limiter = Limiter::redis(config).unwrap();
+        limiter.ping().await.expect("worker reaches Redis");
+        let now = epoch_us();
+        if start_us > now {
+            tokio::time::sleep(Duration::from_micros(start_us - now)).await;
+        }
+        let end = tokio::time::Instant::now() + Duration::from_millis(RUN_MS);
+        let mut tasks = tokio::task::JoinSet::new();
+        for user in USERS {
+            for _ in 0..TASKS_PER_USER {
+                let limiter = limiter.clone();
+                tasks.spawn(async move {
+                    let mut lines = Vec::new();
+                    let wait = Wait::forever().until(end);
+                    loop {
+                        let send = epoch_us();
+                        let d = limiter
+                            .acquire_with(TornUserId::new(user), &Request::new(1), &wait)
+                            .await
+                            .unwrap();
+                        let recv = epoch_us();
+                        match d {
+                            Decision::Granted(g) => lines.push(format!(
+                                "{user} {} {send} {recv}",
+                                g.granted_at_ms()
+                            )),
+                            _ => return lines,
+                        }
+                    }
+                });
+            }
+        }
+        let mut out = String::new();
+        while let Some(lines) = tasks.join_next().await {
+            for line in lines.unwrap() {
+                out.push_str(&line);
+                out.push('\n');
+            }
+        }
+        print!("{out}");
+    });
+}
+
+struct Record {
+    redis_ms: u64,
+    send_us: u64,
+    recv_us: u64,
+}
+
+fn oracle() {
+    let client = redis::Client::open(redis_url()).unwrap();
+    if let Err(e) = client.get_connection().and_then(|mut c| redis::cmd("PING").query::<String>(&mut c)) {
+        panic!("multi_process_oracle needs Redis at {} ({e}): start it and run again", redis_url());
+    }
+    let prefix = format!("tqtest-oracle-{}", std::process::id());
+    // Start together, a little ahead, so process start-up does not eat the first window.
+    let start_us = epoch_us() + 700_000;
+    let exe = std::env::current_exe().unwrap();
+    let children: Vec<_> = (0..PROCESSES)
+        .map(|_| {
+            Command::new(&exe)
+                .args(["--worker", &prefix, &start_us.to_string()])
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("spawn worker process")
+        })
+        .collect();
+    let mut by_user: BTreeMap<u64, Vec<Record>> = BTreeMap::new();
+    for mut child in children {
+        let stdout = child.stdout.take().unwrap();
+        for line in BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            let f: Vec<u64> = line.split(' ').map(|x| x.parse().unwrap()).collect();
+            by_user.entry(f[0]).or_default().push(Record {
+                redis_ms: f[1],
+                send_us: f[2],
+                recv_us: f[3],
+            });
+        }
+        assert!(child.wait().unwrap().success(), "a worker process failed");
+    }
+
+    let mut failures = Vec::new();
+    let ideal = u64::from(LIMIT) * RUN_MS / WINDOW_MS;
+    for user in USERS {
+        let records = by_user.remove(&user).unwrap_or_default();
+        // Exact check on the one clock every process shares: Redis TIME.
+        let mut times: Vec<u64> = records.iter().map(|r| r.redis_ms).collect();
+        times.sort_unstable();
+        let mut busiest = 0;
+        let mut lo = 0;
+        for hi in 0..times.len() {
+            while times[hi] - times[lo] >= WINDOW_MS {
+                lo += 1;
+            }
+            busiest = busiest.max(hi - lo + 1);
+        }
+        // Independent check on the workers' own clocks: grants whose whole round trip lies
+        // inside one interval shorter than the window (by 1 ms for Redis's ms rounding)
+        // certainly happened inside it.
+        let mut by_send: Vec<&Record> = records.iter().collect();
+        by_send.sort_by_key(|r| r.send_us);
+        let span = (WINDOW_MS - 1) * 1000;
+        let mut busiest_seen = 0;
+        for (i, first) in by_send.iter().enumerate() {
+            let inside = by_send[i..]
+                .iter()
+                .take_while(|r| r.send_us < first.send_us + span)
+                .filter(|r| r.recv_us < first.send_us + span)
+                .count();
+            busiest_seen = busiest_seen.max(inside);
+        }
+        let share = records.len() as f64 / ideal as f64;
+        println!(
+            "user {user}: {} grants (ideal {ideal}, {:.1} %), busiest window {busiest} by Redis \
+             time, {busiest_seen} by round trips, limit {LIMIT}",
+            records.len(),
+            share * 100.0
+        );
+        if busiest > LIMIT as usize {
+            failures.push(format!("user {user}: {busiest} grants in one window by Redis time"));
+        }
+        if busiest_seen > LIMIT as usize {
+            failures.push(format!("user {user}: {busiest_seen} grants inside one window by round trips"));
+        }
+        if share < 0.95 {
+            failures.push(format!("user {user}: only {:.1} % of its quota", share * 100.0));
+        }
+    }
+    if failures.is_empty() {
+        println!("test multi_process_oracle ... ok");
+        println!("1 passed, 0 failed");
+    } else {
+        for f in &failures {
+            eprintln!("FAILED: {f}");
+        }
+        println!("0 passed, 1 failed");
+        std::process::exit(1);
+    }
+}

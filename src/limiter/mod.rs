@@ -108,8 +108,10 @@ impl Request {
     }
 }
 
-/// Units granted: proof of admission, and what [`Limiter::refund`] takes back.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Units granted: proof of admission, and what [`Limiter::refund`] takes back. Not `Clone`:
+/// a grant is refunded at most once, since a second refund would free units that Torn
+/// still counts.
+#[derive(Debug, PartialEq, Eq)]
 pub struct Grant {
     user: TornUserId,
     cost: u32,
@@ -145,7 +147,7 @@ impl Grant {
 
 /// The answer to a request: granted, or limited with the time to wait. A denial is a value,
 /// not an error.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Decision {
     /// All units were granted.
@@ -168,6 +170,13 @@ impl Decision {
     }
     /// The grant, if any.
     pub fn grant(&self) -> Option<&Grant> {
+        match self {
+            Self::Granted(g) => Some(g),
+            Self::Limited { .. } => None,
+        }
+    }
+    /// The grant, if any, by value (to [refund](Limiter::refund) it).
+    pub fn into_grant(self) -> Option<Grant> {
         match self {
             Self::Granted(g) => Some(g),
             Self::Limited { .. } => None,
@@ -519,7 +528,7 @@ impl Limiter {
 
     /// Gives back a grant that was never sent to Torn. Returns the units given back: fewer
     /// than granted when some had already left the window.
-    pub async fn refund(&self, grant: &Grant) -> Result<u32> {
+    pub async fn refund(&self, grant: Grant) -> Result<u32> {
         let id = grant.idempotency_id.as_deref();
         match (&self.inner.backend, &self.inner.fallback) {
             (Backend::Memory(m), _) => Ok(m.refund(grant.user, grant.at_ms, grant.cost, id)),

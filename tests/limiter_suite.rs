@@ -1,0 +1,327 @@
+//! One behavioural suite, run against both backends: what holds for Redis holds in memory.
+
+mod common;
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use common::{busiest_window, config, keys_under};
+use torn_quota::{
+    Decision, Error, Limiter, Priority, RateLimitConfig, RateLimitConfigBuilder, Request,
+    TornUserId,
+};
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Redis,
+    Memory,
+}
+
+/// A limiter of `kind`, plus a second handle on the same buckets: for Redis a separate
+/// limiter with its own connections (as another process would have), in memory a clone.
+fn pair(kind: Kind, builder: RateLimitConfigBuilder) -> (Limiter, Limiter) {
+    let config: RateLimitConfig = builder.build().unwrap();
+    match kind {
+        Kind::Redis => (
+            Limiter::redis(config.clone()).unwrap(),
+            Limiter::redis(config).unwrap(),
+        ),
+        Kind::Memory => {
+            let l = Limiter::in_memory(config);
+            (l.clone(), l)
+        }
+    }
+}
+
+fn limiter(kind: Kind, builder: RateLimitConfigBuilder) -> Limiter {
+    pair(kind, builder).0
+}
+
+const USER: TornUserId = TornUserId::new(1001);
+
+fn limited(d: &Decision) -> (Duration, u32) {
+    match d {
+        Decision::Limited {
+            retry_after,
+            remaining,
+            ..
+        } => (*retry_after, *remaining),
+        other => panic!("expected a denial, got {other:?}"),
+    }
+}
+
+async fn exact_limit(kind: Kind) {
+    let l = limiter(kind, config("exact", 5, 2_000));
+    for expected_remaining in (0..5).rev() {
+        let d = l.try_acquire(USER, 1).await.unwrap();
+        assert!(d.is_granted(), "{d:?}");
+        assert_eq!(d.remaining(), expected_remaining);
+    }
+    let (retry, remaining) = limited(&l.try_acquire(USER, 1).await.unwrap());
+    assert_eq!(remaining, 0);
+    assert!(retry > Duration::from_millis(1_500) && retry <= Duration::from_millis(2_000), "{retry:?}");
+    // Another user is untouched.
+    assert!(l.try_acquire(TornUserId::new(1002), 5).await.unwrap().is_granted());
+    let s = l.status(USER).await.unwrap();
+    assert_eq!((s.used, s.limit, s.remaining), (5, 5, 0));
+}
+
+async fn retry_after_is_honest(kind: Kind) {
+    let l = limiter(kind, config("retry", 3, 400));
+    for _ in 0..3 {
+        assert!(l.try_acquire(USER, 1).await.unwrap().is_granted());
+    }
+    let (retry, _) = limited(&l.try_acquire(USER, 1).await.unwrap());
+    // Waiting much less than retry_after does not admit...
+    tokio::time::sleep(retry / 3).await;
+    let (again, _) = limited(&l.try_acquire(USER, 1).await.unwrap());
+    assert!(again < retry, "the wait shrinks as time passes: {again:?} vs {retry:?}");
+    // ...and waiting it out does.
+    tokio::time::sleep(again + Duration::from_millis(5)).await;
+    assert!(l.try_acquire(USER, 1).await.unwrap().is_granted());
+}
+
+async fn cost_above_one_is_atomic(kind: Kind) {
+    let l = limiter(kind, config("atomic", 5, 5_000));
+    assert!(l.try_acquire(USER, 3).await.unwrap().is_granted());
+    let (_, remaining) = limited(&l.try_acquire(USER, 3).await.unwrap());
+    assert_eq!(remaining, 2);
+    assert_eq!(l.status(USER).await.unwrap().used, 3, "a denial records nothing");
+    let d = l.try_acquire(USER, 2).await.unwrap();
+    assert!(d.is_granted());
+    assert_eq!(d.remaining(), 0);
+}
+
+async fn cost_above_limit_is_never_granted(kind: Kind) {
+    let (a, b) = pair(kind, config("toobig", 5, 5_000));
+    match a.try_acquire(USER, 6).await {
+        Err(Error::CostExceedsLimit { cost: 6, limit: 5 }) => {}
+        other => panic!("expected CostExceedsLimit, got {other:?}"),
+    }
+    // Also when an override lowers the limit under the cost at run time.
+    b.set_user_limit(USER, NonZeroU32::new(2)).await.unwrap();
+    match a.try_acquire(USER, 3).await {
+        Err(Error::CostExceedsLimit { cost: 3, limit: 2 }) => {}
+        other => panic!("expected CostExceedsLimit, got {other:?}"),
+    }
+    assert_eq!(a.status(USER).await.unwrap().used, 0);
+}
+
+async fn override_is_seen_by_another_process(kind: Kind) {
+    let (a, b) = pair(kind, config("override", 10, 5_000));
+    a.set_user_limit(USER, NonZeroU32::new(2)).await.unwrap();
+    assert!(b.try_acquire(USER, 1).await.unwrap().is_granted());
+    assert!(b.try_acquire(USER, 1).await.unwrap().is_granted());
+    assert!(!b.try_acquire(USER, 1).await.unwrap().is_granted());
+    assert_eq!(b.status(USER).await.unwrap().limit, 2);
+    // Raising it frees room at once; clearing it restores the configured limit.
+    a.set_user_limit(USER, NonZeroU32::new(3)).await.unwrap();
+    assert!(b.try_acquire(USER, 1).await.unwrap().is_granted());
+    a.set_user_limit(USER, None).await.unwrap();
+    let s = b.status(USER).await.unwrap();
+    assert_eq!((s.limit, s.used, s.remaining), (10, 3, 7));
+    // The override is per user.
+    assert_eq!(b.status(TornUserId::new(7)).await.unwrap().limit, 10);
+}
+
+async fn penalize_holds_the_bucket_full(kind: Kind) {
+    let (a, b) = pair(kind, config("penalize", 10, 5_000));
+    assert!(a.try_acquire(USER, 1).await.unwrap().is_granted());
+    let hold = a.penalize(USER, Duration::from_millis(300)).await.unwrap();
+    assert_eq!(hold, Duration::from_millis(300));
+    // A shorter penalty never shortens the one in force.
+    let kept = a.penalize(USER, Duration::from_millis(10)).await.unwrap();
+    assert!(kept > Duration::from_millis(200), "{kept:?}");
+    let (retry, remaining) = limited(&b.try_acquire(USER, 1).await.unwrap());
+    assert_eq!(remaining, 0);
+    assert!(retry > Duration::from_millis(200) && retry <= Duration::from_millis(300), "{retry:?}");
+    let s = b.status(USER).await.unwrap();
+    assert!(s.penalty > Duration::ZERO && s.remaining == 0, "{s:?}");
+    tokio::time::sleep(retry + Duration::from_millis(5)).await;
+    assert!(b.try_acquire(USER, 1).await.unwrap().is_granted());
+}
+
+async fn refund_gives_back_only_that_grant(kind: Kind) {
+    let l = limiter(kind, config("refund", 4, 5_000));
+    let first = l.acquire(USER, 1).await.unwrap();
+    let unsent = l.acquire(USER, 3).await.unwrap();
+    assert!(!l.try_acquire(USER, 1).await.unwrap().is_granted());
+    assert_eq!(l.refund(unsent).await.unwrap(), 3);
+    let s = l.status(USER).await.unwrap();
+    assert_eq!((s.used, s.remaining), (1, 3));
+    assert_eq!(l.refund(first).await.unwrap(), 1);
+    assert_eq!(l.status(USER).await.unwrap().used, 0);
+}
+
+async fn idempotent_replay_counts_once(kind: Kind) {
+    let (a, b) = pair(kind, config("idem", 5, 5_000));
+    let req = Request::new(2).idempotency_id("job-7/page-1");
+    let first = a.try_acquire_with(USER, &req).await.unwrap();
+    let replay = b.try_acquire_with(USER, &req).await.unwrap();
+    assert_eq!(first, replay, "a replay returns the first decision");
+    assert_eq!(a.status(USER).await.unwrap().used, 2);
+    // Another id counts.
+    let other = Request::new(2).idempotency_id("job-7/page-2");
+    assert!(a.try_acquire_with(USER, &other).await.unwrap().is_granted());
+    assert_eq!(a.status(USER).await.unwrap().used, 4);
+    // A refunded grant's replay is decided afresh.
+    a.refund(first.into_grant().unwrap()).await.unwrap();
+    assert!(b.try_acquire_with(USER, &req).await.unwrap().is_granted());
+    assert_eq!(a.status(USER).await.unwrap().used, 4);
+}
+
+async fn reserve_keeps_headroom_for_high_priority(kind: Kind) {
+    let l = limiter(kind, config("reserve", 5, 5_000).low_priority_reserve(3));
+    let low = Request::new(1).priority(Priority::Low);
+    assert!(l.try_acquire_with(USER, &low).await.unwrap().is_granted());
+    let d = l.try_acquire_with(USER, &low).await.unwrap();
+    assert!(d.is_granted());
+    assert_eq!(d.remaining(), 0, "low priority sees limit - reserve");
+    let (_, remaining) = limited(&l.try_acquire_with(USER, &low).await.unwrap());
+    assert_eq!(remaining, 0);
+    for _ in 0..3 {
+        assert!(l.try_acquire(USER, 1).await.unwrap().is_granted(), "high priority uses the reserve");
+    }
+    assert!(!l.try_acquire(USER, 1).await.unwrap().is_granted());
+    match l.try_acquire_with(USER, &Request::new(3).priority(Priority::Low)).await {
+        Err(Error::CostExceedsLimit { cost: 3, limit: 2 }) => {}
+        other => panic!("a low-priority cost above limit - reserve never fits: {other:?}"),
+    }
+}
+
+async fn bad_arguments_are_rejected(kind: Kind) {
+    let l = limiter(kind, config("badargs", 5, 5_000));
+    for (req, name) in [
+        (Request::new(0), "cost"),
+        (Request::new(1).idempotency_id(""), "idempotency_id"),
+        (Request::new(1).idempotency_id("has space"), "idempotency_id"),
+        (Request::new(1).idempotency_id("x".repeat(129)), "idempotency_id"),
+    ] {
+        match l.try_acquire_with(USER, &req).await {
+            Err(Error::InvalidArgument { name: got, .. }) => assert_eq!(got, name),
+            other => panic!("expected InvalidArgument {name}, got {other:?}"),
+        }
+    }
+    assert_eq!(l.status(USER).await.unwrap().used, 0);
+}
+
+async fn acquire_waits_for_room(kind: Kind) {
+    let l = limiter(kind, config("wait", 2, 300));
+    let started = tokio::time::Instant::now();
+    for _ in 0..6 {
+        l.acquire(USER, 1).await.unwrap();
+    }
+    // 6 units at 2 per 300 ms: two full windows must pass, and not much more.
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(600), "{took:?}");
+    assert!(took < Duration::from_millis(1_500), "{took:?}");
+}
+
+async fn acquire_respects_deadline_and_cancel(kind: Kind) {
+    use torn_quota::Wait;
+    let l = limiter(kind, config("deadline", 1, 2_000));
+    assert!(l.try_acquire(USER, 1).await.unwrap().is_granted());
+    let started = tokio::time::Instant::now();
+    let d = l
+        .acquire_with(USER, &Request::new(1), &Wait::forever().at_most(Duration::from_millis(100)))
+        .await
+        .unwrap();
+    assert!(!d.is_granted());
+    assert!(started.elapsed() < Duration::from_millis(500), "gives up without sleeping past the deadline");
+
+    let token = tokio_util::sync::CancellationToken::new();
+    let waiter = {
+        let (l, token) = (l.clone(), token.clone());
+        tokio::spawn(async move {
+            l.acquire_with(USER, &Request::new(1), &Wait::forever().cancel_on(token)).await
+        })
+    };
+    token.cancel();
+    match waiter.await.unwrap() {
+        Err(Error::Cancelled) => {}
+        other => panic!("expected Cancelled, got {other:?}"),
+    }
+}
+
+async fn concurrent_callers_never_exceed_the_limit(kind: Kind) {
+    let l = limiter(kind, config("concurrent", 10, 300));
+    let end = tokio::time::Instant::now() + Duration::from_millis(1_200);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let l = l.clone();
+        tasks.spawn(async move {
+            let mut times = Vec::new();
+            let wait = torn_quota::Wait::forever().until(end);
+            while let Decision::Granted(g) = l.acquire_with(USER, &Request::new(1), &wait).await.unwrap() {
+                times.push(g.granted_at_ms());
+            }
+            times
+        });
+    }
+    let mut times = Vec::new();
+    while let Some(t) = tasks.join_next().await {
+        times.extend(t.unwrap());
+    }
+    assert_eq!(busiest_window(&mut times, 300), 10);
+    // 4 windows in 1.2 s: the limit is used, not wasted.
+    assert!(times.len() >= 38, "granted {}", times.len());
+}
+
+async fn idle_bucket_leaves_nothing(kind: Kind) {
+    let builder = config("idle", 5, 150).cleanup_interval(Duration::from_millis(1));
+    let prefix = builder.clone().build().unwrap().key_prefix().to_owned();
+    let l = limiter(kind, builder);
+    for user in 0..5 {
+        assert!(l.try_acquire(TornUserId::new(user), 2).await.unwrap().is_granted());
+    }
+    l.try_acquire_with(USER, &Request::new(1).idempotency_id("once")).await.unwrap();
+    match kind {
+        Kind::Redis => assert!(!keys_under(&prefix).await.is_empty()),
+        Kind::Memory => assert_eq!(l.tracked_buckets(), Some(7)),
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    match kind {
+        Kind::Redis => assert_eq!(keys_under(&prefix).await, Vec::<String>::new()),
+        Kind::Memory => assert_eq!(l.tracked_buckets(), Some(0)),
+    }
+}
+
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod redis_backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    common::redis_conn().await; // fails loudly without Redis
+                    super::$name(super::Kind::Redis).await;
+                }
+            )*
+            use super::common;
+        }
+        mod memory_backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Kind::Memory).await;
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    exact_limit,
+    retry_after_is_honest,
+    cost_above_one_is_atomic,
+    cost_above_limit_is_never_granted,
+    override_is_seen_by_another_process,
+    penalize_holds_the_bucket_full,
+    refund_gives_back_only_that_grant,
+    idempotent_replay_counts_once,
+    reserve_keeps_headroom_for_high_priority,
+    bad_arguments_are_rejected,
+    acquire_waits_for_room,
+    acquire_respects_deadline_and_cancel,
+    concurrent_callers_never_exceed_the_limit,
+    idle_bucket_leaves_nothing,
+);
