@@ -1,0 +1,114 @@
+//! The operator CLI as checks outside the test suite use it: exit codes, one JSON object per
+//! line on stdout, clear errors naming the setting.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn run(prefix: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_torn-quota"));
+    cmd.args(args)
+        .env("REDIS_URL", common::redis_url())
+        .env("TORN_QUOTA_KEY_PREFIX", prefix)
+        .env("TORN_QUOTA_LIMIT", "2")
+        .env("TORN_QUOTA_WINDOW_MS", "5000")
+        .env_remove("TORN_QUOTA_CONFIG")
+        .env_remove("TORN_QUOTA_MODE");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run torn-quota")
+}
+
+fn json(out: &Output) -> Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_else(|| {
+        panic!("no JSON on stdout; stderr: {}", String::from_utf8_lossy(&out.stderr))
+    });
+    serde_json::from_str(last).unwrap()
+}
+
+#[tokio::test]
+async fn acquire_exit_codes_and_json() {
+    common::redis_conn().await;
+    let prefix = common::unique_prefix("cli");
+    for expected_remaining in [1, 0] {
+        let out = run(&prefix, &["acquire", "--user", "77"], &[]);
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        let v = json(&out);
+        assert_eq!(v["granted"], true);
+        assert_eq!(v["remaining"], expected_remaining);
+        assert_eq!(v["retry_after_ms"], 0);
+        assert_eq!(v["enforced_by"], "per-user");
+    }
+    let out = run(&prefix, &["acquire", "--user", "77"], &[]);
+    assert_eq!(out.status.code(), Some(1), "refused exits 1");
+    let v = json(&out);
+    assert_eq!(v["granted"], false);
+    assert!(v["retry_after_ms"].as_u64().unwrap() > 0);
+
+    let status = json(&run(&prefix, &["status", "--user", "77"], &[]));
+    assert_eq!(status["used"], 2);
+    assert_eq!(status["limit"], 2);
+    assert_eq!(status["remaining"], 0);
+    assert!(status["reset_after_ms"].as_u64().unwrap() > 4_000);
+}
+
+#[tokio::test]
+async fn set_limit_is_seen_by_another_process() {
+    common::redis_conn().await;
+    let prefix = common::unique_prefix("cli");
+    let out = run(&prefix, &["set-limit", "--user", "78", "--limit", "3"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    for _ in 0..3 {
+        assert_eq!(run(&prefix, &["acquire", "--user", "78"], &[]).status.code(), Some(0));
+    }
+    assert_eq!(run(&prefix, &["acquire", "--user", "78"], &[]).status.code(), Some(1));
+}
+
+#[test]
+fn bad_settings_exit_2_naming_the_setting() {
+    for (env, setting) in [
+        (("TORN_QUOTA_LIMIT", "0"), "TORN_QUOTA_LIMIT"),
+        (("TORN_QUOTA_WINDOW_MS", "0"), "TORN_QUOTA_WINDOW_MS"),
+        (("REDIS_URL", "localhost:6379 oops"), "REDIS_URL"),
+        (("TORN_QUOTA_MODE", "legacy"), "TORN_QUOTA_MODE"),
+    ] {
+        let out = run("tq-cli-bad", &["acquire", "--user", "1"], &[env]);
+        assert_eq!(out.status.code(), Some(2), "{env:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(setting), "{env:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "nothing on stdout for an error");
+    }
+    let out = run("tq-cli-bad", &["acquire", "--user", "1", "--cost", "0"], &[]);
+    assert_eq!(out.status.code(), Some(2), "clap refuses a zero cost");
+}
+
+#[test]
+fn unreachable_redis_exits_2_within_the_timeout() {
+    let started = std::time::Instant::now();
+    let out = run(
+        "tq-cli-down",
+        &["acquire", "--user", "1"],
+        &[("REDIS_URL", "redis://127.0.0.1:1"), ("TORN_QUOTA_REDIS_CONNECT_TIMEOUT_MS", "200")],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("redis unavailable"));
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
+
+#[test]
+fn demo_runs_and_holds_the_limit() {
+    let out = Command::new(env!("CARGO_BIN_EXE_torn-quota"))
+        .args(["demo", "--workers", "4", "--limit", "10", "--window-ms", "300", "--windows", "2"])
+        .env("REDIS_URL", common::redis_url())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let v = json(&out);
+    assert_eq!(v["limit_held"], true);
+    assert_eq!(v["busiest_window"], 10);
+    assert_eq!(v["granted"], 20);
+}

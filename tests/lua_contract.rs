@@ -1,0 +1,110 @@
+//! The Lua contract as another language sees it: raw EVAL of the files in `lua/`, no Rust
+//! limiter in between.
+
+mod common;
+
+use redis::aio::MultiplexedConnection;
+use torn_quota::{KeyBuilder, TornUserId, lua};
+
+async fn eval(
+    conn: &mut MultiplexedConnection,
+    script: &str,
+    keys: &[&str],
+    args: &[&str],
+) -> redis::RedisResult<Vec<i64>> {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(script).arg(keys.len()).arg(keys).arg(args);
+    cmd.query_async(conn).await
+}
+
+#[tokio::test]
+async fn minimal_call_keeps_the_contract() {
+    let mut c = common::redis_conn().await;
+    let keys = KeyBuilder::new(common::unique_prefix("lua")).bucket(TornUserId::new(9));
+    let k = [keys.state.as_str()];
+    assert_eq!(eval(&mut c, lua::ACQUIRE, &k, &["3", "2000", "2"]).await.unwrap(), vec![1, 1, 0]);
+    assert_eq!(eval(&mut c, lua::ACQUIRE, &k, &["3", "2000", "1"]).await.unwrap(), vec![1, 0, 0]);
+    let denied = eval(&mut c, lua::ACQUIRE, &k, &["3", "2000", "1"]).await.unwrap();
+    assert_eq!(denied.len(), 3);
+    assert_eq!(&denied[..2], &[0, 0]);
+    assert!(denied[2] > 1_500 && denied[2] <= 2_000, "retry_after_ms {}", denied[2]);
+    // The state expires on its own one window after the last grant.
+    let ttl: i64 = redis::cmd("PTTL").arg(&keys.state).query_async(&mut c).await.unwrap();
+    assert!(ttl > 1_500 && ttl <= 2_000, "pttl {ttl}");
+    // status consumes nothing.
+    let s = eval(&mut c, lua::STATUS, &k, &["3", "2000"]).await.unwrap();
+    assert_eq!(&s[..3], &[3, 3, 0]);
+    assert_eq!(eval(&mut c, lua::STATUS, &k, &["3", "2000"]).await.unwrap()[0], 3);
+}
+
+#[tokio::test]
+async fn time_comes_from_redis() {
+    let mut c = common::redis_conn().await;
+    let keys = KeyBuilder::new(common::unique_prefix("lua")).bucket(TornUserId::new(9));
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut c).await.unwrap();
+    let before = secs * 1000 + micros / 1000;
+    let reply = eval(&mut c, lua::ACQUIRE, &[&keys.state], &["3", "2000", "1", "0", "1"]).await.unwrap();
+    assert_eq!(reply.len(), 4, "ARGV[5] = 1 appends the decision's time");
+    let at = reply[3] as u64;
+    assert!(at >= before && at < before + 1_000, "{at} vs {before}");
+}
+
+#[tokio::test]
+async fn bad_arguments_get_an_error_naming_them() {
+    let mut c = common::redis_conn().await;
+    let keys = KeyBuilder::new(common::unique_prefix("lua")).bucket(TornUserId::new(9));
+    let k = [keys.state.as_str()];
+    for (args, named) in [
+        (vec!["0", "1000", "1"], "ARGV[1] limit"),
+        (vec!["x", "1000", "1"], "ARGV[1] limit"),
+        (vec!["2.5", "1000", "1"], "ARGV[1] limit"),
+        (vec!["5", "0", "1"], "ARGV[2] window_ms"),
+        (vec!["5", "1000", "0"], "ARGV[3] cost"),
+        (vec!["5", "1000", "-1"], "ARGV[3] cost"),
+        (vec!["5", "1000", "1", "z"], "ARGV[4] reserve"),
+        (vec!["5", "1000", "1", "0", "2"], "ARGV[5] with_time"),
+        (vec!["5", "1000", "6"], "cost 6 exceeds the limit 5"),
+        (vec!["5", "1000"], "ARGV[3] cost"),
+    ] {
+        let err = eval(&mut c, lua::ACQUIRE, &k, &args).await.unwrap_err();
+        assert!(err.to_string().contains(named), "{args:?}: {err}");
+    }
+    let err = eval(&mut c, lua::PENALIZE, &[&keys.penalty], &["soon"]).await.unwrap_err();
+    assert!(err.to_string().contains("ARGV[1] hold_ms"), "{err}");
+    let err = eval(&mut c, lua::REFUND, &[&keys.state], &["1", "0"]).await.unwrap_err();
+    assert!(err.to_string().contains("ARGV[2] cost"), "{err}");
+    let exists: bool = redis::cmd("EXISTS").arg(&keys.state).query_async(&mut c).await.unwrap();
+    assert!(!exists, "a refused call records nothing");
+}
+
+#[tokio::test]
+async fn optional_keys_extend_the_call() {
+    let mut c = common::redis_conn().await;
+    let kb = KeyBuilder::new(common::unique_prefix("lua"));
+    let keys = kb.bucket(TornUserId::new(9));
+    let all = [keys.state.as_str(), keys.limit.as_str(), keys.penalty.as_str()];
+    // Override in KEYS[2] replaces ARGV[1].
+    let _: () = redis::cmd("SET").arg(&keys.limit).arg(1).query_async(&mut c).await.unwrap();
+    assert_eq!(eval(&mut c, lua::ACQUIRE, &all, &["50", "2000", "1"]).await.unwrap(), vec![1, 0, 0]);
+    assert_eq!(eval(&mut c, lua::ACQUIRE, &all, &["50", "2000", "1"]).await.unwrap()[0], 0);
+    let _: () = redis::cmd("DEL").arg(&keys.limit).query_async(&mut c).await.unwrap();
+    // Penalty in KEYS[3] holds the bucket full.
+    let held: i64 = redis::cmd("EVAL")
+        .arg(lua::PENALIZE)
+        .arg(1)
+        .arg(&keys.penalty)
+        .arg(800)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(held > 600 && held <= 800, "{held}");
+    let r = eval(&mut c, lua::ACQUIRE, &all, &["50", "2000", "1"]).await.unwrap();
+    assert_eq!(r[0], 0);
+    assert!(r[2] > 600 && r[2] <= 800, "{r:?}");
+    // Every key of a user shares one hash tag, so a script stays on one cluster slot.
+    let tag = |k: &str| k[k.find('{').unwrap()..=k.find('}').unwrap()].to_owned();
+    let idem = kb.idempotency(TornUserId::new(9), "id-1");
+    for k in [&keys.limit, &keys.penalty, &idem] {
+        assert_eq!(tag(k), tag(&keys.state));
+    }
+}

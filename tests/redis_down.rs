@@ -1,0 +1,166 @@
+//! Redis stopped or frozen mid-test: the configured failure policy answers, within the
+//! timeout. Each test runs its own `redis-server` on a free loopback port, so stopping it
+//! disturbs no other test.
+
+mod common;
+
+use std::net::TcpListener;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use torn_quota::{Error, Limiter, OnRedisDown, RateLimitConfig, TornUserId};
+
+struct PrivateRedis {
+    port: u16,
+    child: Child,
+}
+
+impl PrivateRedis {
+    fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        Self::start_on(port)
+    }
+
+    fn start_on(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("these tests start their own redis-server, which is not on PATH ({e})")
+            });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+        while client
+            .get_connection()
+            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "private redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { port, child }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} failed");
+    }
+
+    fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.resume();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl PrivateRedis {
+    fn resume(&self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.child.id().to_string()])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn config(url: &str, policy: OnRedisDown) -> RateLimitConfig {
+    RateLimitConfig::builder()
+        .redis_url(url)
+        .key_prefix(common::unique_prefix("down"))
+        .limit(NonZeroU32::new(20).unwrap())
+        .window(Duration::from_secs(5))
+        .connect_timeout(Duration::from_millis(200))
+        .command_timeout(Duration::from_millis(200))
+        .reconnect_interval(Duration::from_millis(100))
+        .connections(NonZeroUsize::MIN)
+        .on_redis_down(policy)
+        .build()
+        .unwrap()
+}
+
+const USER: TornUserId = TornUserId::new(5);
+/// connect + command timeout, plus generous slack for a loaded machine.
+const BOUND: Duration = Duration::from_millis(1_500);
+
+#[tokio::test]
+async fn fail_fast_when_redis_is_killed() {
+    let mut redis = PrivateRedis::start();
+    let limiter = Limiter::redis(config(&redis.url(), OnRedisDown::FailFast)).unwrap();
+    assert!(limiter.try_acquire(USER, 1).await.unwrap().is_granted());
+    redis.kill();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let err = limiter.try_acquire(USER, 1).await.unwrap_err();
+        assert!(err.is_unavailable(), "{err:?}");
+        assert!(started.elapsed() < BOUND, "took {:?}", started.elapsed());
+    }
+}
+
+#[tokio::test]
+async fn no_call_hangs_on_a_frozen_redis() {
+    let redis = PrivateRedis::start();
+    let limiter = Limiter::redis(config(&redis.url(), OnRedisDown::FailFast)).unwrap();
+    assert!(limiter.try_acquire(USER, 1).await.unwrap().is_granted());
+    redis.signal("-STOP"); // accepts nothing, answers nothing: a black hole
+    let started = Instant::now();
+    let err = limiter.try_acquire(USER, 1).await.unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. } | Error::Unavailable { .. }), "{err:?}");
+    assert!(started.elapsed() < BOUND, "took {:?}", started.elapsed());
+    redis.signal("-CONT");
+}
+
+#[tokio::test]
+async fn local_fallback_is_conservative_and_recovers() {
+    let mut redis = PrivateRedis::start();
+    let port = redis.port;
+    let policy = OnRedisDown::LocalFallback {
+        workers: NonZeroU32::new(4).unwrap(),
+    };
+    let limiter = Limiter::redis(config(&redis.url(), policy)).unwrap();
+    let d = limiter.try_acquire(USER, 1).await.unwrap();
+    assert!(d.is_granted() && !d.is_degraded());
+    assert_eq!(limiter.degraded_for(), None);
+
+    redis.kill();
+    // 20 per window shared by 4 workers: each may grant 5 alone.
+    let started = Instant::now();
+    for i in 0..5 {
+        let d = limiter.try_acquire(USER, 1).await.unwrap();
+        assert!(d.is_granted() && d.is_degraded(), "call {i}: {d:?}");
+    }
+    let d = limiter.try_acquire(USER, 1).await.unwrap();
+    assert!(!d.is_granted() && d.is_degraded(), "{d:?}");
+    assert!(started.elapsed() < BOUND * 2, "took {:?}", started.elapsed());
+    assert!(limiter.degraded_for().is_some());
+    assert!(limiter.status(USER).await.unwrap().degraded);
+
+    // Redis comes back (empty, as after a restart): shared decisions resume.
+    let _redis = PrivateRedis::start_on(port);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let d = limiter.try_acquire(USER, 1).await.unwrap();
+        if !d.is_degraded() {
+            assert!(d.is_granted());
+            break;
+        }
+        assert!(Instant::now() < deadline, "never left the degraded state");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(limiter.degraded_for(), None);
+}
