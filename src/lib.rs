@@ -43,3 +43,8 @@ pub mod lua {
     /// `lua/refund.lua`: give back a grant never sent.
     pub const REFUND: &str = include_str!("../lua/refund.lua");
 }
+
+/// The README's examples compile as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -25,7 +25,10 @@ fn run(prefix: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
 fn json(out: &Output) -> Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let last = stdout.lines().last().unwrap_or_else(|| {
-        panic!("no JSON on stdout; stderr: {}", String::from_utf8_lossy(&out.stderr))
+        panic!(
+            "no JSON on stdout; stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
     });
     serde_json::from_str(last).unwrap()
 }
@@ -63,9 +66,19 @@ async fn set_limit_is_seen_by_another_process() {
     let out = run(&prefix, &["set-limit", "--user", "78", "--limit", "3"], &[]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     for _ in 0..3 {
-        assert_eq!(run(&prefix, &["acquire", "--user", "78"], &[]).status.code(), Some(0));
+        assert_eq!(
+            run(&prefix, &["acquire", "--user", "78"], &[])
+                .status
+                .code(),
+            Some(0)
+        );
     }
-    assert_eq!(run(&prefix, &["acquire", "--user", "78"], &[]).status.code(), Some(1));
+    assert_eq!(
+        run(&prefix, &["acquire", "--user", "78"], &[])
+            .status
+            .code(),
+        Some(1)
+    );
 }
 
 #[test]
@@ -82,7 +95,11 @@ fn bad_settings_exit_2_naming_the_setting() {
         assert!(stderr.contains(setting), "{env:?}: {stderr}");
         assert!(out.stdout.is_empty(), "nothing on stdout for an error");
     }
-    let out = run("tq-cli-bad", &["acquire", "--user", "1", "--cost", "0"], &[]);
+    let out = run(
+        "tq-cli-bad",
+        &["acquire", "--user", "1", "--cost", "0"],
+        &[],
+    );
     assert_eq!(out.status.code(), Some(2), "clap refuses a zero cost");
 }
 
@@ -92,7 +109,10 @@ fn unreachable_redis_exits_2_within_the_timeout() {
     let out = run(
         "tq-cli-down",
         &["acquire", "--user", "1"],
-        &[("REDIS_URL", "redis://127.0.0.1:1"), ("TORN_QUOTA_REDIS_CONNECT_TIMEOUT_MS", "200")],
+        &[
+            ("REDIS_URL", "redis://127.0.0.1:1"),
+            ("TORN_QUOTA_REDIS_CONNECT_TIMEOUT_MS", "200"),
+        ],
     );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("redis unavailable"));
@@ -102,7 +122,17 @@ fn unreachable_redis_exits_2_within_the_timeout() {
 #[test]
 fn demo_runs_and_holds_the_limit() {
     let out = Command::new(env!("CARGO_BIN_EXE_torn-quota"))
-        .args(["demo", "--workers", "4", "--limit", "10", "--window-ms", "300", "--windows", "2"])
+        .args([
+            "demo",
+            "--workers",
+            "4",
+            "--limit",
+            "10",
+            "--window-ms",
+            "300",
+            "--windows",
+            "2",
+        ])
         .env("REDIS_URL", common::redis_url())
         .output()
         .unwrap();

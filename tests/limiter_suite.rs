@@ -59,9 +59,17 @@ async fn exact_limit(kind: Kind) {
     }
     let (retry, remaining) = limited(&l.try_acquire(USER, 1).await.unwrap());
     assert_eq!(remaining, 0);
-    assert!(retry > Duration::from_millis(1_500) && retry <= Duration::from_millis(2_000), "{retry:?}");
+    assert!(
+        retry > Duration::from_millis(1_500) && retry <= Duration::from_millis(2_000),
+        "{retry:?}"
+    );
     // Another user is untouched.
-    assert!(l.try_acquire(TornUserId::new(1002), 5).await.unwrap().is_granted());
+    assert!(
+        l.try_acquire(TornUserId::new(1002), 5)
+            .await
+            .unwrap()
+            .is_granted()
+    );
     let s = l.status(USER).await.unwrap();
     assert_eq!((s.used, s.limit, s.remaining), (5, 5, 0));
 }
@@ -75,7 +83,10 @@ async fn retry_after_is_honest(kind: Kind) {
     // Waiting much less than retry_after does not admit...
     tokio::time::sleep(retry / 3).await;
     let (again, _) = limited(&l.try_acquire(USER, 1).await.unwrap());
-    assert!(again < retry, "the wait shrinks as time passes: {again:?} vs {retry:?}");
+    assert!(
+        again < retry,
+        "the wait shrinks as time passes: {again:?} vs {retry:?}"
+    );
     // ...and waiting it out does.
     tokio::time::sleep(again + Duration::from_millis(5)).await;
     assert!(l.try_acquire(USER, 1).await.unwrap().is_granted());
@@ -86,7 +97,11 @@ async fn cost_above_one_is_atomic(kind: Kind) {
     assert!(l.try_acquire(USER, 3).await.unwrap().is_granted());
     let (_, remaining) = limited(&l.try_acquire(USER, 3).await.unwrap());
     assert_eq!(remaining, 2);
-    assert_eq!(l.status(USER).await.unwrap().used, 3, "a denial records nothing");
+    assert_eq!(
+        l.status(USER).await.unwrap().used,
+        3,
+        "a denial records nothing"
+    );
     let d = l.try_acquire(USER, 2).await.unwrap();
     assert!(d.is_granted());
     assert_eq!(d.remaining(), 0);
@@ -134,7 +149,10 @@ async fn penalize_holds_the_bucket_full(kind: Kind) {
     assert!(kept > Duration::from_millis(200), "{kept:?}");
     let (retry, remaining) = limited(&b.try_acquire(USER, 1).await.unwrap());
     assert_eq!(remaining, 0);
-    assert!(retry > Duration::from_millis(200) && retry <= Duration::from_millis(300), "{retry:?}");
+    assert!(
+        retry > Duration::from_millis(200) && retry <= Duration::from_millis(300),
+        "{retry:?}"
+    );
     let s = b.status(USER).await.unwrap();
     assert!(s.penalty > Duration::ZERO && s.remaining == 0, "{s:?}");
     tokio::time::sleep(retry + Duration::from_millis(5)).await;
@@ -180,10 +198,16 @@ async fn reserve_keeps_headroom_for_high_priority(kind: Kind) {
     let (_, remaining) = limited(&l.try_acquire_with(USER, &low).await.unwrap());
     assert_eq!(remaining, 0);
     for _ in 0..3 {
-        assert!(l.try_acquire(USER, 1).await.unwrap().is_granted(), "high priority uses the reserve");
+        assert!(
+            l.try_acquire(USER, 1).await.unwrap().is_granted(),
+            "high priority uses the reserve"
+        );
     }
     assert!(!l.try_acquire(USER, 1).await.unwrap().is_granted());
-    match l.try_acquire_with(USER, &Request::new(3).priority(Priority::Low)).await {
+    match l
+        .try_acquire_with(USER, &Request::new(3).priority(Priority::Low))
+        .await
+    {
         Err(Error::CostExceedsLimit { cost: 3, limit: 2 }) => {}
         other => panic!("a low-priority cost above limit - reserve never fits: {other:?}"),
     }
@@ -194,8 +218,14 @@ async fn bad_arguments_are_rejected(kind: Kind) {
     for (req, name) in [
         (Request::new(0), "cost"),
         (Request::new(1).idempotency_id(""), "idempotency_id"),
-        (Request::new(1).idempotency_id("has space"), "idempotency_id"),
-        (Request::new(1).idempotency_id("x".repeat(129)), "idempotency_id"),
+        (
+            Request::new(1).idempotency_id("has space"),
+            "idempotency_id",
+        ),
+        (
+            Request::new(1).idempotency_id("x".repeat(129)),
+            "idempotency_id",
+        ),
     ] {
         match l.try_acquire_with(USER, &req).await {
             Err(Error::InvalidArgument { name: got, .. }) => assert_eq!(got, name),
@@ -223,17 +253,25 @@ async fn acquire_respects_deadline_and_cancel(kind: Kind) {
     assert!(l.try_acquire(USER, 1).await.unwrap().is_granted());
     let started = tokio::time::Instant::now();
     let d = l
-        .acquire_with(USER, &Request::new(1), &Wait::forever().at_most(Duration::from_millis(100)))
+        .acquire_with(
+            USER,
+            &Request::new(1),
+            &Wait::forever().at_most(Duration::from_millis(100)),
+        )
         .await
         .unwrap();
     assert!(!d.is_granted());
-    assert!(started.elapsed() < Duration::from_millis(500), "gives up without sleeping past the deadline");
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "gives up without sleeping past the deadline"
+    );
 
     let token = tokio_util::sync::CancellationToken::new();
     let waiter = {
         let (l, token) = (l.clone(), token.clone());
         tokio::spawn(async move {
-            l.acquire_with(USER, &Request::new(1), &Wait::forever().cancel_on(token)).await
+            l.acquire_with(USER, &Request::new(1), &Wait::forever().cancel_on(token))
+                .await
         })
     };
     token.cancel();
@@ -252,7 +290,9 @@ async fn concurrent_callers_never_exceed_the_limit(kind: Kind) {
         tasks.spawn(async move {
             let mut times = Vec::new();
             let wait = torn_quota::Wait::forever().until(end);
-            while let Decision::Granted(g) = l.acquire_with(USER, &Request::new(1), &wait).await.unwrap() {
+            while let Decision::Granted(g) =
+                l.acquire_with(USER, &Request::new(1), &wait).await.unwrap()
+            {
                 times.push(g.granted_at_ms());
             }
             times
@@ -272,9 +312,16 @@ async fn idle_bucket_leaves_nothing(kind: Kind) {
     let prefix = builder.clone().build().unwrap().key_prefix().to_owned();
     let l = limiter(kind, builder);
     for user in 0..5 {
-        assert!(l.try_acquire(TornUserId::new(user), 2).await.unwrap().is_granted());
+        assert!(
+            l.try_acquire(TornUserId::new(user), 2)
+                .await
+                .unwrap()
+                .is_granted()
+        );
     }
-    l.try_acquire_with(USER, &Request::new(1).idempotency_id("once")).await.unwrap();
+    l.try_acquire_with(USER, &Request::new(1).idempotency_id("once"))
+        .await
+        .unwrap();
     match kind {
         Kind::Redis => assert!(!keys_under(&prefix).await.is_empty()),
         Kind::Memory => assert_eq!(l.tracked_buckets(), Some(7)),

@@ -22,19 +22,42 @@ async fn minimal_call_keeps_the_contract() {
     let mut c = common::redis_conn().await;
     let keys = KeyBuilder::new(common::unique_prefix("lua")).bucket(TornUserId::new(9));
     let k = [keys.state.as_str()];
-    assert_eq!(eval(&mut c, lua::ACQUIRE, &k, &["3", "2000", "2"]).await.unwrap(), vec![1, 1, 0]);
-    assert_eq!(eval(&mut c, lua::ACQUIRE, &k, &["3", "2000", "1"]).await.unwrap(), vec![1, 0, 0]);
-    let denied = eval(&mut c, lua::ACQUIRE, &k, &["3", "2000", "1"]).await.unwrap();
+    assert_eq!(
+        eval(&mut c, lua::ACQUIRE, &k, &["3", "2000", "2"])
+            .await
+            .unwrap(),
+        vec![1, 1, 0]
+    );
+    assert_eq!(
+        eval(&mut c, lua::ACQUIRE, &k, &["3", "2000", "1"])
+            .await
+            .unwrap(),
+        vec![1, 0, 0]
+    );
+    let denied = eval(&mut c, lua::ACQUIRE, &k, &["3", "2000", "1"])
+        .await
+        .unwrap();
     assert_eq!(denied.len(), 3);
     assert_eq!(&denied[..2], &[0, 0]);
-    assert!(denied[2] > 1_500 && denied[2] <= 2_000, "retry_after_ms {}", denied[2]);
+    assert!(
+        denied[2] > 1_500 && denied[2] <= 2_000,
+        "retry_after_ms {}",
+        denied[2]
+    );
     // The state expires on its own one window after the last grant.
-    let ttl: i64 = redis::cmd("PTTL").arg(&keys.state).query_async(&mut c).await.unwrap();
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&keys.state)
+        .query_async(&mut c)
+        .await
+        .unwrap();
     assert!(ttl > 1_500 && ttl <= 2_000, "pttl {ttl}");
     // status consumes nothing.
     let s = eval(&mut c, lua::STATUS, &k, &["3", "2000"]).await.unwrap();
     assert_eq!(&s[..3], &[3, 3, 0]);
-    assert_eq!(eval(&mut c, lua::STATUS, &k, &["3", "2000"]).await.unwrap()[0], 3);
+    assert_eq!(
+        eval(&mut c, lua::STATUS, &k, &["3", "2000"]).await.unwrap()[0],
+        3
+    );
 }
 
 #[tokio::test]
@@ -43,7 +66,14 @@ async fn time_comes_from_redis() {
     let keys = KeyBuilder::new(common::unique_prefix("lua")).bucket(TornUserId::new(9));
     let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut c).await.unwrap();
     let before = secs * 1000 + micros / 1000;
-    let reply = eval(&mut c, lua::ACQUIRE, &[&keys.state], &["3", "2000", "1", "0", "1"]).await.unwrap();
+    let reply = eval(
+        &mut c,
+        lua::ACQUIRE,
+        &[&keys.state],
+        &["3", "2000", "1", "0", "1"],
+    )
+    .await
+    .unwrap();
     assert_eq!(reply.len(), 4, "ARGV[5] = 1 appends the decision's time");
     let at = reply[3] as u64;
     assert!(at >= before && at < before + 1_000, "{at} vs {before}");
@@ -69,11 +99,19 @@ async fn bad_arguments_get_an_error_naming_them() {
         let err = eval(&mut c, lua::ACQUIRE, &k, &args).await.unwrap_err();
         assert!(err.to_string().contains(named), "{args:?}: {err}");
     }
-    let err = eval(&mut c, lua::PENALIZE, &[&keys.penalty], &["soon"]).await.unwrap_err();
+    let err = eval(&mut c, lua::PENALIZE, &[&keys.penalty], &["soon"])
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("ARGV[1] hold_ms"), "{err}");
-    let err = eval(&mut c, lua::REFUND, &[&keys.state], &["1", "0"]).await.unwrap_err();
+    let err = eval(&mut c, lua::REFUND, &[&keys.state], &["1", "0"])
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("ARGV[2] cost"), "{err}");
-    let exists: bool = redis::cmd("EXISTS").arg(&keys.state).query_async(&mut c).await.unwrap();
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(&keys.state)
+        .query_async(&mut c)
+        .await
+        .unwrap();
     assert!(!exists, "a refused call records nothing");
 }
 
@@ -82,12 +120,35 @@ async fn optional_keys_extend_the_call() {
     let mut c = common::redis_conn().await;
     let kb = KeyBuilder::new(common::unique_prefix("lua"));
     let keys = kb.bucket(TornUserId::new(9));
-    let all = [keys.state.as_str(), keys.limit.as_str(), keys.penalty.as_str()];
+    let all = [
+        keys.state.as_str(),
+        keys.limit.as_str(),
+        keys.penalty.as_str(),
+    ];
     // Override in KEYS[2] replaces ARGV[1].
-    let _: () = redis::cmd("SET").arg(&keys.limit).arg(1).query_async(&mut c).await.unwrap();
-    assert_eq!(eval(&mut c, lua::ACQUIRE, &all, &["50", "2000", "1"]).await.unwrap(), vec![1, 0, 0]);
-    assert_eq!(eval(&mut c, lua::ACQUIRE, &all, &["50", "2000", "1"]).await.unwrap()[0], 0);
-    let _: () = redis::cmd("DEL").arg(&keys.limit).query_async(&mut c).await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(&keys.limit)
+        .arg(1)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(
+        eval(&mut c, lua::ACQUIRE, &all, &["50", "2000", "1"])
+            .await
+            .unwrap(),
+        vec![1, 0, 0]
+    );
+    assert_eq!(
+        eval(&mut c, lua::ACQUIRE, &all, &["50", "2000", "1"])
+            .await
+            .unwrap()[0],
+        0
+    );
+    let _: () = redis::cmd("DEL")
+        .arg(&keys.limit)
+        .query_async(&mut c)
+        .await
+        .unwrap();
     // Penalty in KEYS[3] holds the bucket full.
     let held: i64 = redis::cmd("EVAL")
         .arg(lua::PENALIZE)
@@ -98,7 +159,9 @@ async fn optional_keys_extend_the_call() {
         .await
         .unwrap();
     assert!(held > 600 && held <= 800, "{held}");
-    let r = eval(&mut c, lua::ACQUIRE, &all, &["50", "2000", "1"]).await.unwrap();
+    let r = eval(&mut c, lua::ACQUIRE, &all, &["50", "2000", "1"])
+        .await
+        .unwrap();
     assert_eq!(r[0], 0);
     assert!(r[2] > 600 && r[2] <= 800, "{r:?}");
     // Every key of a user shares one hash tag, so a script stays on one cluster slot.

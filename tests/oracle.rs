@@ -23,7 +23,10 @@ const WINDOW_MS: u64 = 500;
 const RUN_MS: u64 = 3_000;
 
 fn epoch_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
 }
 
 fn redis_url() -> String {
@@ -82,10 +85,9 @@ fn worker(prefix: &str, start_us: u64) {
                             .unwrap();
                         let recv = epoch_us();
                         match d {
-                            Decision::Granted(g) => lines.push(format!(
-                                "{user} {} {send} {recv}",
-                                g.granted_at_ms()
-                            )),
+                            Decision::Granted(g) => {
+                                lines.push(format!("{user} {} {send} {recv}", g.granted_at_ms()));
+                            }
                             _ => return lines,
                         }
                     }
@@ -111,8 +113,14 @@ struct Record {
 
 fn oracle() {
     let client = redis::Client::open(redis_url()).unwrap();
-    if let Err(e) = client.get_connection().and_then(|mut c| redis::cmd("PING").query::<String>(&mut c)) {
-        panic!("multi_process_oracle needs Redis at {} ({e}): start it and run again", redis_url());
+    if let Err(e) = client
+        .get_connection()
+        .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+    {
+        panic!(
+            "multi_process_oracle needs Redis at {} ({e}): start it and run again",
+            redis_url()
+        );
     }
     let prefix = format!("tqtest-oracle-{}", std::process::id());
     // Start together, a little ahead, so process start-up does not eat the first window.
@@ -180,13 +188,20 @@ fn oracle() {
             share * 100.0
         );
         if busiest > LIMIT as usize {
-            failures.push(format!("user {user}: {busiest} grants in one window by Redis time"));
+            failures.push(format!(
+                "user {user}: {busiest} grants in one window by Redis time"
+            ));
         }
         if busiest_seen > LIMIT as usize {
-            failures.push(format!("user {user}: {busiest_seen} grants inside one window by round trips"));
+            failures.push(format!(
+                "user {user}: {busiest_seen} grants inside one window by round trips"
+            ));
         }
         if share < 0.95 {
-            failures.push(format!("user {user}: only {:.1} % of its quota", share * 100.0));
+            failures.push(format!(
+                "user {user}: only {:.1} % of its quota",
+                share * 100.0
+            ));
         }
     }
     if failures.is_empty() {

@@ -18,13 +18,26 @@ struct PrivateRedis {
 
 impl PrivateRedis {
     fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         Self::start_on(port)
     }
 
     fn start_on(port: u16) -> Self {
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| {
@@ -37,7 +50,10 @@ impl PrivateRedis {
             .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
             .is_err()
         {
-            assert!(Instant::now() < deadline, "private redis-server did not start");
+            assert!(
+                Instant::now() < deadline,
+                "private redis-server did not start"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         Self { port, child }
@@ -120,7 +136,10 @@ async fn no_call_hangs_on_a_frozen_redis() {
     redis.signal("-STOP"); // accepts nothing, answers nothing: a black hole
     let started = Instant::now();
     let err = limiter.try_acquire(USER, 1).await.unwrap_err();
-    assert!(matches!(err, Error::Timeout { .. } | Error::Unavailable { .. }), "{err:?}");
+    assert!(
+        matches!(err, Error::Timeout { .. } | Error::Unavailable { .. }),
+        "{err:?}"
+    );
     assert!(started.elapsed() < BOUND, "took {:?}", started.elapsed());
     redis.signal("-CONT");
 }
@@ -146,7 +165,11 @@ async fn local_fallback_is_conservative_and_recovers() {
     }
     let d = limiter.try_acquire(USER, 1).await.unwrap();
     assert!(!d.is_granted() && d.is_degraded(), "{d:?}");
-    assert!(started.elapsed() < BOUND * 2, "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < BOUND * 2,
+        "took {:?}",
+        started.elapsed()
+    );
     assert!(limiter.degraded_for().is_some());
     assert!(limiter.status(USER).await.unwrap().degraded);
 

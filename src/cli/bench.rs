@@ -32,7 +32,11 @@ pub(crate) struct Args {
 const NOOP: &str = "return {1, 0, 0}";
 
 pub(crate) async fn run(base: RateLimitConfig, args: Args) -> CliResult {
-    let prefix = format!("tq-bench-{}-{}", std::process::id(), rand::rng().random::<u32>());
+    let prefix = format!(
+        "tq-bench-{}-{}",
+        std::process::id(),
+        rand::rng().random::<u32>()
+    );
     let config = RateLimitConfig::builder()
         .redis_url(base.redis_url())
         .limit(base.limit())
@@ -42,9 +46,10 @@ pub(crate) async fn run(base: RateLimitConfig, args: Args) -> CliResult {
         .key_prefix(prefix.clone())
         .build()?;
     let limiter = Limiter::redis(config.clone())?;
-    limiter.ping().await.map_err(|e| {
-        format!("bench needs Redis at {} ({e})", config.redis_url())
-    })?;
+    limiter
+        .ping()
+        .await
+        .map_err(|e| format!("bench needs Redis at {} ({e})", config.redis_url()))?;
     let client = redis::Client::open(config.redis_url())?;
     let mut conns = Vec::new();
     for _ in 0..config.connections().get() {
@@ -67,8 +72,20 @@ pub(crate) async fn run(base: RateLimitConfig, args: Args) -> CliResult {
     drive(&args, warm, "warm-up", limiter_call(&limiter, args.users)).await?;
     drive(&args, warm, "warm-up", noop_call(&conns, &noop, &prefix)).await?;
 
-    let baseline = drive(&args, args.decisions, "no-op EVALSHA", noop_call(&conns, &noop, &prefix)).await?;
-    let decisions = drive(&args, args.decisions, "acquire", limiter_call(&limiter, args.users)).await?;
+    let baseline = drive(
+        &args,
+        args.decisions,
+        "no-op EVALSHA",
+        noop_call(&conns, &noop, &prefix),
+    )
+    .await?;
+    let decisions = drive(
+        &args,
+        args.decisions,
+        "acquire",
+        limiter_call(&limiter, args.users),
+    )
+    .await?;
     let ratio = decisions / baseline;
     eprintln!(
         "acquire: {decisions:.0} decisions/s; no-op EVALSHA: {baseline:.0} calls/s; ratio {ratio:.3}"
@@ -101,7 +118,11 @@ fn limiter_call(limiter: &Limiter, users: u64) -> impl Fn() -> CallFuture + Send
         let limiter = limiter.clone();
         let user = TornUserId::new(rand::rng().random_range(0..users));
         Box::pin(async move {
-            limiter.try_acquire(user, 1).await.map(drop).map_err(|e| e.to_string())
+            limiter
+                .try_acquire(user, 1)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
         })
     }
 }
@@ -166,7 +187,10 @@ where
     }
     let rate = total as f64 / started.elapsed().as_secs_f64();
     bar.finish_and_clear();
-    eprintln!("{label:>14}: {total} in {:.2?} = {rate:.0}/s", started.elapsed());
+    eprintln!(
+        "{label:>14}: {total} in {:.2?} = {rate:.0}/s",
+        started.elapsed()
+    );
     Ok(rate)
 }
 

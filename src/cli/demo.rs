@@ -110,16 +110,26 @@ pub(crate) async fn run(file: Option<&Path>, args: Args) -> CliResult {
     }
     bar.finish_and_clear();
 
+    Ok(summarize(&args, on_redis, &grants))
+}
+
+/// Prints the summary on stderr and as JSON; exit 1 if the limit broke.
+fn summarize(args: &Args, on_redis: bool, grants: &[(usize, u64)]) -> ExitCode {
     let mut times: Vec<u64> = grants.iter().map(|g| g.1).collect();
     times.sort_unstable();
     let busiest = busiest_window(&times, args.window_ms);
     let ideal = u64::from(args.limit.get()) * args.windows;
     let mut per_worker = vec![0u64; args.workers as usize];
-    for (w, _) in &grants {
+    for (w, _) in grants {
         per_worker[*w] += 1;
     }
     let held = busiest <= u64::from(args.limit.get());
-    eprintln!("granted {} of an ideal {ideal} ({} per window × {} windows)", times.len(), args.limit, args.windows);
+    eprintln!(
+        "granted {} of an ideal {ideal} ({} per window × {} windows)",
+        times.len(),
+        args.limit,
+        args.windows
+    );
     eprintln!("per worker: {per_worker:?}");
     eprintln!(
         "busiest trailing {} ms window: {busiest} of {} allowed: {}",
@@ -137,7 +147,11 @@ pub(crate) async fn run(file: Option<&Path>, args: Args) -> CliResult {
         "busiest_window": busiest,
         "limit_held": held,
     }));
-    Ok(if held { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    if held {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }
 
 /// The most grants in any interval of `window_ms` (a grant at `t` counts until `t + window`).

@@ -46,7 +46,12 @@ pub(crate) async fn set_limit(config: RateLimitConfig, args: SetLimitArgs) -> Cl
     let limiter = Limiter::redis(config)?;
     limiter.set_user_limit(args.user, args.limit).await?;
     let s = limiter.status(args.user).await?;
-    eprintln!("user {}: limit {} per window, for every process", args.user, s.limit);
-    emit(&json!({ "user": args.user.get(), "limit": s.limit, "override": args.limit.map(NonZeroU32::get) }));
+    eprintln!(
+        "user {}: limit {} per window, for every process",
+        args.user, s.limit
+    );
+    emit(
+        &json!({ "user": args.user.get(), "limit": s.limit, "override": args.limit.map(NonZeroU32::get) }),
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -124,7 +124,6 @@ impl Default for RateLimitConfig {
 
 impl RateLimitConfig {
     /// A builder starting from the defaults.
-    #[must_use]
     pub fn builder() -> RateLimitConfigBuilder {
         let config = Self::default();
         RateLimitConfigBuilder {
@@ -145,10 +144,7 @@ impl RateLimitConfig {
     /// Reads settings from an optional TOML file (keys are the environment names, e.g.
     /// `TORN_QUOTA_LIMIT = 100`) and then from `env`, which wins. `env` is injected so tests
     /// and embedding programs control it.
-    pub fn from_sources(
-        file: Option<&Path>,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self> {
+    pub fn from_sources(file: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<Self> {
         let mut values = match file {
             Some(path) => read_toml(path)?,
             None => BTreeMap::new(),
@@ -379,7 +375,10 @@ impl RateLimitConfigBuilder {
     pub fn build(self) -> Result<RateLimitConfig> {
         let mut c = self.config;
         c.window_ms = NonZeroU64::new(self.window_ms).ok_or_else(|| {
-            invalid("TORN_QUOTA_WINDOW_MS", "must be at least 1 millisecond".into())
+            invalid(
+                "TORN_QUOTA_WINDOW_MS",
+                "must be at least 1 millisecond".into(),
+            )
         })?;
         validate_redis_url(&c.redis_url)?;
         if c.key_prefix.is_empty() || c.key_prefix.contains(['{', '}', ' ']) {
@@ -509,8 +508,7 @@ fn validate_redis_url(raw: &str) -> Result<()> {
             ),
         ));
     }
-    if url.scheme().starts_with("redis") && !url.scheme().contains("unix") && url.host().is_none()
-    {
+    if url.scheme().starts_with("redis") && !url.scheme().contains("unix") && url.host().is_none() {
         return Err(invalid("REDIS_URL", "has no host".into()));
     }
     Ok(())
@@ -545,7 +543,10 @@ fn read_toml(path: &Path) -> Result<BTreeMap<String, String>> {
                 .iter()
                 .map(|(id, limit)| match limit {
                     toml::Value::Integer(l) => Ok(format!("{id}={l}")),
-                    other => Err(invalid(name, format!("limit for {id} is not an integer: {other}"))),
+                    other => Err(invalid(
+                        name,
+                        format!("limit for {id} is not an integer: {other}"),
+                    )),
                 })
                 .collect::<Result<Vec<_>>>()?
                 .join(","),
@@ -594,13 +595,31 @@ mod tests {
             (vec![("REDIS_URL", "not a url")], "REDIS_URL"),
             (vec![("REDIS_URL", "http://localhost:6379")], "REDIS_URL"),
             (vec![("TORN_QUOTA_MODE", "fast")], "TORN_QUOTA_MODE"),
-            (vec![("TORN_QUOTA_USER_LIMITS", "12=0")], "TORN_QUOTA_USER_LIMITS"),
-            (vec![("TORN_QUOTA_USER_LIMITS", "12")], "TORN_QUOTA_USER_LIMITS"),
-            (vec![("TORN_QUOTA_ON_REDIS_DOWN", "local")], "TORN_QUOTA_WORKERS"),
-            (vec![("TORN_QUOTA_ON_REDIS_DOWN", "pray")], "TORN_QUOTA_ON_REDIS_DOWN"),
+            (
+                vec![("TORN_QUOTA_USER_LIMITS", "12=0")],
+                "TORN_QUOTA_USER_LIMITS",
+            ),
+            (
+                vec![("TORN_QUOTA_USER_LIMITS", "12")],
+                "TORN_QUOTA_USER_LIMITS",
+            ),
+            (
+                vec![("TORN_QUOTA_ON_REDIS_DOWN", "local")],
+                "TORN_QUOTA_WORKERS",
+            ),
+            (
+                vec![("TORN_QUOTA_ON_REDIS_DOWN", "pray")],
+                "TORN_QUOTA_ON_REDIS_DOWN",
+            ),
             (vec![("TORN_QUOTA_RESERVE", "100")], "TORN_QUOTA_RESERVE"),
-            (vec![("TORN_QUOTA_KEY_PREFIX", "a{b")], "TORN_QUOTA_KEY_PREFIX"),
-            (vec![("TORN_QUOTA_LOG_DECISIONS", "maybe")], "TORN_QUOTA_LOG_DECISIONS"),
+            (
+                vec![("TORN_QUOTA_KEY_PREFIX", "a{b")],
+                "TORN_QUOTA_KEY_PREFIX",
+            ),
+            (
+                vec![("TORN_QUOTA_LOG_DECISIONS", "maybe")],
+                "TORN_QUOTA_LOG_DECISIONS",
+            ),
         ] {
             let err = RateLimitConfig::from_sources(None, env(&pairs)).unwrap_err();
             let message = err.to_string();
@@ -629,8 +648,8 @@ mod tests {
              [TORN_QUOTA_USER_LIMITS]\n7 = 40\n",
         )
         .unwrap();
-        let c = RateLimitConfig::from_sources(Some(&path), env(&[("TORN_QUOTA_LIMIT", "90")]))
-            .unwrap();
+        let c =
+            RateLimitConfig::from_sources(Some(&path), env(&[("TORN_QUOTA_LIMIT", "90")])).unwrap();
         assert_eq!(c.limit().get(), 90);
         assert_eq!(c.window_ms(), 1000);
         assert_eq!(c.limit_for(TornUserId::new(7)).get(), 40);
@@ -639,7 +658,10 @@ mod tests {
         std::fs::write(&path, "TORN_QUOTA_LIMT = 80\n").unwrap();
         let err = RateLimitConfig::from_sources(Some(&path), env(&[])).unwrap_err();
         assert!(
-            std::error::Error::source(&err).unwrap().to_string().contains("TORN_QUOTA_LIMT"),
+            std::error::Error::source(&err)
+                .unwrap()
+                .to_string()
+                .contains("TORN_QUOTA_LIMT"),
             "{err:?}"
         );
         std::fs::remove_dir_all(&dir).unwrap();

@@ -78,17 +78,13 @@ impl MemoryBackend {
         let now = self.clock.now_ms();
         let mut state = self.lock();
         state.sweep(now, self.cleanup_every_ms);
-        if let Some(id) = ask.idempotency_id {
-            if let Some((reply, expires)) = state.replies.get(&(user, id.to_owned())) {
-                if *expires > now {
-                    return Ok(*reply);
-                }
-            }
+        if let Some(id) = ask.idempotency_id
+            && let Some((reply, expires)) = state.replies.get(&(user, id.to_owned()))
+            && *expires > now
+        {
+            return Ok(*reply);
         }
-        let limit = state
-            .overrides
-            .get(&user)
-            .map_or(ask.limit, |l| l.get());
+        let limit = state.overrides.get(&user).map_or(ask.limit, |l| l.get());
         let effective = limit.saturating_sub(ask.reserve);
         if ask.cost > effective {
             return Err(Error::CostExceedsLimit {
@@ -137,7 +133,9 @@ impl MemoryBackend {
             } else {
                 reply.retry_after_ms
             };
-            state.replies.insert((user, id.to_owned()), (reply, now + ttl));
+            state
+                .replies
+                .insert((user, id.to_owned()), (reply, now + ttl));
         }
         Ok(reply)
     }

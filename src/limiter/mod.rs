@@ -325,7 +325,11 @@ impl Limiter {
     /// A limiter for this process alone, on an injected clock.
     pub fn in_memory_with_clock(config: RateLimitConfig, clock: Arc<dyn Clock>) -> Self {
         let every = config.cleanup_interval().as_millis() as u64;
-        Self::from_parts(config, Backend::Memory(MemoryBackend::new(clock, every)), None)
+        Self::from_parts(
+            config,
+            Backend::Memory(MemoryBackend::new(clock, every)),
+            None,
+        )
     }
 
     fn from_parts(config: RateLimitConfig, backend: Backend, fallback: Option<Fallback>) -> Self {
@@ -377,7 +381,7 @@ impl Limiter {
         }
         let config = &self.inner.config;
         let limit = config.limit_for(user).get();
-        let mut ask = Ask {
+        let ask = Ask {
             limit,
             window_ms: config.window_ms(),
             cost: request.cost,
@@ -389,30 +393,7 @@ impl Limiter {
         };
         let (raw, degraded) = match &self.inner.backend {
             Backend::Memory(m) => (m.acquire(user, &ask)?, false),
-            Backend::Redis(r) => {
-                let fallback = self.inner.fallback.as_ref();
-                match fallback {
-                    Some(f) if f.skip_redis() => {
-                        ask.limit = f.share(limit);
-                        (f.local.acquire(user, &ask)?, true)
-                    }
-                    _ => match r.acquire(user, &ask).await {
-                        Ok(raw) => {
-                            if let Some(f) = fallback {
-                                f.recovered();
-                            }
-                            (raw, false)
-                        }
-                        Err(e) if e.is_unavailable() && fallback.is_some() => {
-                            let f = fallback.expect("checked above");
-                            f.failed(&e, config.reconnect_interval());
-                            ask.limit = f.share(limit);
-                            (f.local.acquire(user, &ask)?, true)
-                        }
-                        Err(e) => return Err(e),
-                    },
-                }
-            }
+            Backend::Redis(r) => self.decide_on_redis(r, user, ask).await?,
         };
         let decision = to_decision(user, request, raw, degraded);
         if config.log_decisions() {
@@ -429,10 +410,41 @@ impl Limiter {
         Ok(decision)
     }
 
+    /// Asks Redis; when it is unreachable and the policy allows, decides locally at each
+    /// worker's share of the limit, and says so.
+    async fn decide_on_redis(
+        &self,
+        redis: &RedisBackend,
+        user: TornUserId,
+        mut ask: Ask<'_>,
+    ) -> Result<(RawDecision, bool)> {
+        let Some(f) = self.inner.fallback.as_ref() else {
+            return Ok((redis.acquire(user, &ask).await?, false));
+        };
+        if !f.skip_redis() {
+            match redis.acquire(user, &ask).await {
+                Ok(raw) => {
+                    f.recovered();
+                    return Ok((raw, false));
+                }
+                Err(e) if e.is_unavailable() => {
+                    f.failed(&e, self.inner.config.reconnect_interval());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        ask.limit = f.share(ask.limit);
+        Ok((f.local.acquire(user, &ask)?, true))
+    }
+
     /// Waits until `cost` units of `user`'s quota are granted.
     ///
     /// Cancel it by dropping the future (nothing is held while waiting), or use
     /// [`acquire_with`](Self::acquire_with) for a deadline or a cancellation token.
+    ///
+    /// # Panics
+    ///
+    /// Never: without a deadline the wait ends only in a grant or an error.
     pub async fn acquire(&self, user: TornUserId, cost: u32) -> Result<Grant> {
         match self
             .acquire_with(user, &Request::new(cost), &Wait::forever())
@@ -453,7 +465,11 @@ impl Limiter {
         wait: &Wait,
     ) -> Result<Decision> {
         loop {
-            if wait.cancel.as_ref().is_some_and(CancellationToken::is_cancelled) {
+            if wait
+                .cancel
+                .as_ref()
+                .is_some_and(CancellationToken::is_cancelled)
+            {
                 return Err(Error::Cancelled);
             }
             let decision = self.try_acquire_with(user, request).await?;
@@ -462,7 +478,10 @@ impl Limiter {
                 Decision::Limited { retry_after, .. } => *retry_after,
             };
             let pause = retry_after + jitter(retry_after);
-            if wait.deadline.is_some_and(|d| Instant::now() + retry_after > d) {
+            if wait
+                .deadline
+                .is_some_and(|d| Instant::now() + retry_after > d)
+            {
                 return Ok(decision);
             }
             let sleep = match wait.deadline {
@@ -486,14 +505,15 @@ impl Limiter {
         let window = config.window_ms();
         let (raw, degraded) = match &self.inner.backend {
             Backend::Memory(m) => (m.status(user, limit, window), false),
-            Backend::Redis(r) => match (r.status(user, limit, window).await, &self.inner.fallback)
-            {
-                (Ok(raw), _) => (raw, false),
-                (Err(e), Some(f)) if e.is_unavailable() => {
-                    (f.local.status(user, f.share(limit), window), true)
+            Backend::Redis(r) => {
+                match (r.status(user, limit, window).await, &self.inner.fallback) {
+                    (Ok(raw), _) => (raw, false),
+                    (Err(e), Some(f)) if e.is_unavailable() => {
+                        (f.local.status(user, f.share(limit), window), true)
+                    }
+                    (Err(e), _) => return Err(e),
                 }
-                (Err(e), _) => return Err(e),
-            },
+            }
         };
         Ok(to_status(raw, degraded))
     }
@@ -581,19 +601,18 @@ impl Fallback {
     fn failed(&self, error: &Error, retry_in: Duration) {
         let now = Instant::now();
         let mut down = self.down.lock().unwrap_or_else(PoisonError::into_inner);
-        match down.as_mut() {
-            Some(d) => d.retry_at = now + retry_in,
-            None => {
-                tracing::warn!(
-                    error = %error,
-                    workers = self.workers.get(),
-                    "redis unreachable: deciding locally at limit / workers until it answers"
-                );
-                *down = Some(Down {
-                    since: now,
-                    retry_at: now + retry_in,
-                });
-            }
+        if let Some(d) = down.as_mut() {
+            d.retry_at = now + retry_in;
+        } else {
+            tracing::warn!(
+                error = %error,
+                workers = self.workers.get(),
+                "redis unreachable: deciding locally at limit / workers until it answers"
+            );
+            *down = Some(Down {
+                since: now,
+                retry_at: now + retry_in,
+            });
         }
     }
 

@@ -69,13 +69,12 @@ impl RedisBackend {
         let conn_config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(config.connect_timeout()))
             .set_response_timeout(Some(config.command_timeout()));
-        let manager =
-            Manager::new_with_config(config.redis_url(), conn_config).map_err(|e| {
-                Error::Config {
-                    setting: "REDIS_URL",
-                    reason: format!("redis refused it: {e}"),
-                }
-            })?;
+        let manager = Manager::new_with_config(config.redis_url(), conn_config).map_err(|e| {
+            Error::Config {
+                setting: "REDIS_URL",
+                reason: format!("redis refused it: {e}"),
+            }
+        })?;
         let lanes = config.connections().get();
         let pool = Pool::builder(manager)
             .max_size(lanes)
@@ -125,7 +124,10 @@ impl RedisBackend {
     }
 
     fn lane(&self, i: usize) -> std::sync::MutexGuard<'_, Option<deadpool_redis::Connection>> {
-        self.lanes[i].conn.lock().unwrap_or_else(PoisonError::into_inner)
+        self.lanes[i]
+            .conn
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Runs one command with the command timeout; a connection-level failure empties the
@@ -163,16 +165,17 @@ impl RedisBackend {
 
     pub(crate) async fn ping(&self) -> Result<()> {
         self.run("ping", |mut c| async move {
-            redis::cmd("PING").query_async::<String>(&mut c).await.map(drop)
+            redis::cmd("PING")
+                .query_async::<String>(&mut c)
+                .await
+                .map(drop)
         })
         .await
     }
 
     pub(crate) async fn acquire(&self, user: TornUserId, ask: &Ask<'_>) -> Result<RawDecision> {
         let keys = self.keys.bucket(user);
-        let idem = ask
-            .idempotency_id
-            .map(|id| self.keys.idempotency(user, id));
+        let idem = ask.idempotency_id.map(|id| self.keys.idempotency(user, id));
         let reply: Vec<i64> = self
             .run("acquire", |mut c| async move {
                 let mut inv = SCRIPTS.acquire.key(&keys.state);
@@ -271,7 +274,13 @@ impl RedisBackend {
         let key = self.keys.bucket(user).limit;
         self.run("set_user_limit", |mut c| async move {
             match limit {
-                Some(l) => redis::cmd("SET").arg(&key).arg(l.get()).exec_async(&mut c).await,
+                Some(l) => {
+                    redis::cmd("SET")
+                        .arg(&key)
+                        .arg(l.get())
+                        .exec_async(&mut c)
+                        .await
+                }
                 None => redis::cmd("DEL").arg(&key).exec_async(&mut c).await,
             }
         })
