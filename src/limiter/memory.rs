@@ -36,7 +36,10 @@ struct Bucket {
 
 impl Bucket {
     fn trim(&mut self, now: u64, window: u64) {
-        let horizon = now.saturating_sub(window);
+        // Before one window has passed since the clock's origin nothing can have expired.
+        let Some(horizon) = now.checked_sub(window) else {
+            return;
+        };
         while let Some(&(ts, units)) = self.log.front() {
             if ts > horizon {
                 break;
@@ -233,5 +236,55 @@ impl State {
         self.last_sweep_ms = now;
         self.buckets.retain(|_, b| b.idle_at_ms > now);
         self.replies.retain(|_, (_, expires)| *expires > now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::limiter::ManualClock;
+
+    fn ask(limit: u32, cost: u32) -> Ask<'static> {
+        Ask {
+            limit,
+            window_ms: 1_000,
+            cost,
+            reserve: 0,
+            idempotency_id: None,
+        }
+    }
+
+    /// The window's edge to the millisecond, on a clock the test moves: a grant at `t`
+    /// counts until `t + window - 1` and is gone at `t + window`.
+    #[test]
+    fn window_edge_is_exact() {
+        let clock = Arc::new(ManualClock::new(10_000));
+        let m = MemoryBackend::new(clock.clone(), 60_000);
+        let user = TornUserId::new(1);
+        assert!(m.acquire(user, &ask(2, 2)).unwrap().granted);
+        clock.advance(Duration::from_millis(400));
+        let d = m.acquire(user, &ask(2, 1)).unwrap();
+        assert_eq!((d.granted, d.retry_after_ms), (false, 600));
+        clock.advance(Duration::from_millis(599));
+        let d = m.acquire(user, &ask(2, 1)).unwrap();
+        assert_eq!((d.granted, d.retry_after_ms), (false, 1));
+        clock.advance(Duration::from_millis(1));
+        assert!(m.acquire(user, &ask(2, 2)).unwrap().granted);
+    }
+
+    #[test]
+    fn retry_after_counts_the_units_that_must_leave() {
+        let clock = Arc::new(ManualClock::new(0));
+        let m = MemoryBackend::new(clock.clone(), 60_000);
+        let user = TornUserId::new(1);
+        for _ in 0..3 {
+            assert!(m.acquire(user, &ask(3, 1)).unwrap().granted);
+            clock.advance(Duration::from_millis(100));
+        }
+        // Grants at 0, 100, 200; now 300. Two units fit once the two oldest leave: at 1100.
+        let d = m.acquire(user, &ask(3, 2)).unwrap();
+        assert_eq!((d.granted, d.remaining, d.retry_after_ms), (false, 0, 800));
     }
 }
