@@ -31,6 +31,28 @@ pub use limiter::{
     Wait,
 };
 
+/// The most grants in any interval of `window_ms` milliseconds, where a grant at `t` counts
+/// until `t + window_ms` (the limiter's own rule): the check an oracle runs on recorded grant
+/// times, such as [`Grant::granted_at_ms`]. `times` need not be sorted.
+///
+/// ```
+/// // Three grants inside 1000 ms; the fourth comes when the first has left.
+/// assert_eq!(torn_quota::busiest_window(&[0, 10, 999, 1000], 1000), 3);
+/// ```
+pub fn busiest_window(times: &[u64], window_ms: u64) -> usize {
+    let mut sorted = times.to_vec();
+    sorted.sort_unstable();
+    let mut best = 0;
+    let mut lo = 0;
+    for hi in 0..sorted.len() {
+        while sorted[hi] - sorted[lo] >= window_ms {
+            lo += 1;
+        }
+        best = best.max(hi - lo + 1);
+    }
+    best
+}
+
 /// The Lua scripts, as shipped in `lua/`, for callers in other languages or tools that load
 /// them themselves.
 pub mod lua {

@@ -155,16 +155,8 @@ fn oracle() {
     for user in USERS {
         let records = by_user.remove(&user).unwrap_or_default();
         // Exact check on the one clock every process shares: Redis TIME.
-        let mut times: Vec<u64> = records.iter().map(|r| r.redis_ms).collect();
-        times.sort_unstable();
-        let mut busiest = 0;
-        let mut lo = 0;
-        for hi in 0..times.len() {
-            while times[hi] - times[lo] >= WINDOW_MS {
-                lo += 1;
-            }
-            busiest = busiest.max(hi - lo + 1);
-        }
+        let times: Vec<u64> = records.iter().map(|r| r.redis_ms).collect();
+        let busiest = torn_quota::busiest_window(&times, WINDOW_MS);
         // Independent check on the workers' own clocks: grants whose whole round trip lies
         // inside one interval shorter than the window (by 1 ms for Redis's ms rounding)
         // certainly happened inside it.

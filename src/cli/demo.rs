@@ -115,9 +115,8 @@ pub(crate) async fn run(file: Option<&Path>, args: Args) -> CliResult {
 
 /// Prints the summary on stderr and as JSON; exit 1 if the limit broke.
 fn summarize(args: &Args, on_redis: bool, grants: &[(usize, u64)]) -> ExitCode {
-    let mut times: Vec<u64> = grants.iter().map(|g| g.1).collect();
-    times.sort_unstable();
-    let busiest = busiest_window(&times, args.window_ms);
+    let times: Vec<u64> = grants.iter().map(|g| g.1).collect();
+    let busiest = torn_quota::busiest_window(&times, args.window_ms) as u64;
     let ideal = u64::from(args.limit.get()) * args.windows;
     let mut per_worker = vec![0u64; args.workers as usize];
     for (w, _) in grants {
@@ -152,17 +151,4 @@ fn summarize(args: &Args, on_redis: bool, grants: &[(usize, u64)]) -> ExitCode {
     } else {
         ExitCode::from(1)
     }
-}
-
-/// The most grants in any interval of `window_ms` (a grant at `t` counts until `t + window`).
-pub(crate) fn busiest_window(sorted: &[u64], window_ms: u64) -> u64 {
-    let mut best = 0;
-    let mut lo = 0;
-    for hi in 0..sorted.len() {
-        while sorted[hi] - sorted[lo] >= window_ms {
-            lo += 1;
-        }
-        best = best.max((hi - lo + 1) as u64);
-    }
-    best
 }

@@ -73,17 +73,3 @@ pub async fn keys_under(prefix: &str) -> Vec<String> {
         cursor = next;
     }
 }
-
-/// The most grants in any interval of `window_ms` ms: a grant at `t` counts until `t + window`.
-pub fn busiest_window(times: &mut [u64], window_ms: u64) -> usize {
-    times.sort_unstable();
-    let mut best = 0;
-    let mut lo = 0;
-    for hi in 0..times.len() {
-        while times[hi] - times[lo] >= window_ms {
-            lo += 1;
-        }
-        best = best.max(hi - lo + 1);
-    }
-    best
-}
