@@ -49,7 +49,7 @@ pub(crate) async fn run(base: RateLimitConfig, args: Args) -> CliResult {
     limiter
         .ping()
         .await
-        .map_err(|e| format!("bench needs Redis at {} ({e})", config.redis_url()))?;
+        .map_err(|e| format!("bench needs Redis at {} ({e})", config.redis_url_redacted()))?;
     let client = redis::Client::open(config.redis_url())?;
     let mut conns = Vec::new();
     for _ in 0..config.connections().get() {

@@ -46,7 +46,7 @@ pub(crate) async fn run(file: Option<&Path>, args: Args) -> CliResult {
     let limiters: Vec<Limiter> = if on_redis {
         eprintln!(
             "backend: redis at {} ({} workers, each with its own connection pool)",
-            config.redis_url(),
+            config.redis_url_redacted(),
             args.workers
         );
         (0..args.workers)
@@ -56,7 +56,7 @@ pub(crate) async fn run(file: Option<&Path>, args: Args) -> CliResult {
         eprintln!(
             "backend: in-memory (redis at {} did not answer; start it to see workers share \
              one count through redis)",
-            config.redis_url()
+            config.redis_url_redacted()
         );
         let shared = Limiter::in_memory(config.clone());
         vec![shared; args.workers as usize]

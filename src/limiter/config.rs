@@ -90,7 +90,7 @@ pub struct RateLimitConfig {
     key_prefix: String,
     log_decisions: bool,
     cleanup_interval: Duration,
-    redis_url: String,
+    redis_url: RedisUrl,
     connect_timeout: Duration,
     command_timeout: Duration,
     reconnect_interval: Duration,
@@ -110,7 +110,7 @@ impl Default for RateLimitConfig {
             key_prefix: "tq".to_owned(),
             log_decisions: false,
             cleanup_interval: Duration::from_secs(60),
-            redis_url: "redis://127.0.0.1:6379".to_owned(),
+            redis_url: RedisUrl("redis://127.0.0.1:6379".to_owned()),
             connect_timeout: Duration::from_millis(500),
             command_timeout: Duration::from_millis(500),
             reconnect_interval: Duration::from_secs(1),
@@ -258,7 +258,11 @@ impl RateLimitConfig {
     }
     /// The Redis URL.
     pub fn redis_url(&self) -> &str {
-        &self.redis_url
+        &self.redis_url.0
+    }
+    /// The Redis URL with any password replaced by `***`: the form to print or log.
+    pub fn redis_url_redacted(&self) -> String {
+        self.redis_url.redacted()
     }
     /// Time allowed to open a Redis connection.
     pub fn connect_timeout(&self) -> Duration {
@@ -287,6 +291,29 @@ impl RateLimitConfig {
     /// Which limiter enforces.
     pub fn mode(&self) -> Mode {
         self.mode
+    }
+}
+
+/// A Redis URL whose Debug hides the password, so a logged configuration leaks no secret.
+#[derive(Clone)]
+struct RedisUrl(String);
+
+impl RedisUrl {
+    fn redacted(&self) -> String {
+        match url::Url::parse(&self.0) {
+            Ok(mut u) if u.password().is_some() => {
+                let _ = u.set_password(Some("***"));
+                u.to_string()
+            }
+            Ok(u) => u.to_string(),
+            Err(_) => "<invalid url>".to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
     }
 }
 
@@ -331,7 +358,7 @@ impl RateLimitConfigBuilder {
     }
     /// The Redis URL (default `redis://127.0.0.1:6379`).
     pub fn redis_url(mut self, url: impl Into<String>) -> Self {
-        self.config.redis_url = url.into();
+        self.config.redis_url = RedisUrl(url.into());
         self
     }
     /// Time allowed to open a connection (default 500 ms).
@@ -380,7 +407,7 @@ impl RateLimitConfigBuilder {
                 "must be at least 1 millisecond".into(),
             )
         })?;
-        validate_redis_url(&c.redis_url)?;
+        validate_redis_url(&c.redis_url.0)?;
         if c.key_prefix.is_empty() || c.key_prefix.contains(['{', '}', ' ']) {
             return Err(invalid(
                 "TORN_QUOTA_KEY_PREFIX",
@@ -626,6 +653,23 @@ mod tests {
             assert_eq!(setting_of(err), setting, "for {pairs:?}");
             assert!(message.contains(setting), "{message}");
         }
+    }
+
+    #[test]
+    fn the_redis_password_never_shows() {
+        let c = RateLimitConfig::builder()
+            .redis_url("redis://worker:s3cret-pass@cache.internal:6380/2")
+            .build()
+            .unwrap();
+        assert_eq!(
+            c.redis_url(),
+            "redis://worker:s3cret-pass@cache.internal:6380/2"
+        );
+        assert!(!format!("{c:?}").contains("s3cret"), "{c:?}");
+        assert_eq!(
+            c.redis_url_redacted(),
+            "redis://worker:***@cache.internal:6380/2"
+        );
     }
 
     #[test]
