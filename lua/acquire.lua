@@ -41,87 +41,99 @@ local function is_int(n, min)
   return n ~= nil and n == math.floor(n) and n >= min and n <= 9007199254740991
 end
 
--- Arguments are checked on one line each: this script is the hot path of every worker.
-local limit, window, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-if not is_int(limit, 1) then return bad("ARGV[1] limit", ARGV[1], 1) end
-if not is_int(window, 1) then return bad("ARGV[2] window_ms", ARGV[2], 1) end
-if not is_int(cost, 1) then return bad("ARGV[3] cost", ARGV[3], 1) end
-local reserve = 0
-if ARGV[4] ~= nil and ARGV[4] ~= "" then
-  reserve = tonumber(ARGV[4])
-  if not is_int(reserve, 0) then return bad("ARGV[4] reserve", ARGV[4], 0) end
+-- The decision for one call: k1..k4 are KEYS[1..4], a1..a5 ARGV[1..5], `now` the Redis
+-- time (ms), v1..v4 the values at k1..k4 (false when absent), and `write(key, ttl_ms,
+-- value)` stores. acquire_many.lua runs this same function, so the two cannot disagree;
+-- it takes scalars, not tables, because building tables is most of a batch's cost.
+local function decide(k1, k2, k4, a1, a2, a3, a4, a5, now, v1, v2, v3, v4, write)
+  -- Arguments are checked on one line each: this is the hot path of every worker.
+  local limit, window, cost = tonumber(a1), tonumber(a2), tonumber(a3)
+  if not is_int(limit, 1) then return bad("ARGV[1] limit", a1, 1) end
+  if not is_int(window, 1) then return bad("ARGV[2] window_ms", a2, 1) end
+  if not is_int(cost, 1) then return bad("ARGV[3] cost", a3, 1) end
+  local reserve = 0
+  if a4 ~= nil and a4 ~= "" then
+    reserve = tonumber(a4)
+    if not is_int(reserve, 0) then return bad("ARGV[4] reserve", a4, 0) end
+  end
+  local with_time = a5 == "1"
+  if not (a5 == nil or with_time or a5 == "" or a5 == "0") then
+    return redis.error_reply("ERR acquire: ARGV[5] with_time must be 0 or 1, got '" .. a5 .. "'")
+  end
+
+  local state, override, pen_until, rec = v1 or "", v2, v3, v4
+
+  if rec then
+    local g, r, ra, at = string.match(rec, "^(%d+):(%d+):(%d+):(%d+)$")
+    if g then
+      if with_time then return {tonumber(g), tonumber(r), tonumber(ra), tonumber(at)} end
+      return {tonumber(g), tonumber(r), tonumber(ra)}
+    end
+  end
+
+  if override then
+    limit = tonumber(override)
+    if not is_int(limit, 1) then return bad("limit override " .. k2, override, 1) end
+  end
+  local penalty = 0
+  if pen_until then penalty = math.max(0, (tonumber(pen_until) or 0) - now) end
+
+  local effective = limit - reserve
+  if cost > effective then
+    return redis.error_reply(string.format(
+      "ERR acquire: cost %d exceeds the limit %d (reserve %d): it can never be granted",
+      cost, limit, reserve))
+  end
+
+  -- Records are 6 bytes; record i (0-based) starts at byte i * 6 + 1.
+  local n = #state / 6
+  local horizon = now - window -- a grant at or before the horizon has left the window
+  if n > 0 and struct.unpack(">I6", state) <= horizon then
+    -- Bisect for the first live record: O(log n) reads, one cut.
+    local lo, hi = 0, n -- record lo has expired; records from hi on are live
+    while hi - lo > 1 do
+      local mid = math.floor((lo + hi) / 2)
+      if struct.unpack(">I6", state, mid * 6 + 1) <= horizon then lo = mid else hi = mid end
+    end
+    state = string.sub(state, hi * 6 + 1)
+    n = n - hi
+  end
+
+  local granted, remaining, retry
+  if penalty == 0 and n + cost <= effective then
+    local stamp = struct.pack(">I6", now)
+    if cost > 1 then stamp = string.rep(stamp, cost) end
+    write(k1, a2, state .. stamp)
+    granted, remaining, retry = 1, effective - n - cost, 0
+  else
+    -- A denial records nothing; the expired records it skipped are cut by the next grant.
+    retry = penalty
+    local excess = n + cost - effective
+    if excess > 0 then
+      -- The call fits once the `excess` oldest units have left the window.
+      retry = math.max(retry, struct.unpack(">I6", state, (excess - 1) * 6 + 1) + window - now)
+    end
+    granted, retry = 0, math.max(retry, 1)
+    if penalty > 0 then remaining = 0 else remaining = math.max(0, effective - n) end
+  end
+
+  if k4 then
+    local ttl = window
+    if granted == 0 then ttl = retry end
+    write(k4, ttl, string.format("%d:%d:%d:%d", granted, remaining, retry, now))
+  end
+
+  if with_time then return {granted, remaining, retry, now} end
+  return {granted, remaining, retry}
 end
-local with_time = ARGV[5] == "1"
-if not (ARGV[5] == nil or with_time or ARGV[5] == "" or ARGV[5] == "0") then
-  return redis.error_reply("ERR acquire: ARGV[5] with_time must be 0 or 1, got '" .. ARGV[5] .. "'")
+
+local function psetex(key, ttl, value)
+  redis.call("PSETEX", key, ttl, value)
 end
+-- @shared-end: acquire_many.lua runs everything above this line, then its own body.
 
 local t = redis.call("TIME")
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
-
 -- One read for everything the decision needs: state, override, penalty, replay record.
 local v = redis.call("MGET", unpack(KEYS))
-local state, override, pen_until, rec = v[1] or "", v[2], v[3], v[4]
-
-if rec then
-  local g, r, ra, at = string.match(rec, "^(%d+):(%d+):(%d+):(%d+)$")
-  if g then
-    if with_time then return {tonumber(g), tonumber(r), tonumber(ra), tonumber(at)} end
-    return {tonumber(g), tonumber(r), tonumber(ra)}
-  end
-end
-
-if override then
-  limit = tonumber(override)
-  if not is_int(limit, 1) then return bad("limit override " .. KEYS[2], override, 1) end
-end
-local penalty = 0
-if pen_until then penalty = math.max(0, (tonumber(pen_until) or 0) - now) end
-
-local effective = limit - reserve
-if cost > effective then
-  return redis.error_reply(string.format(
-    "ERR acquire: cost %d exceeds the limit %d (reserve %d): it can never be granted",
-    cost, limit, reserve))
-end
-
--- Records are 6 bytes; record i (0-based) starts at byte i * 6 + 1.
-local n = #state / 6
-local horizon = now - window -- a grant at or before the horizon has left the window
-if n > 0 and struct.unpack(">I6", state) <= horizon then
-  -- Bisect for the first live record: O(log n) reads, one cut.
-  local lo, hi = 0, n -- record lo has expired; records from hi on are live
-  while hi - lo > 1 do
-    local mid = math.floor((lo + hi) / 2)
-    if struct.unpack(">I6", state, mid * 6 + 1) <= horizon then lo = mid else hi = mid end
-  end
-  state = string.sub(state, hi * 6 + 1)
-  n = n - hi
-end
-
-local granted, remaining, retry
-if penalty == 0 and n + cost <= effective then
-  local stamp = struct.pack(">I6", now)
-  if cost > 1 then stamp = string.rep(stamp, cost) end
-  redis.call("PSETEX", KEYS[1], ARGV[2], state .. stamp)
-  granted, remaining, retry = 1, effective - n - cost, 0
-else
-  -- A denial records nothing; the expired records it skipped are cut by the next grant.
-  retry = penalty
-  local excess = n + cost - effective
-  if excess > 0 then
-    -- The call fits once the `excess` oldest units have left the window.
-    retry = math.max(retry, struct.unpack(">I6", state, (excess - 1) * 6 + 1) + window - now)
-  end
-  granted, retry = 0, math.max(retry, 1)
-  if penalty > 0 then remaining = 0 else remaining = math.max(0, effective - n) end
-end
-
-if KEYS[4] then
-  local ttl = window
-  if granted == 0 then ttl = retry end
-  redis.call("PSETEX", KEYS[4], ttl, string.format("%d:%d:%d:%d", granted, remaining, retry, now))
-end
-
-if with_time then return {granted, remaining, retry, now} end
-return {granted, remaining, retry}
+return decide(KEYS[1], KEYS[2], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5],
+  t[1] * 1000 + math.floor(t[2] / 1000), v[1], v[2], v[3], v[4], psetex)

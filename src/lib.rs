@@ -58,6 +58,18 @@ pub fn busiest_window(times: &[u64], window_ms: u64) -> usize {
 pub mod lua {
     /// `lua/acquire.lua`: take units from a bucket.
     pub const ACQUIRE: &str = include_str!("../lua/acquire.lua");
+    /// `lua/acquire_many.lua`: many acquire decisions in one call. Not standalone: run
+    /// [`acquire_many_source`], which puts [`ACQUIRE`]'s shared part before it.
+    pub const ACQUIRE_MANY: &str = include_str!("../lua/acquire_many.lua");
+
+    /// The runnable text of `acquire_many.lua`: `acquire.lua` up to its `@shared-end` line
+    /// (the one `decide` function both scripts run), then `acquire_many.lua`.
+    pub fn acquire_many_source() -> String {
+        let shared = ACQUIRE
+            .find("-- @shared-end")
+            .map_or(ACQUIRE, |end| &ACQUIRE[..end]);
+        format!("{shared}\n{ACQUIRE_MANY}")
+    }
     /// `lua/status.lua`: read a bucket.
     pub const STATUS: &str = include_str!("../lua/status.lua");
     /// `lua/penalize.lua`: mark a bucket full for a while.

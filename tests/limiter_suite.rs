@@ -307,6 +307,51 @@ async fn concurrent_callers_never_exceed_the_limit(kind: Kind) {
     assert!(times.len() >= 38, "granted {}", times.len());
 }
 
+/// A burst of simultaneous calls over a few users, the way the Redis backend coalesces
+/// them into shared script calls (with one user many times in a call): each user gets
+/// exactly its limit, and every call gets an answer.
+async fn simultaneous_burst_is_decided_exactly(kind: Kind) {
+    let l = limiter(kind, config("burst", 10, 60_000));
+    let users = [1_u64, 2, 3];
+    let calls = (0..150).map(|i| {
+        let l = l.clone();
+        let user = TornUserId::new(users[i % users.len()]);
+        async move { (user, l.try_acquire(user, 1).await.unwrap()) }
+    });
+    let decisions = futures_join_all(calls).await;
+    assert_eq!(decisions.len(), 150);
+    for user in users {
+        let granted = decisions
+            .iter()
+            .filter(|(u, d)| *u == TornUserId::new(user) && matches!(d, Decision::Granted(_)))
+            .count();
+        assert_eq!(granted, 10, "user {user}");
+    }
+}
+
+/// Polls every future together on this task, so that they reach the limiter in one burst.
+async fn futures_join_all<F: Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut pending: Vec<_> = futures.map(|f| Some(Box::pin(f))).collect();
+    let mut results: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        for (slot, result) in pending.iter_mut().zip(results.iter_mut()) {
+            if let Some(f) = slot
+                && let std::task::Poll::Ready(v) = f.as_mut().poll(cx)
+            {
+                *result = Some(v);
+                *slot = None;
+            }
+        }
+        if pending.iter().all(Option::is_none) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    results.into_iter().flatten().collect()
+}
+
 async fn idle_bucket_leaves_nothing(kind: Kind) {
     let builder = config("idle", 5, 150).cleanup_interval(Duration::from_millis(1));
     let prefix = builder.clone().build().unwrap().key_prefix().to_owned();
@@ -370,5 +415,6 @@ suite!(
     acquire_waits_for_room,
     acquire_respects_deadline_and_cancel,
     concurrent_callers_never_exceed_the_limit,
+    simultaneous_burst_is_decided_exactly,
     idle_bucket_leaves_nothing,
 );

@@ -171,3 +171,126 @@ async fn optional_keys_extend_the_call() {
         assert_eq!(tag(k), tag(&keys.state));
     }
 }
+
+/// One `acquire_many` call as the Rust client sends it: four keys and five arguments per
+/// decision, the reply entries as decisions or error strings.
+async fn eval_many(
+    conn: &mut MultiplexedConnection,
+    decisions: &[([&str; 4], [&str; 5])],
+) -> redis::RedisResult<Vec<redis::Value>> {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(lua::acquire_many_source()).arg(decisions.len() * 4);
+    for (keys, _) in decisions {
+        cmd.arg(keys);
+    }
+    cmd.arg(decisions.len());
+    for (_, args) in decisions {
+        cmd.arg(args);
+    }
+    cmd.query_async(conn).await
+}
+
+fn ints(v: &redis::Value) -> Vec<i64> {
+    match v {
+        redis::Value::Array(items) => items
+            .iter()
+            .map(|i| match i {
+                redis::Value::Int(n) => *n,
+                other => panic!("not an integer: {other:?}"),
+            })
+            .collect(),
+        other => panic!("not a decision: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn acquire_many_decides_like_acquire_in_order() {
+    let mut c = common::redis_conn().await;
+    let kb = KeyBuilder::new(common::unique_prefix("lua-many"));
+    let (a, b) = (kb.bucket(TornUserId::new(1)), kb.bucket(TornUserId::new(2)));
+    let idem = kb.idempotency(TornUserId::new(1), "call-7");
+    let ka = [a.state.as_str(), a.limit.as_str(), a.penalty.as_str(), ""];
+    let ka_idem = [
+        a.state.as_str(),
+        a.limit.as_str(),
+        a.penalty.as_str(),
+        idem.as_str(),
+    ];
+    let kb2 = [b.state.as_str(), b.limit.as_str(), b.penalty.as_str(), ""];
+    let args = |cost: &'static str| ["3", "5000", cost, "", "1"];
+
+    // Bucket a is asked three times in one batch: each decision sees the ones before it.
+    let reply = eval_many(
+        &mut c,
+        &[
+            (ka, args("2")),
+            (kb2, args("1")),
+            (ka_idem, args("1")),
+            (ka, args("1")),
+            (ka, args("9")),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.len(), 5);
+    let d: Vec<Vec<i64>> = reply[..4].iter().map(ints).collect();
+    assert_eq!(&d[0][..3], &[1, 1, 0], "a takes 2 of 3");
+    assert_eq!(&d[1][..3], &[1, 2, 0], "b is its own bucket");
+    assert_eq!(&d[2][..3], &[1, 0, 0], "a takes its last unit");
+    assert_eq!(&d[3][..2], &[0, 0], "a is full");
+    assert!(d[3][2] > 4_000 && d[3][2] <= 5_000, "retry {}", d[3][2]);
+    // One time for the whole batch.
+    assert!(d.iter().all(|x| x[3] == d[0][3]));
+    // A decision acquire.lua refuses is an error string; the others still count.
+    match &reply[4] {
+        redis::Value::BulkString(msg) => {
+            let msg = String::from_utf8_lossy(msg);
+            assert!(msg.contains("cost 9 exceeds the limit 3"), "{msg}");
+        }
+        other => panic!("expected an error string, got {other:?}"),
+    }
+
+    // The state the batch left is what acquire.lua reads: a is full, b has 2 left.
+    let ka3 = [a.state.as_str()];
+    assert_eq!(
+        eval(&mut c, lua::ACQUIRE, &ka3, &["3", "5000", "1"])
+            .await
+            .unwrap()[0],
+        0
+    );
+    let kb3 = [b.state.as_str()];
+    assert_eq!(
+        eval(&mut c, lua::ACQUIRE, &kb3, &["3", "5000", "1"])
+            .await
+            .unwrap(),
+        vec![1, 1, 0]
+    );
+    // A replay of the idempotent call returns its first decision and counts nothing.
+    let replay = eval_many(&mut c, &[(ka_idem, args("1"))]).await.unwrap();
+    assert_eq!(ints(&replay[0]), d[2]);
+}
+
+#[tokio::test]
+async fn acquire_many_rejects_a_malformed_batch() {
+    let mut c = common::redis_conn().await;
+    let kb = KeyBuilder::new(common::unique_prefix("lua-many-bad"));
+    let a = kb.bucket(TornUserId::new(1));
+    let mut cmd = redis::cmd("EVAL");
+    // Two decisions announced, one sent.
+    cmd.arg(lua::acquire_many_source())
+        .arg(4)
+        .arg(&[a.state.as_str(), a.limit.as_str(), a.penalty.as_str(), ""])
+        .arg(&["2", "3", "5000", "1", "", "1"]);
+    let err = cmd
+        .query_async::<redis::Value>(&mut c)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("2 decisions need 8 keys"), "{err}");
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg(&a.state)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(exists, 0, "nothing recorded");
+}

@@ -1,0 +1,56 @@
+--[[ acquire_many.lua: several acquire.lua decisions in one EVALSHA.
+
+A client that has many decisions in flight at once sends them together. Most of a
+decision's cost in Redis is its calls back into Redis (TIME, MGET, PSETEX, about 1 µs
+each); a batch makes one TIME and one MGET for all its decisions, then one PSETEX per
+grant. Each decision is what acquire.lua decides for the same KEYS and ARGV at the batch's
+time, taken in order: a bucket that appears twice sees the first decision's write.
+
+Not standalone: the loader prepends acquire.lua up to its `@shared-end` line, which defines
+`decide(...)` (one decision from its keys, arguments, time and values) and `psetex`: both scripts run one implementation.
+Keys of different buckets (different hash tags) may share a call on a single Redis node;
+a Redis Cluster client sends one call per hash slot.
+
+KEYS     four keys per decision, in order: acquire.lua's KEYS[1..4] for decision i are
+         KEYS[4i-3..4i]. An optional key not used is passed as "" (the empty name).
+ARGV[1]  n, the number of decisions, integer >= 1.
+ARGV     then five arguments per decision: acquire.lua's ARGV[1..5] for decision i are
+         ARGV[5i-3..5i+1]; optional ones not used are passed as "".
+reply    n entries in order: acquire.lua's reply for the decision, or, when acquire.lua
+         refused it with an error reply, that error's message as a string.
+]]
+
+local n = tonumber(ARGV[1])
+if n == nil or n < 1 or n ~= math.floor(n) then
+  return redis.error_reply("ERR acquire_many: ARGV[1] n must be an integer >= 1, got '" .. tostring(ARGV[1]) .. "'")
+end
+if #KEYS ~= 4 * n or #ARGV ~= 5 * n + 1 then
+  return redis.error_reply(string.format(
+    "ERR acquire_many: %d decisions need %d keys and %d arguments, got %d and %d",
+    n, 4 * n, 5 * n + 1, #KEYS, #ARGV))
+end
+
+local t = redis.call("TIME")
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local all = redis.call("MGET", unpack(KEYS))
+-- Values written by earlier decisions of this batch: a bucket asked twice must see them.
+local fresh = {}
+local function write(key, ttl, value)
+  psetex(key, ttl, value)
+  fresh[key] = value
+end
+
+local out = {}
+for i = 1, n do
+  local k, a = 4 * i - 3, 5 * i - 3
+  local k1, k2, k3, k4 = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
+  -- Unused optional keys are "": read as absent, never written.
+  local v1, v2, v3, v4 = fresh[k1] or all[k], false, false, false
+  if k2 ~= "" then v2 = all[k + 1] end
+  if k3 ~= "" then v3 = all[k + 2] end
+  if k4 ~= "" then v4 = fresh[k4] or all[k + 3] else k4 = nil end
+  local r = decide(k1, k2, k4, ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4],
+    now, v1, v2, v3, v4, write)
+  if r.err then out[i] = r.err else out[i] = r end
+end
+return out
