@@ -71,6 +71,45 @@ pub enum Error {
     #[error("cancelled while waiting for quota")]
     Cancelled,
 
+    /// Torn answered with an error code (HTTP 200, `{"error":{"code":N,"error":"text"}}`).
+    /// What to do about it is [`TornErrorCode::class`](crate::torn::TornErrorCode::class).
+    #[error("torn refused the request: code {}, {message}", code.get())]
+    Torn {
+        /// Torn's code.
+        code: crate::torn::TornErrorCode,
+        /// Torn's text, as it sent it.
+        message: String,
+    },
+
+    /// An HTTP exchange failed (connect, timeout, a 5xx, a body that is not JSON). The
+    /// source has its URL stripped: a URL may carry a key.
+    #[error("http failure during {operation}")]
+    Http {
+        /// What the client was doing.
+        operation: &'static str,
+        /// The transport failure, without its URL.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// PostgreSQL failed or refused a statement.
+    #[error("database failure during {operation}")]
+    Database {
+        /// What the vault was doing.
+        operation: &'static str,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+
+    /// A stored key could not be decrypted or encrypted. The reason says which check failed
+    /// and never carries key material.
+    #[error("key vault crypto failure: {reason}")]
+    Crypto {
+        /// Which check failed (wrong key, tampered ciphertext, unknown key id, ...).
+        reason: String,
+    },
+
     /// A configuration file could not be read.
     #[error("cannot read configuration file {path}")]
     ConfigFile {

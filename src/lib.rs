@@ -23,6 +23,8 @@
 
 pub mod error;
 pub mod limiter;
+pub mod sim;
+pub mod torn;
 
 pub use error::{Error, Result};
 pub use limiter::{

@@ -3,6 +3,7 @@
 mod acquire;
 mod bench;
 mod demo;
+mod sim;
 mod status;
 
 use std::path::PathBuf;
@@ -36,6 +37,8 @@ enum Command {
     SetLimit(status::SetLimitArgs),
     /// Decisions per second against Redis, beside a no-op EVALSHA at the same concurrency.
     Bench(bench::Args),
+    /// Runs the Torn API simulator on loopback until Ctrl-C, then prints what it served.
+    Sim(sim::Args),
 }
 
 /// Parses arguments, runs the command, and maps failures to exit code 2 with the error
@@ -59,6 +62,7 @@ pub(crate) fn main() -> ExitCode {
                 status::set_limit(load_config(cli.config.as_deref())?, args).await
             }
             Command::Bench(args) => bench::run(load_config(cli.config.as_deref())?, args).await,
+            Command::Sim(args) => sim::run(load_config(cli.config.as_deref())?, args).await,
         }
     });
     match result {

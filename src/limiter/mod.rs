@@ -80,6 +80,7 @@ pub struct Request {
     cost: u32,
     priority: Priority,
     idempotency_id: Option<String>,
+    margin: Duration,
 }
 
 impl Request {
@@ -89,7 +90,18 @@ impl Request {
             cost,
             priority: Priority::High,
             idempotency_id: None,
+            margin: Duration::ZERO,
         }
+    }
+    /// Decides as if the window were longer by `margin`: a safety margin for a limit that
+    /// is counted somewhere else, later. Torn counts a request when it *arrives*; if the
+    /// delay between our grant and Torn's arrival varies by up to `margin`, arrivals of
+    /// grants spaced one window plus `margin` apart are still a full window apart, so
+    /// Torn never sees more than the limit. Costs `margin / window` of the quota.
+    /// Every caller of one bucket should use the same margin.
+    pub fn margin(mut self, margin: Duration) -> Self {
+        self.margin = margin;
+        self
     }
     /// Sets the priority.
     pub fn priority(mut self, priority: Priority) -> Self {
@@ -383,7 +395,7 @@ impl Limiter {
         let limit = config.limit_for(user).get();
         let ask = Ask {
             limit,
-            window_ms: config.window_ms(),
+            window_ms: config.window_ms() + request.margin.as_millis() as u64,
             cost: request.cost,
             reserve: match request.priority {
                 Priority::High => 0,
