@@ -25,6 +25,7 @@ pub mod error;
 pub mod limiter;
 pub mod sim;
 pub mod torn;
+pub mod vault;
 
 pub use error::{Error, Result};
 pub use limiter::{

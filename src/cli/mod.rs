@@ -5,6 +5,7 @@ mod bench;
 mod demo;
 mod sim;
 mod status;
+mod vault;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +40,13 @@ enum Command {
     Bench(bench::Args),
     /// Runs the Torn API simulator on loopback until Ctrl-C, then prints what it served.
     Sim(sim::Args),
+    /// Applies the embedded PostgreSQL migrations to DATABASE_URL (a second run is a no-op).
+    Migrate(vault::MigrateArgs),
+    /// The key vault: add (key on stdin), list (masked), remove, primary, rotate.
+    Keys(vault::KeysArgs),
+    /// Stores the key in TORN_API_KEY for an account and gives that account the legacy
+    /// rate-limit rows of its hash.
+    ImportLegacy(vault::ImportLegacyArgs),
 }
 
 /// Parses arguments, runs the command, and maps failures to exit code 2 with the error
@@ -63,6 +71,11 @@ pub(crate) fn main() -> ExitCode {
             }
             Command::Bench(args) => bench::run(load_config(cli.config.as_deref())?, args).await,
             Command::Sim(args) => sim::run(load_config(cli.config.as_deref())?, args).await,
+            Command::Migrate(args) => vault::run_migrate(cli.config.as_deref(), args).await,
+            Command::Keys(args) => vault::run_keys(cli.config.as_deref(), args).await,
+            Command::ImportLegacy(args) => {
+                vault::run_import_legacy(cli.config.as_deref(), args).await
+            }
         }
     });
     match result {

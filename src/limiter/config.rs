@@ -554,10 +554,23 @@ fn read_toml(path: &Path) -> Result<BTreeMap<String, String>> {
     for (key, value) in table {
         let name = setting_name(&key);
         if name == "unknown" {
+            // One file configures the whole crate: the client's and the vault's settings
+            // are theirs to read, not typos.
+            let others = crate::torn::CLIENT_SETTINGS
+                .iter()
+                .chain(crate::vault::VAULT_SETTINGS);
+            if others.clone().any(|s| *s == key) {
+                continue;
+            }
             return Err(file_err(
                 format!(
                     "unknown setting '{key}'; known settings: {}",
-                    SETTINGS.join(", ")
+                    SETTINGS
+                        .iter()
+                        .chain(others)
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )
                 .into(),
             ));

@@ -56,6 +56,12 @@ impl KeyBuilder {
         format!("{}:idem:{id}", self.base(user))
     }
 
+    /// A value shared through [`Limiter::remember`](crate::Limiter::remember), such as the
+    /// owner of a key hash: `<prefix>:memo:<name>`.
+    pub fn memo(&self, name: &str) -> String {
+        format!("{}:memo:{name}", self.prefix)
+    }
+
     /// A pattern matching every key under this prefix (for SCAN in benchmarks and tests).
     pub fn pattern(&self) -> String {
         format!("{}:*", self.prefix)

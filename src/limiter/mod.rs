@@ -359,6 +359,48 @@ impl Limiter {
         &self.inner.config
     }
 
+    /// A second limiter beside this one: the same backend (and Redis, timeouts and
+    /// failure policy), its own key prefix (this one's + `:` + `name`), its own limit and
+    /// window. For quotas other than the owners', such as the per-IP cap or an owner's
+    /// share for pooled work. In memory, the sibling has its own store.
+    pub fn sibling(&self, name: &str, limit: NonZeroU32, window: Duration) -> Result<Self> {
+        let base = self.config();
+        let config = RateLimitConfig::builder()
+            .limit(limit)
+            .window(window)
+            .key_prefix(format!("{}:{name}", base.key_prefix()))
+            .redis_url(base.redis_url())
+            .connect_timeout(base.connect_timeout())
+            .command_timeout(base.command_timeout())
+            .reconnect_interval(base.reconnect_interval())
+            .connections(base.connections())
+            .on_redis_down(base.on_redis_down())
+            .cleanup_interval(base.cleanup_interval())
+            .build()?;
+        match self.inner.backend {
+            Backend::Memory(_) => Ok(Self::in_memory(config)),
+            Backend::Redis(_) => Self::redis(config),
+        }
+    }
+
+    /// A small value every process shares through Redis under this limiter's prefix, such
+    /// as the owner of a key hash, so that one process's lookup serves all. `None` when
+    /// absent or expired. In memory there is nothing to share: always `None`.
+    pub async fn recall(&self, name: &str) -> Result<Option<String>> {
+        match &self.inner.backend {
+            Backend::Memory(_) => Ok(None),
+            Backend::Redis(r) => r.recall(name).await,
+        }
+    }
+
+    /// Stores a value for [`recall`](Self::recall) for `ttl` (a no-op in memory).
+    pub async fn remember(&self, name: &str, value: &str, ttl: Duration) -> Result<()> {
+        match &self.inner.backend {
+            Backend::Memory(_) => Ok(()),
+            Backend::Redis(r) => r.remember(name, value, ttl.as_millis() as u64).await,
+        }
+    }
+
     /// The backend's name: `redis` or `memory`.
     pub fn backend_name(&self) -> &'static str {
         match self.inner.backend {

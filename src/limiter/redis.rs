@@ -461,6 +461,27 @@ impl RedisBackend {
         .await
     }
 
+    pub(crate) async fn recall(&self, name: &str) -> Result<Option<String>> {
+        let key = self.keys.memo(name);
+        self.run("recall", |mut c| async move {
+            redis::cmd("GET").arg(&key).query_async(&mut c).await
+        })
+        .await
+    }
+
+    pub(crate) async fn remember(&self, name: &str, value: &str, ttl_ms: u64) -> Result<()> {
+        let key = self.keys.memo(name);
+        self.run("remember", |mut c| async move {
+            redis::cmd("PSETEX")
+                .arg(&key)
+                .arg(ttl_ms.max(1))
+                .arg(value)
+                .exec_async(&mut c)
+                .await
+        })
+        .await
+    }
+
     pub(crate) async fn set_user_limit(
         &self,
         user: TornUserId,

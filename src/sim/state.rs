@@ -34,7 +34,8 @@ pub struct SimCounters {
     /// answer.
     #[serde(serialize_with = "display_keys")]
     pub requests_by_owner: BTreeMap<TornUserId, u64>,
-    /// Requests per known key (by hash, never the key), whatever their answer.
+    /// Requests per key presented (by hash, never the key), known to the simulator or not,
+    /// whatever their answer: how a test proves an invalid key was sent only once.
     #[serde(serialize_with = "display_keys")]
     pub requests_by_key: BTreeMap<KeyHash, u64>,
     /// Requests recorded in an owner's window: those that passed every check, so Torn
@@ -205,6 +206,8 @@ impl State {
         if let Some(entry) = entry {
             *c.requests_by_owner.entry(entry.key.owner).or_default() += 1;
             *c.requests_by_key.entry(entry.hash.clone()).or_default() += 1;
+        } else if let Some(k) = key.filter(|k| !k.is_empty()) {
+            *c.requests_by_key.entry(KeyHash::of(k)).or_default() += 1;
         }
 
         // Every request counts toward its IP, refused or not: an IP that keeps hammering

@@ -1,0 +1,1387 @@
+//! [`TornClient`]: one client for every caller of the Torn API. The key travels only in the
+//! `Authorization` header, every Torn error code is typed through the one table in
+//! [`code`](super::TornErrorCode), retries happen only where they help, and the limiter is
+//! consulted for the key's owner (and for the IP) before every request.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use backon::{ExponentialBuilder, Retryable};
+use reqwest::StatusCode;
+use reqwest::header::{AUTHORIZATION, HeaderValue, USER_AGENT};
+use serde_json::Value;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use zeroize::Zeroizing;
+
+use super::KeyInfo;
+use super::config::TornClientConfig;
+use super::{AccessLevel, ApiKey, ErrorClass, KeyHash, TornErrorCode};
+use crate::error::{Error, Result};
+use crate::limiter::{
+    Decision, Grant, Limiter, Priority, RateLimitConfig, Request, TornUserId, Wait,
+};
+
+/// The one bucket of the IP limiter: every request of this client leaves from one IP.
+const IP_BUCKET: TornUserId = TornUserId::new(0);
+
+/// How many hex characters of a key's hash a log line shows: enough to tell keys apart,
+/// too few to look one up.
+const HASH_SHOWN: usize = 12;
+
+/// A source of wall-clock time: Torn's daily read limit (code 14) resets at midnight UTC.
+/// Injected so tests can cross midnight without waiting for it.
+pub trait WallClock: Send + Sync + fmt::Debug + 'static {
+    /// The time now.
+    fn now(&self) -> SystemTime;
+}
+
+/// The system's wall clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemWallClock;
+
+impl WallClock for SystemWallClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
+/// How long one call may wait, and for whom it is made.
+///
+/// A deadline bounds the waits: for the owner's or the IP's quota, for a pause after code
+/// 8 or 9, and for a back-off before a retry. A call that would have to wait past it ends
+/// at once: with [`Error::Cancelled`] when it was waiting for quota, with the Torn error
+/// that caused the pause when it was paused, and with the last failure when it was about
+/// to retry. The HTTP exchange itself is bounded by the configured request timeout.
+///
+/// ```
+/// use std::time::Duration;
+/// use torn_quota::Priority;
+/// use torn_quota::torn::CallOptions;
+///
+/// let opts = CallOptions::new()
+///     .timeout(Duration::from_secs(5))
+///     .priority(Priority::Low);
+/// ```
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct CallOptions {
+    deadline: Option<Instant>,
+    cancel: Option<CancellationToken>,
+    priority: Priority,
+}
+
+impl CallOptions {
+    /// Waits as long as it takes, at high priority.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Gives up rather than wait past `deadline`.
+    pub fn deadline(mut self, deadline: Instant) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+    /// Gives up rather than wait longer than `timeout` from now.
+    pub fn timeout(self, timeout: Duration) -> Self {
+        self.deadline(Instant::now() + timeout)
+    }
+    /// Ends the call with [`Error::Cancelled`] when `token` is cancelled.
+    pub fn cancel_on(mut self, token: CancellationToken) -> Self {
+        self.cancel = Some(token);
+        self
+    }
+    /// The priority of the owner's grant (see [`Priority`]).
+    pub fn priority(mut self, priority: Priority) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    fn wait(&self) -> Wait {
+        match self.deadline {
+            Some(d) => Wait::forever().until(d),
+            None => Wait::forever(),
+        }
+    }
+
+    fn too_late(&self, at: Instant) -> bool {
+        self.deadline.is_some_and(|d| at > d)
+    }
+}
+
+/// Whether this client still sends a key, from [`TornClient::key_status`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeyStatus {
+    /// The client sends it.
+    Usable,
+    /// Torn said the key cannot be used (codes 2, 10, 13, 18): the client never sends it
+    /// again until [`TornClient::reinstate`].
+    Disabled {
+        /// Torn's code.
+        code: TornErrorCode,
+    },
+    /// The key hit its daily read limit (code 14): held back until the next UTC day.
+    Held {
+        /// Torn's code.
+        code: TornErrorCode,
+        /// When the client sends it again.
+        until: SystemTime,
+    },
+}
+
+/// A key this client no longer sends: disabled (`until` is `None`) or held until a time.
+#[derive(Debug, Clone, Copy)]
+struct Block {
+    code: TornErrorCode,
+    until: Option<SystemTime>,
+}
+
+/// Every call of the client waits until `until` (codes 8, 9).
+#[derive(Debug, Clone, Copy)]
+struct Pause {
+    code: TornErrorCode,
+    until: Instant,
+}
+
+/// The Torn API client. Cheap to clone; clones share everything (HTTP connections, the
+/// owner cache, disabled keys, pauses).
+///
+/// Before each request it takes one unit of the key's owner's quota (with the configured
+/// [safety margin](crate::Request::margin)), then one unit of the per-IP bucket. The owner
+/// comes from [`owner_of`](Self::owner_of), cached for the configured TTL.
+///
+/// What Torn's answers do, by [`ErrorClass`]:
+///
+/// | class | codes | the client |
+/// |---|---|---|
+/// | `Retry` | 0, 11, 12, 17 | retries with back-off, each attempt with its own grant, up to `max_attempts` (so do HTTP 5xx, timeouts, dropped connections and malformed JSON) |
+/// | `HoldOwner` | 5 | [penalizes](Limiter::penalize) the owner's bucket for every process, returns the error |
+/// | `PauseAll` | 8, 9 | pauses every call of this client for the configured time, returns the error |
+/// | `DisableKey` | 2, 10, 13, 18 | never sends the key again (until [`reinstate`](Self::reinstate)), returns the error |
+/// | `HoldKey` | 14 | holds the key back until the next UTC day, returns the error |
+/// | `Reroute`, `FailRequest` | 16; 1, 3, 4, 6, 7, 19+ | returns the error |
+///
+/// A call with a disabled or held key, or one that would wait past its deadline while the
+/// client is paused, fails at once with [`Error::Torn`] carrying the code that caused it,
+/// and sends nothing.
+///
+/// The key never appears in a URL, a log line or an error: log lines name the owner and at
+/// most the first characters of the key's hash.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), torn_quota::Error> {
+/// use torn_quota::torn::{ApiKey, TornClient, TornClientConfig};
+/// use torn_quota::{Limiter, RateLimitConfig};
+///
+/// let limiter = Limiter::redis(RateLimitConfig::from_env()?)?;
+/// let client = TornClient::new(limiter, TornClientConfig::from_env()?)?;
+/// let key: ApiKey = std::env::var("TORN_API_KEY").unwrap_or_default().parse()?;
+/// let me = client.get(&key, "user/basic?striptags=false").await?;
+/// println!("{}", me["profile"]["name"]);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct TornClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: TornClientConfig,
+    http: reqwest::Client,
+    user_agent: HeaderValue,
+    limiter: Limiter,
+    ip: Limiter,
+    owners: moka::future::Cache<KeyHash, KeyInfo>,
+    blocks: Mutex<HashMap<KeyHash, Block>>,
+    pause: Mutex<Option<Pause>>,
+    wall: Arc<dyn WallClock>,
+    shutdown: CancellationToken,
+    /// The base URL without its trailing slash.
+    base: String,
+}
+
+impl fmt::Debug for TornClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let i = &self.inner;
+        f.debug_struct("TornClient")
+            .field("base_url", &i.base)
+            .field("limiter", &i.limiter.backend_name())
+            .field("owners_cached", &i.owners.entry_count())
+            .field("keys_blocked", &lock(&i.blocks).len())
+            .field("paused", &self.paused_for())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`TornClient`] with parts injected: an IP limiter, a shutdown token, a wall
+/// clock, an HTTP client.
+#[derive(Debug)]
+#[must_use]
+pub struct TornClientBuilder {
+    limiter: Limiter,
+    config: TornClientConfig,
+    ip: Option<Limiter>,
+    shutdown: Option<CancellationToken>,
+    wall: Option<Arc<dyn WallClock>>,
+    http: Option<reqwest::Client>,
+}
+
+impl TornClientBuilder {
+    /// The per-IP limiter, instead of the one built from the owner limiter: the same backend
+    /// (Redis keys under its prefix + `:ip`; in memory, on the system clock), with the
+    /// configured IP limit and window. The client uses one bucket of it, user id 0.
+    pub fn ip_limiter(mut self, limiter: Limiter) -> Self {
+        self.ip = Some(limiter);
+        self
+    }
+    /// Every call ends with [`Error::Cancelled`] once `token` is cancelled (shutdown).
+    pub fn shutdown(mut self, token: CancellationToken) -> Self {
+        self.shutdown = Some(token);
+        self
+    }
+    /// The wall clock that decides when a key held by code 14 comes back.
+    pub fn wall_clock(mut self, clock: Arc<dyn WallClock>) -> Self {
+        self.wall = Some(clock);
+        self
+    }
+    /// An HTTP client of the caller's. The configured `User-Agent` and request timeout still
+    /// apply to every request; its connect timeout, proxies and TLS are the caller's.
+    /// Follow no redirects with it: Torn sends none.
+    pub fn http_client(mut self, client: reqwest::Client) -> Self {
+        self.http = Some(client);
+        self
+    }
+
+    /// Builds the client. Fails when the safety margin is not shorter than the owner
+    /// limiter's window, or when the IP limiter or the HTTP client cannot be built.
+    pub fn build(self) -> Result<TornClient> {
+        let config = self.config;
+        let window = self.limiter.config().window();
+        if config.safety_margin() >= window {
+            return Err(Error::Config {
+                setting: "TORN_QUOTA_SAFETY_MARGIN_MS",
+                reason: format!(
+                    "must be shorter than the limiter's window ({} ms), got {} ms",
+                    window.as_millis(),
+                    config.safety_margin().as_millis()
+                ),
+            });
+        }
+        let ip = match self.ip {
+            Some(ip) => ip,
+            None => ip_limiter_for(&self.limiter, &config)?,
+        };
+        let http = match self.http {
+            Some(http) => http,
+            None => http_client_for(&config)?,
+        };
+        let user_agent = HeaderValue::from_str(config.user_agent()).map_err(|_| Error::Config {
+            setting: "TORN_API_USER_AGENT",
+            reason: "is not a valid header value".into(),
+        })?;
+        let owners = moka::future::Cache::builder()
+            .max_capacity(config.owner_cache_capacity().get())
+            .time_to_live(config.owner_cache_ttl())
+            .build();
+        let base = config.base_url().as_str().trim_end_matches('/').to_owned();
+        Ok(TornClient {
+            inner: Arc::new(Inner {
+                http,
+                user_agent,
+                limiter: self.limiter,
+                ip,
+                owners,
+                blocks: Mutex::new(HashMap::new()),
+                pause: Mutex::new(None),
+                wall: self.wall.unwrap_or_else(|| Arc::new(SystemWallClock)),
+                shutdown: self.shutdown.unwrap_or_default(),
+                base,
+                config,
+            }),
+        })
+    }
+}
+
+/// The IP limiter for an owner limiter: the same backend and Redis, its own prefix.
+fn ip_limiter_for(limiter: &Limiter, config: &TornClientConfig) -> Result<Limiter> {
+    let owner = limiter.config();
+    let ip_config = RateLimitConfig::builder()
+        .limit(config.ip_limit())
+        .window(config.ip_window())
+        .key_prefix(format!("{}:ip", owner.key_prefix()))
+        .redis_url(owner.redis_url())
+        .connect_timeout(owner.connect_timeout())
+        .command_timeout(owner.command_timeout())
+        .reconnect_interval(owner.reconnect_interval())
+        .connections(owner.connections())
+        .on_redis_down(owner.on_redis_down())
+        .cleanup_interval(owner.cleanup_interval())
+        .build()?;
+    if limiter.backend_name() == "redis" {
+        Limiter::redis(ip_config)
+    } else {
+        Ok(Limiter::in_memory(ip_config))
+    }
+}
+
+fn http_client_for(config: &TornClientConfig) -> Result<reqwest::Client> {
+    let mut b = reqwest::Client::builder()
+        .user_agent(config.user_agent())
+        .timeout(config.request_timeout())
+        .connect_timeout(config.connect_timeout())
+        // Torn never redirects; a redirect is somebody else answering.
+        .redirect(reqwest::redirect::Policy::none());
+    // A proxy from the environment must not stand between us and a local simulator or
+    // sidecar.
+    if is_loopback(config.base_url()) {
+        b = b.no_proxy();
+    }
+    b.build().map_err(|e| Error::Http {
+        operation: "build the http client",
+        source: Box::new(e.without_url()),
+    })
+}
+
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
+/// A boxed future, its type erased: the client's futures nest the limiter's and reqwest's,
+/// and erasing them keeps both their size and the compiler's `Send` proofs small.
+type Boxed<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A failed attempt, and whether another may help.
+#[derive(Debug)]
+struct Failure {
+    error: Error,
+    retry: bool,
+}
+
+impl Failure {
+    fn fatal(error: Error) -> Self {
+        Self {
+            error,
+            retry: false,
+        }
+    }
+    fn transient(error: Error) -> Self {
+        Self { error, retry: true }
+    }
+}
+
+/// The units one attempt holds: the owner's (none while the owner is unknown) and the IP's.
+struct Grants {
+    owner: Option<Grant>,
+    ip: Grant,
+}
+
+/// An error and its causes on one line, for logs. Every error here is free of keys and
+/// URLs (reqwest's are stripped of theirs).
+struct Chain<'a>(&'a Error);
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = std::error::Error::source(self.0);
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
+/// An HTTP status that is not Torn's usual 200, as an error source.
+#[derive(Debug)]
+struct HttpStatus(StatusCode);
+
+impl fmt::Display for HttpStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "torn answered http {}", self.0)
+    }
+}
+
+impl std::error::Error for HttpStatus {}
+
+/// An error shared by the callers that waited on one owner resolution, as a source: it
+/// shows the shared error's cause.
+#[derive(Debug)]
+struct SharedCause(Arc<Error>);
+
+impl fmt::Display for SharedCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match std::error::Error::source(&*self.0) {
+            Some(cause) => fmt::Display::fmt(cause, f),
+            None => fmt::Display::fmt(&self.0, f),
+        }
+    }
+}
+
+impl std::error::Error for SharedCause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&*self.0).and_then(std::error::Error::source)
+    }
+}
+
+/// The error of a resolution that several callers waited on, for one of them.
+fn unshare(shared: Arc<Error>) -> Error {
+    let shared = match Arc::try_unwrap(shared) {
+        Ok(error) => return error,
+        Err(shared) => shared,
+    };
+    match &*shared {
+        Error::Torn { code, message } => Error::Torn {
+            code: *code,
+            message: message.clone(),
+        },
+        Error::Cancelled => Error::Cancelled,
+        Error::InvalidArgument { name, reason } => Error::InvalidArgument {
+            name,
+            reason: reason.clone(),
+        },
+        Error::Config { setting, reason } => Error::Config {
+            setting,
+            reason: reason.clone(),
+        },
+        Error::CostExceedsLimit { cost, limit } => Error::CostExceedsLimit {
+            cost: *cost,
+            limit: *limit,
+        },
+        Error::Timeout { operation, timeout } => Error::Timeout {
+            operation,
+            timeout: *timeout,
+        },
+        Error::Http { operation, .. } => Error::Http {
+            operation,
+            source: Box::new(SharedCause(Arc::clone(&shared))),
+        },
+        _ => Error::Http {
+            operation: "torn key info",
+            source: Box::new(SharedCause(Arc::clone(&shared))),
+        },
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every critical section leaves the map or the pause whole: a panic elsewhere is no
+    // reason to stop serving.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn short(hash: &KeyHash) -> &str {
+    &hash.as_str()[..HASH_SHOWN]
+}
+
+/// Midnight UTC after `now`: when Torn's daily read limit resets.
+fn next_utc_day(now: SystemTime) -> SystemTime {
+    const DAY: u64 = 86_400;
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    UNIX_EPOCH + Duration::from_secs((secs / DAY + 1) * DAY)
+}
+
+fn bad_path(reason: &str) -> Error {
+    Error::InvalidArgument {
+        name: "path",
+        reason: reason.to_owned(),
+    }
+}
+
+/// Checks a caller's path (with an optional query) and returns it without a leading `/`.
+/// The key goes only in the header: a path that carries one is refused, and the refusal
+/// never repeats the path.
+fn checked_path<'a>(raw: &'a str, key: &ApiKey) -> Result<&'a str> {
+    let path = raw.trim().trim_start_matches('/');
+    if path.is_empty() {
+        return Err(bad_path("is empty"));
+    }
+    if path.contains(key.expose()) {
+        return Err(bad_path(
+            "carries the api key; the key goes only in the Authorization header",
+        ));
+    }
+    if path
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '#' | '\\'))
+    {
+        return Err(bad_path("has whitespace, control characters, '#' or '\\'"));
+    }
+    if path.contains("://") {
+        return Err(bad_path("must be a path, not a URL"));
+    }
+    let (segments, query) = path.split_once('?').unwrap_or((path, ""));
+    if segments.split('/').any(|s| s == ".." || s == ".") {
+        return Err(bad_path("must not have '.' or '..' segments"));
+    }
+    if url::form_urlencoded::parse(query.as_bytes())
+        .any(|(name, _)| name.trim().eq_ignore_ascii_case("key"))
+    {
+        return Err(bad_path(
+            "carries a key= parameter; the key goes only in the Authorization header",
+        ));
+    }
+    Ok(path)
+}
+
+impl TornClient {
+    /// A client over `limiter` (the owners' buckets), with the per-IP limiter built from it:
+    /// the same backend, Redis keys under its prefix + `:ip`.
+    pub fn new(limiter: Limiter, config: TornClientConfig) -> Result<Self> {
+        Self::builder(limiter, config).build()
+    }
+
+    /// A builder, to inject an IP limiter, a shutdown token, a wall clock or an HTTP client.
+    pub fn builder(limiter: Limiter, config: TornClientConfig) -> TornClientBuilder {
+        TornClientBuilder {
+            limiter,
+            config,
+            ip: None,
+            shutdown: None,
+            wall: None,
+            http: None,
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &TornClientConfig {
+        &self.inner.config
+    }
+
+    /// The owners' limiter.
+    pub fn limiter(&self) -> &Limiter {
+        &self.inner.limiter
+    }
+
+    /// The per-IP limiter.
+    pub fn ip_limiter(&self) -> &Limiter {
+        &self.inner.ip
+    }
+
+    /// GETs a v2 path, e.g. `user/4/basic` or `user/basic?striptags=false` (a leading `/`
+    /// or `v2/` is allowed), waiting as long as quota and pauses require.
+    ///
+    /// Refuses a path that carries a key (`key=`) without sending anything.
+    pub async fn get(&self, key: &ApiKey, path: &str) -> Result<Value> {
+        self.get_with(key, path, &CallOptions::new()).await
+    }
+
+    /// [`get`](Self::get) with a deadline, a cancellation token or a priority.
+    pub async fn get_with(&self, key: &ApiKey, path: &str, opts: &CallOptions) -> Result<Value> {
+        let url = self.v2_url(key, path)?;
+        self.guarded(opts, async {
+            self.check_key(key)?;
+            let owner = self.resolve(key, opts).await?.owner;
+            self.call(key, Some(owner), &url, "torn request", opts)
+                .await
+        })
+        .await
+    }
+
+    /// GETs a v1 path with selections: `get_v1(&key, "user/4", &["basic", "profile"])`
+    /// asks `{base}/user/4?selections=basic,profile`, with the key in the header.
+    pub async fn get_v1(
+        &self,
+        key: &ApiKey,
+        section_path: &str,
+        selections: &[&str],
+    ) -> Result<Value> {
+        self.get_v1_with(key, section_path, selections, &CallOptions::new())
+            .await
+    }
+
+    /// [`get_v1`](Self::get_v1) with a deadline, a cancellation token or a priority.
+    pub async fn get_v1_with(
+        &self,
+        key: &ApiKey,
+        section_path: &str,
+        selections: &[&str],
+        opts: &CallOptions,
+    ) -> Result<Value> {
+        let path = checked_path(section_path, key)?;
+        if let Some(bad) = selections
+            .iter()
+            .find(|s| s.is_empty() || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        {
+            return Err(Error::InvalidArgument {
+                name: "selections",
+                reason: format!(
+                    "a selection is letters, digits and '_', got {} characters of something else",
+                    bad.len()
+                ),
+            });
+        }
+        let mut url = self.url(path)?;
+        if !selections.is_empty() {
+            url.query_pairs_mut()
+                .append_pair("selections", &selections.join(","));
+        }
+        self.guarded(opts, async {
+            self.check_key(key)?;
+            let owner = self.resolve(key, opts).await?.owner;
+            self.call(key, Some(owner), &url, "torn request", opts)
+                .await
+        })
+        .await
+    }
+
+    /// Sends one v2 request on a unit of `owner`'s quota that the caller has already taken
+    /// (with [`safety_margin`](TornClientConfig::safety_margin)), as the batch handler does
+    /// when it takes quota in chunks. Once, without retries: the caller re-queues, since
+    /// another attempt needs another unit.
+    ///
+    /// Everything else is as for [`get`](Self::get): a disabled or held key fails at once,
+    /// Torn's codes act by class (code 5 penalizes the owner, 8 and 9 pause the client),
+    /// and the call takes one unit of the IP bucket. A unit taken in advance must be sent at
+    /// once, or Torn's count drifts from ours: while the client is paused the call fails at
+    /// once with the code that paused it, and when the IP bucket is full the call waits for
+    /// it and then takes a fresh unit of the owner's quota, leaving the prepaid one counted
+    /// (the IP is then the tighter limit, so the owner loses nothing that it could use).
+    pub async fn send_prepaid(&self, key: &ApiKey, owner: TornUserId, path: &str) -> Result<Value> {
+        let url = self.v2_url(key, path)?;
+        let opts = CallOptions::new();
+        // Boxed: the limiter's futures inside would make every caller's future large.
+        let call: Boxed<'_, Result<Value>> = Box::pin(async {
+            self.check_key(key)?;
+            let now = CallOptions::new().deadline(Instant::now());
+            self.wait_out_pause(Some(owner), &now).await?;
+            let ip_request = Request::new(1).margin(self.inner.config.safety_margin());
+            let decision = self
+                .inner
+                .ip
+                .try_acquire_with(IP_BUCKET, &ip_request)
+                .await?;
+            let grants = if let Decision::Granted(ip) = decision {
+                Grants { owner: None, ip }
+            } else {
+                tracing::debug!(
+                    owner = owner.get(),
+                    "ip bucket full: waiting for it, then taking a fresh owner unit"
+                );
+                self.take_grants(Some(owner), &opts).await?
+            };
+            self.exchange(key, Some(owner), &url, "torn request", grants)
+                .await
+                .map_err(|f| f.error)
+        });
+        self.guarded(&opts, call).await
+    }
+
+    /// Asks Torn (`/v2/key/info`) for the key's owner and access level, now, and remembers
+    /// the answer as [`owner_of`](Self::owner_of) does. When the owner is already known,
+    /// the call takes a unit of the owner's quota like any other.
+    pub async fn key_info(&self, key: &ApiKey) -> Result<KeyInfo> {
+        let opts = CallOptions::new();
+        self.guarded(&opts, async {
+            self.check_key(key)?;
+            let hash = key.hash();
+            let known = self.inner.owners.get(&hash).await.map(|i| i.owner);
+            let info = self.fetch_key_info(key, known, &opts).await?;
+            self.inner.owners.insert(hash, info).await;
+            Ok(info)
+        })
+        .await
+    }
+
+    /// The key's owner and access level: from the in-process cache (kept for the configured
+    /// TTL), else from one call to `/v2/key/info`. Concurrent misses for one key share that
+    /// one call.
+    ///
+    /// That call reaches Torn before the owner is known, so it cannot wait for the owner's
+    /// quota: it takes a unit of the IP bucket first and, once the answer names the owner,
+    /// records one unit on the owner's bucket (a `try_acquire`, with the safety margin).
+    /// When the owner's bucket is already full that unit is not recorded (logged at
+    /// debug): Torn may then answer the owner's next call with code 5, which penalizes the
+    /// bucket. Callers that know the owner already (the vault's key-hash mapping) avoid the
+    /// call with [`remember_owner`](Self::remember_owner).
+    pub async fn owner_of(&self, key: &ApiKey) -> Result<KeyInfo> {
+        let opts = CallOptions::new();
+        self.guarded(&opts, self.resolve(key, &opts)).await
+    }
+
+    /// Remembers a key's owner and access level learnt elsewhere (say, the vault's mapping),
+    /// for the cache's TTL.
+    pub async fn remember_owner(&self, key: &ApiKey, info: KeyInfo) {
+        self.inner.owners.insert(key.hash(), info).await;
+    }
+
+    /// Whether the client still sends `key`.
+    pub fn key_status(&self, key: &ApiKey) -> KeyStatus {
+        let now = self.inner.wall.now();
+        match lock(&self.inner.blocks).get(&key.hash()) {
+            None => KeyStatus::Usable,
+            Some(Block { until: Some(u), .. }) if *u <= now => KeyStatus::Usable,
+            Some(Block {
+                code,
+                until: Some(until),
+            }) => KeyStatus::Held {
+                code: *code,
+                until: *until,
+            },
+            Some(Block { code, until: None }) => KeyStatus::Disabled { code: *code },
+        }
+    }
+
+    /// Sends `key` again after it was disabled or held (say, once a re-check found the
+    /// owner out of jail). Returns whether it was blocked.
+    pub fn reinstate(&self, key: &ApiKey) -> bool {
+        let hash = key.hash();
+        let was = lock(&self.inner.blocks).remove(&hash).is_some();
+        if was {
+            tracing::info!(key_hash = short(&hash), "torn key reinstated");
+        }
+        was
+    }
+
+    /// How long every call is still paused after a code 8 or 9, if it is.
+    pub fn paused_for(&self) -> Option<Duration> {
+        self.current_pause()
+            .map(|p| p.until.saturating_duration_since(Instant::now()))
+    }
+
+    /// Runs `call` unless the client shuts down or the call is cancelled first.
+    async fn guarded<T>(
+        &self,
+        opts: &CallOptions,
+        call: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let cancelled = async {
+            match &opts.cancel {
+                Some(token) => token.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        if self.inner.shutdown.is_cancelled()
+            || opts
+                .cancel
+                .as_ref()
+                .is_some_and(CancellationToken::is_cancelled)
+        {
+            return Err(Error::Cancelled);
+        }
+        tokio::select! {
+            biased;
+            () = self.inner.shutdown.cancelled() => Err(Error::Cancelled),
+            () = cancelled => Err(Error::Cancelled),
+            result = call => result,
+        }
+    }
+
+    fn v2_url(&self, key: &ApiKey, path: &str) -> Result<url::Url> {
+        let path = checked_path(path, key)?;
+        let path = path.strip_prefix("v2/").unwrap_or(path);
+        self.url(&format!("v2/{path}"))
+    }
+
+    fn url(&self, path: &str) -> Result<url::Url> {
+        url::Url::parse(&format!("{}/{path}", self.inner.base))
+            .map_err(|e| bad_path(&format!("does not make a valid URL ({e})")))
+    }
+
+    /// The cached owner, or one shared call to Torn.
+    async fn resolve(&self, key: &ApiKey, opts: &CallOptions) -> Result<KeyInfo> {
+        self.check_key(key)?;
+        self.inner
+            .owners
+            .try_get_with(key.hash(), Box::pin(self.lookup(key, opts)))
+            .await
+            .map_err(unshare)
+    }
+
+    /// An owner this process does not know: from the mapping every process shares through
+    /// the limiter's Redis, else from Torn (then shared). Sharing matters because a lookup
+    /// spends a unit of a quota nobody can check beforehand: a second process looking the
+    /// same key up while the owner's window is full would meet a code 5.
+    async fn lookup(&self, key: &ApiKey, opts: &CallOptions) -> Result<KeyInfo> {
+        let hash = key.hash();
+        let memo = format!("owner:{hash}");
+        let limiter = &self.inner.limiter;
+        match limiter.recall(&memo).await {
+            Ok(Some(v)) => {
+                if let Some(info) = parse_owner_memo(&v) {
+                    return Ok(info);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::debug!(error = %e, "shared owner mapping unreadable; asking torn"),
+        }
+        let info = self.fetch_key_info(key, None, opts).await?;
+        let value = format!("{}:{}", info.owner.get(), info.access.number());
+        if let Err(e) = limiter
+            .remember(&memo, &value, self.inner.config.owner_cache_ttl())
+            .await
+        {
+            tracing::debug!(error = %e, "cannot share the owner mapping");
+        }
+        Ok(info)
+    }
+
+    async fn fetch_key_info(
+        &self,
+        key: &ApiKey,
+        owner: Option<TornUserId>,
+        opts: &CallOptions,
+    ) -> Result<KeyInfo> {
+        let url = self.url("v2/key/info")?;
+        let body = self.call(key, owner, &url, "torn key info", opts).await?;
+        let info = parse_key_info(&body)?;
+        if owner.is_none() {
+            self.record_resolution(info.owner).await;
+        }
+        tracing::debug!(
+            owner = info.owner.get(),
+            access = info.access.number(),
+            key_hash = short(&key.hash()),
+            "torn key resolved"
+        );
+        Ok(info)
+    }
+
+    /// Counts an owner resolution, which reached Torn before its owner was known, on the
+    /// owner's bucket.
+    async fn record_resolution(&self, owner: TornUserId) {
+        let request = Request::new(1).margin(self.inner.config.safety_margin());
+        match self.inner.limiter.try_acquire_with(owner, &request).await {
+            Ok(Decision::Granted(_)) => {}
+            Ok(_) => tracing::debug!(
+                owner = owner.get(),
+                "owner's bucket full: the key-info call that resolved it is not counted"
+            ),
+            Err(e) => tracing::debug!(
+                owner = owner.get(),
+                error = %e,
+                "cannot count the key-info call on the owner's bucket"
+            ),
+        }
+    }
+
+    /// Fails at once when the key is disabled or held; forgets holds that have ended.
+    fn check_key(&self, key: &ApiKey) -> Result<()> {
+        let hash = key.hash();
+        let now = self.inner.wall.now();
+        let mut blocks = lock(&self.inner.blocks);
+        let Some(block) = blocks.get(&hash).copied() else {
+            return Ok(());
+        };
+        match block.until {
+            Some(until) if until <= now => {
+                blocks.remove(&hash);
+                Ok(())
+            }
+            Some(_) => Err(Error::Torn {
+                code: block.code,
+                message: format!(
+                    "{} (the key is held until the next UTC day; not sent)",
+                    block.code.text()
+                ),
+            }),
+            None => Err(Error::Torn {
+                code: block.code,
+                message: format!(
+                    "{} (the key was disabled by an earlier answer; not sent)",
+                    block.code.text()
+                ),
+            }),
+        }
+    }
+
+    fn current_pause(&self) -> Option<Pause> {
+        let mut pause = lock(&self.inner.pause);
+        match *pause {
+            Some(p) if p.until > Instant::now() => Some(p),
+            Some(_) => {
+                *pause = None;
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Waits until no pause is in force, or fails at once when the pause outlasts the
+    /// call's deadline.
+    async fn wait_out_pause(&self, owner: Option<TornUserId>, opts: &CallOptions) -> Result<()> {
+        while let Some(p) = self.current_pause() {
+            let left = p.until.saturating_duration_since(Instant::now());
+            if opts.too_late(p.until) {
+                return Err(Error::Torn {
+                    code: p.code,
+                    message: format!(
+                        "{} (calls are paused for another {} ms; not sent)",
+                        p.code.text(),
+                        left.as_millis()
+                    ),
+                });
+            }
+            tracing::debug!(
+                owner = owner.map(TornUserId::get),
+                code = p.code.get(),
+                wait_ms = left.as_millis() as u64,
+                "torn calls paused: waiting"
+            );
+            tokio::time::sleep_until(p.until).await;
+        }
+        Ok(())
+    }
+
+    /// One unit of the owner's quota (when known), then one of the IP's. When the IP
+    /// bucket refuses, the owner's unit goes back and the call waits for the IP bucket
+    /// before asking both again: holding one unit while waiting for the other would waste
+    /// it.
+    async fn take_quota(&self, owner: Option<TornUserId>, opts: &CallOptions) -> Result<Grants> {
+        let margin = self.inner.config.safety_margin();
+        let owner_request = Request::new(1).margin(margin).priority(opts.priority);
+        let ip_request = Request::new(1).margin(margin);
+        loop {
+            let owner_grant = match owner {
+                Some(user) => Some(self.owner_grant(user, &owner_request, opts).await?),
+                None => None,
+            };
+            let retry_after = match self.inner.ip.try_acquire_with(IP_BUCKET, &ip_request).await {
+                Ok(Decision::Granted(ip)) => {
+                    return Ok(Grants {
+                        owner: owner_grant,
+                        ip,
+                    });
+                }
+                Ok(decision) => decision.retry_after(),
+                Err(e) => {
+                    self.refund(&self.inner.limiter, owner_grant).await;
+                    return Err(e);
+                }
+            };
+            self.refund(&self.inner.limiter, owner_grant).await;
+            let wake = Instant::now() + retry_after;
+            tracing::debug!(
+                owner = owner.map(TornUserId::get),
+                wait_ms = retry_after.as_millis() as u64,
+                "ip bucket full: owner's unit given back, waiting for the ip bucket"
+            );
+            if opts.too_late(wake) {
+                return Err(Error::Cancelled);
+            }
+            tokio::time::sleep_until(wake).await;
+        }
+    }
+
+    /// One unit of `user`'s quota, waiting up to the call's deadline.
+    async fn owner_grant(
+        &self,
+        user: TornUserId,
+        request: &Request,
+        opts: &CallOptions,
+    ) -> Result<Grant> {
+        let decision = self
+            .inner
+            .limiter
+            .acquire_with(user, request, &opts.wait())
+            .await?;
+        decision.into_grant().ok_or_else(|| {
+            tracing::debug!(
+                owner = user.get(),
+                "the owner's quota is not free before the call's deadline"
+            );
+            Error::Cancelled
+        })
+    }
+
+    /// Gives back units that never reached Torn.
+    async fn refund(&self, limiter: &Limiter, grant: Option<Grant>) {
+        let Some(grant) = grant else { return };
+        if let Err(e) = limiter.refund(grant).await {
+            tracing::debug!(error = %e, "cannot give back a unit that was never sent");
+        }
+    }
+
+    async fn refund_both(&self, grants: Grants) {
+        self.refund(&self.inner.limiter, grants.owner).await;
+        self.refund(&self.inner.ip, Some(grants.ip)).await;
+    }
+
+    /// A call with bounded retries: each attempt waits out pauses, takes its own grants and
+    /// sends once.
+    async fn call(
+        &self,
+        key: &ApiKey,
+        owner: Option<TornUserId>,
+        url: &url::Url,
+        operation: &'static str,
+        opts: &CallOptions,
+    ) -> Result<Value> {
+        let config = &self.inner.config;
+        let max = config.max_attempts().get();
+        let backoff = ExponentialBuilder::default()
+            .with_jitter()
+            .with_min_delay(config.retry_min_delay())
+            .with_max_delay(config.retry_max_delay())
+            .with_max_times((max - 1) as usize);
+        let attempts = AtomicU32::new(0);
+        let result = (|| async {
+            attempts.fetch_add(1, Ordering::Relaxed);
+            // Boxed: the limiter's and reqwest's futures inside make it large, and one
+            // allocation per request is nothing beside the request.
+            let attempt: Boxed<'_, Result<Value, Failure>> =
+                Box::pin(self.attempt(key, owner, url, operation, opts));
+            attempt.await
+        })
+        .retry(backoff)
+        .sleep(tokio::time::sleep)
+        .when(|f: &Failure| f.retry)
+        .adjust(|_, delay| match delay {
+            Some(d) if opts.too_late(Instant::now() + d) => None,
+            other => other,
+        })
+        .notify(|f: &Failure, delay: Duration| {
+            tracing::debug!(
+                owner = owner.map(TornUserId::get),
+                attempt = attempts.load(Ordering::Relaxed),
+                max_attempts = max,
+                delay_ms = delay.as_millis() as u64,
+                error = %Chain(&f.error),
+                "torn call failed, retrying after back-off"
+            );
+        })
+        .await;
+        result.map_err(|f| {
+            if f.retry {
+                tracing::warn!(
+                    owner = owner.map(TornUserId::get),
+                    attempts = attempts.load(Ordering::Relaxed),
+                    error = %Chain(&f.error),
+                    "torn call failed, no more retries"
+                );
+            }
+            f.error
+        })
+    }
+
+    async fn attempt(
+        &self,
+        key: &ApiKey,
+        owner: Option<TornUserId>,
+        url: &url::Url,
+        operation: &'static str,
+        opts: &CallOptions,
+    ) -> Result<Value, Failure> {
+        // Another call may have disabled the key, or paused everything, while this one
+        // waited for its back-off.
+        self.check_key(key).map_err(Failure::fatal)?;
+        let grants = self
+            .take_grants(owner, opts)
+            .await
+            .map_err(Failure::fatal)?;
+        self.exchange(key, owner, url, operation, grants).await
+    }
+
+    /// Waits out any pause, then takes the owner's and the IP's units.
+    async fn take_grants(&self, owner: Option<TornUserId>, opts: &CallOptions) -> Result<Grants> {
+        loop {
+            self.wait_out_pause(owner, opts).await?;
+            let grants = self.take_quota(owner, opts).await?;
+            // A pause may have begun while this call waited for quota.
+            if self.current_pause().is_none() {
+                return Ok(grants);
+            }
+            self.refund_both(grants).await;
+        }
+    }
+
+    /// Sends once on units already taken, and reads the answer.
+    async fn exchange(
+        &self,
+        key: &ApiKey,
+        owner: Option<TornUserId>,
+        url: &url::Url,
+        operation: &'static str,
+        grants: Grants,
+    ) -> Result<Value, Failure> {
+        tracing::debug!(
+            owner = owner.map(TornUserId::get),
+            path = url.path(),
+            "torn request"
+        );
+        let http_err = |e: reqwest::Error| Error::Http {
+            operation,
+            source: Box::new(e.without_url()),
+        };
+        let response = match self.send(key, url).await {
+            Ok(r) => r,
+            Err(e) => {
+                // A request that never connected never reached Torn: its units go back.
+                if e.is_connect() {
+                    self.refund_both(grants).await;
+                }
+                return Err(Failure::transient(http_err(e)));
+            }
+        };
+        let status = response.status();
+        if !status.is_success() {
+            let error = Error::Http {
+                operation,
+                source: Box::new(HttpStatus(status)),
+            };
+            let transient = status.is_server_error()
+                || status == StatusCode::TOO_MANY_REQUESTS
+                || status == StatusCode::REQUEST_TIMEOUT;
+            return Err(Failure {
+                error,
+                retry: transient,
+            });
+        }
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| Failure::transient(http_err(e)))?;
+        let body: Value = serde_json::from_slice(&bytes).map_err(|e| {
+            Failure::transient(Error::Http {
+                operation,
+                source: Box::new(e),
+            })
+        })?;
+        match torn_error(&body) {
+            None => Ok(body),
+            Some((code, message)) => Err(self.on_torn_error(key, owner, code, message).await),
+        }
+    }
+
+    async fn send(&self, key: &ApiKey, url: &url::Url) -> reqwest::Result<reqwest::Response> {
+        let header = Zeroizing::new(format!("ApiKey {}", key.expose()));
+        let mut auth =
+            HeaderValue::from_str(&header).expect("a key is ASCII alphanumerics, a valid header");
+        // Sensitive values print as "Sensitive" in any Debug output of the request.
+        auth.set_sensitive(true);
+        self.inner
+            .http
+            .get(url.clone())
+            .header(AUTHORIZATION, auth)
+            .header(USER_AGENT, self.inner.user_agent.clone())
+            .timeout(self.inner.config.request_timeout())
+            .send()
+            .await
+    }
+
+    /// Penalizes the owner's bucket, so every process holds the owner back.
+    async fn hold_owner(&self, user: TornUserId) {
+        let hold = self.inner.config.owner_hold();
+        match self.inner.limiter.penalize(user, hold).await {
+            Ok(held) => tracing::warn!(
+                owner = user.get(),
+                hold_ms = held.as_millis() as u64,
+                "torn code 5: the owner's window is full, holding the owner back in every process"
+            ),
+            Err(e) => tracing::warn!(
+                owner = user.get(),
+                error = %e,
+                "torn code 5, and the owner's bucket cannot be penalized"
+            ),
+        }
+    }
+
+    /// Does what Torn's code asks of the client, and returns the error for the caller.
+    async fn on_torn_error(
+        &self,
+        key: &ApiKey,
+        owner: Option<TornUserId>,
+        code: TornErrorCode,
+        message: String,
+    ) -> Failure {
+        let owner_id = owner.map(TornUserId::get);
+        let error = Error::Torn { code, message };
+        match code.class() {
+            ErrorClass::Retry => return Failure::transient(error),
+            ErrorClass::HoldOwner => {
+                if let Some(user) = owner {
+                    self.hold_owner(user).await;
+                } else {
+                    tracing::warn!(
+                        key_hash = short(&key.hash()),
+                        "torn code 5 while resolving a key's owner"
+                    );
+                }
+            }
+            ErrorClass::PauseAll => {
+                let pause = self.inner.config.pause();
+                let until = Instant::now() + pause;
+                {
+                    let mut current = lock(&self.inner.pause);
+                    if current.is_none_or(|p| p.until < until) {
+                        *current = Some(Pause { code, until });
+                    }
+                }
+                tracing::warn!(
+                    owner = owner_id,
+                    code = code.get(),
+                    pause_ms = pause.as_millis() as u64,
+                    "torn blocked this ip or the api: pausing every call"
+                );
+            }
+            ErrorClass::DisableKey { permanent } => {
+                let hash = key.hash();
+                tracing::warn!(
+                    owner = owner_id,
+                    key_hash = short(&hash),
+                    code = code.get(),
+                    permanent,
+                    "torn refused the key: it is not sent again"
+                );
+                lock(&self.inner.blocks).insert(hash.clone(), Block { code, until: None });
+                self.inner.owners.invalidate(&hash).await;
+            }
+            ErrorClass::HoldKey => {
+                let hash = key.hash();
+                let until = next_utc_day(self.inner.wall.now());
+                tracing::warn!(
+                    owner = owner_id,
+                    key_hash = short(&hash),
+                    code = code.get(),
+                    "torn daily read limit: the key is held until the next UTC day"
+                );
+                lock(&self.inner.blocks).insert(
+                    hash,
+                    Block {
+                        code,
+                        until: Some(until),
+                    },
+                );
+            }
+            _ => tracing::debug!(
+                owner = owner_id,
+                code = code.get(),
+                "torn refused the request"
+            ),
+        }
+        Failure::fatal(error)
+    }
+}
+
+/// Torn's error in an answer, if it is one: `{"error":{"code":N,"error":"text"}}`.
+fn torn_error(body: &Value) -> Option<(TornErrorCode, String)> {
+    let error = body.get("error")?;
+    let code = error
+        .get("code")
+        .and_then(Value::as_u64)
+        .and_then(|c| u16::try_from(c).ok())
+        // A body without a usable code is an unknown error, which Torn numbers 0.
+        .map_or(TornErrorCode::new(0), TornErrorCode::new);
+    let message = error
+        .get("error")
+        .and_then(Value::as_str)
+        .map_or_else(|| code.text().to_owned(), str::to_owned);
+    Some((code, message))
+}
+
+/// `{"info":{"user":{"id":N},"access":{"level":L}}}`.
+fn parse_key_info(body: &Value) -> Result<KeyInfo> {
+    let owner = body.pointer("/info/user/id").and_then(Value::as_u64);
+    let access = body
+        .pointer("/info/access/level")
+        .and_then(Value::as_u64)
+        .and_then(|l| u8::try_from(l).ok())
+        .and_then(AccessLevel::from_number);
+    match (owner, access) {
+        (Some(owner), Some(access)) if owner > 0 => Ok(KeyInfo {
+            owner: TornUserId::new(owner),
+            access,
+        }),
+        _ => Err(Error::Http {
+            operation: "torn key info",
+            source: "the answer has no info.user.id or no known info.access.level".into(),
+        }),
+    }
+}
+
+/// Reads `owner:access` as [`TornClient::lookup`] shares it.
+fn parse_owner_memo(v: &str) -> Option<KeyInfo> {
+    let (owner, access) = v.split_once(':')?;
+    Some(KeyInfo {
+        owner: TornUserId::new(owner.parse().ok()?),
+        access: AccessLevel::from_number(access.parse().ok()?)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> ApiKey {
+        ApiKey::new("AbCdEfGh12345678").unwrap()
+    }
+
+    #[test]
+    fn paths_are_checked_without_echoing_them() {
+        let k = key();
+        for ok in [
+            "user/4/basic",
+            "/user/basic?striptags=false",
+            "v2/key/info",
+            "faction/chain?from=1&to=2",
+        ] {
+            assert!(checked_path(ok, &k).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "/",
+            "user/basic?key=AbCdEfGh12345678",
+            "user/basic?striptags=false&KEY=x",
+            "user/AbCdEfGh12345678/basic",
+            "user/../key/info",
+            "https://evil.example/user",
+            "user/basic#frag",
+            "user/ basic",
+        ] {
+            let err = checked_path(bad, &k).unwrap_err();
+            let shown = format!("{err} {err:?}");
+            assert!(!shown.contains("AbCdEfGh"), "{shown}");
+            assert!(matches!(err, Error::InvalidArgument { name: "path", .. }));
+        }
+    }
+
+    #[test]
+    fn the_next_utc_day_starts_at_midnight() {
+        let t = UNIX_EPOCH + Duration::from_secs(86_400 * 20_000 + 3_600);
+        assert_eq!(
+            next_utc_day(t),
+            UNIX_EPOCH + Duration::from_secs(86_400 * 20_001)
+        );
+        let midnight = UNIX_EPOCH + Duration::from_secs(86_400 * 20_001);
+        assert_eq!(
+            next_utc_day(midnight),
+            UNIX_EPOCH + Duration::from_secs(86_400 * 20_002)
+        );
+    }
+
+    #[test]
+    fn torn_errors_and_key_info_parse() {
+        let body = serde_json::json!({"error": {"code": 17, "error": "Backend error"}});
+        let (code, message) = torn_error(&body).unwrap();
+        assert_eq!((code.get(), message.as_str()), (17, "Backend error"));
+        let (code, _) = torn_error(&serde_json::json!({"error": {}})).unwrap();
+        assert_eq!(code.get(), 0);
+        assert!(torn_error(&serde_json::json!({"profile": {}})).is_none());
+
+        let info = serde_json::json!({"info": {"user": {"id": 4}, "access": {"level": 3}}});
+        let info = parse_key_info(&info).unwrap();
+        assert_eq!(info.owner, TornUserId::new(4));
+        assert_eq!(info.access, AccessLevel::Limited);
+        assert!(parse_key_info(&serde_json::json!({"info": {"user": {"id": 4}}})).is_err());
+    }
+
+    #[test]
+    fn a_shared_error_keeps_its_code() {
+        let shared = Arc::new(Error::Torn {
+            code: TornErrorCode::INCORRECT_KEY,
+            message: "Incorrect Key".into(),
+        });
+        let _other_waiter = Arc::clone(&shared);
+        match unshare(shared) {
+            Error::Torn { code, .. } => assert_eq!(code, TornErrorCode::INCORRECT_KEY),
+            other => panic!("{other:?}"),
+        }
+    }
+}

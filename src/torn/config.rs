@@ -1,0 +1,623 @@
+//! [`TornClientConfig`]: where Torn is, how long to wait for it, how often to retry, and
+//! how the client shares quota. Validated once at start, so a bad value is a clear error
+//! naming its setting, never a surprise on the first call.
+
+use std::collections::BTreeMap;
+use std::num::{NonZeroU32, NonZeroU64};
+use std::path::Path;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// Every setting the Torn client reads, in the environment and in the TOML file.
+pub const CLIENT_SETTINGS: &[&str] = &[
+    "TORN_API_BASE_URL",
+    "TORN_API_USER_AGENT",
+    "TORN_API_TIMEOUT_MS",
+    "TORN_API_CONNECT_TIMEOUT_MS",
+    "TORN_API_MAX_ATTEMPTS",
+    "TORN_API_RETRY_MIN_DELAY_MS",
+    "TORN_API_RETRY_MAX_DELAY_MS",
+    "TORN_API_PAUSE_MS",
+    "TORN_API_OWNER_CACHE_TTL_MS",
+    "TORN_API_OWNER_CACHE_CAPACITY",
+    "TORN_QUOTA_SAFETY_MARGIN_MS",
+    "TORN_QUOTA_IP_LIMIT",
+    "TORN_QUOTA_IP_WINDOW_MS",
+    "TORN_QUOTA_OWNER_HOLD_MS",
+];
+
+/// The Torn client's configuration. Build it with [`TornClientConfig::builder`] or read it
+/// with [`TornClientConfig::from_env`]; both validate, so an instance is always usable.
+///
+/// | setting | default | what |
+/// |---|---|---|
+/// | `TORN_API_BASE_URL` | `https://api.torn.com` | Torn's address (http or https); v2 paths go under `/v2/` |
+/// | `TORN_API_USER_AGENT` | `torn-quota/<version>` | the `User-Agent` of every request |
+/// | `TORN_API_TIMEOUT_MS` | 10 000 | one HTTP exchange, from connect to the last body byte |
+/// | `TORN_API_CONNECT_TIMEOUT_MS` | 3 000 | opening a connection |
+/// | `TORN_API_MAX_ATTEMPTS` | 3 | attempts of a call that fails transiently (codes 0, 11, 12, 17, transport failures) |
+/// | `TORN_API_RETRY_MIN_DELAY_MS` | 250 | the first back-off delay (exponential, with jitter) |
+/// | `TORN_API_RETRY_MAX_DELAY_MS` | 5 000 | the longest back-off delay |
+/// | `TORN_API_PAUSE_MS` | 60 000 | how long codes 8 (IP block) and 9 (API disabled) pause every call |
+/// | `TORN_API_OWNER_CACHE_TTL_MS` | 3 600 000 | how long a key's owner is remembered |
+/// | `TORN_API_OWNER_CACHE_CAPACITY` | 100 000 | how many keys' owners are remembered |
+/// | `TORN_QUOTA_SAFETY_MARGIN_MS` | 250 | added to the window of every grant: network jitter must never turn into a code 5 |
+/// | `TORN_QUOTA_IP_LIMIT` | 1 000 | requests per IP window, Torn's per-IP cap |
+/// | `TORN_QUOTA_IP_WINDOW_MS` | 60 000 | the IP window |
+/// | `TORN_QUOTA_OWNER_HOLD_MS` | 10 000 | how long a code 5 holds the owner back, in every process |
+///
+/// ```
+/// use std::time::Duration;
+/// use torn_quota::torn::TornClientConfig;
+///
+/// let config = TornClientConfig::builder()
+///     .base_url("http://127.0.0.1:8080")
+///     .max_attempts(5)
+///     .retry_min_delay(Duration::from_millis(10))
+///     .build()?;
+/// assert_eq!(config.base_url().as_str(), "http://127.0.0.1:8080/");
+/// assert_eq!(config.safety_margin(), Duration::from_millis(250));
+/// # Ok::<(), torn_quota::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct TornClientConfig {
+    base_url: url::Url,
+    user_agent: String,
+    request_timeout: Duration,
+    connect_timeout: Duration,
+    max_attempts: NonZeroU32,
+    retry_min_delay: Duration,
+    retry_max_delay: Duration,
+    pause: Duration,
+    owner_cache_ttl: Duration,
+    owner_cache_capacity: NonZeroU64,
+    safety_margin: Duration,
+    ip_limit: NonZeroU32,
+    ip_window: Duration,
+    owner_hold: Duration,
+}
+
+impl Default for TornClientConfig {
+    /// Torn itself, its per-IP cap, and the defaults in the table above.
+    fn default() -> Self {
+        Self {
+            base_url: url::Url::parse("https://api.torn.com").expect("a valid URL"),
+            user_agent: concat!("torn-quota/", env!("CARGO_PKG_VERSION")).to_owned(),
+            request_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(3),
+            max_attempts: NonZeroU32::new(3).expect("3 is not zero"),
+            retry_min_delay: Duration::from_millis(250),
+            retry_max_delay: Duration::from_secs(5),
+            pause: Duration::from_secs(60),
+            owner_cache_ttl: Duration::from_secs(3600),
+            owner_cache_capacity: NonZeroU64::new(100_000).expect("not zero"),
+            safety_margin: Duration::from_millis(250),
+            ip_limit: NonZeroU32::new(1000).expect("1000 is not zero"),
+            ip_window: Duration::from_secs(60),
+            owner_hold: Duration::from_secs(10),
+        }
+    }
+}
+
+impl TornClientConfig {
+    /// A builder starting from the defaults.
+    pub fn builder() -> TornClientConfigBuilder {
+        let config = Self::default();
+        TornClientConfigBuilder {
+            max_attempts: config.max_attempts.get(),
+            config,
+            base_url: None,
+        }
+    }
+
+    /// Reads the process environment, and the TOML file named by `TORN_QUOTA_CONFIG` when
+    /// set. Environment values win over the file's.
+    pub fn from_env() -> Result<Self> {
+        let file = std::env::var("TORN_QUOTA_CONFIG").ok();
+        Self::from_sources(file.as_deref().map(Path::new), |name| {
+            std::env::var(name).ok()
+        })
+    }
+
+    /// Reads settings from an optional TOML file (keys are the environment names, e.g.
+    /// `TORN_API_MAX_ATTEMPTS = 5`) and then from `env`, which wins. The file may hold the
+    /// limiter's and the vault's settings too (one file for the whole tool); any other name
+    /// is refused, so that a typo does not silently leave a default in force.
+    pub fn from_sources(file: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let mut values = match file {
+            Some(path) => read_toml(path)?,
+            None => BTreeMap::new(),
+        };
+        for name in CLIENT_SETTINGS {
+            if let Some(value) = env(name) {
+                values.insert(name, value);
+            }
+        }
+        let get = |name: &str| values.get(name).map(|v| v.trim().to_owned());
+        let mut b = Self::builder();
+        if let Some(v) = get("TORN_API_BASE_URL") {
+            b = b.base_url(v);
+        }
+        if let Some(v) = get("TORN_API_USER_AGENT") {
+            b = b.user_agent(v);
+        }
+        if let Some(v) = get("TORN_API_TIMEOUT_MS") {
+            b = b.request_timeout(millis(&v, "TORN_API_TIMEOUT_MS")?);
+        }
+        if let Some(v) = get("TORN_API_CONNECT_TIMEOUT_MS") {
+            b = b.connect_timeout(millis(&v, "TORN_API_CONNECT_TIMEOUT_MS")?);
+        }
+        if let Some(v) = get("TORN_API_MAX_ATTEMPTS") {
+            b = b.max_attempts(positive(&v, "TORN_API_MAX_ATTEMPTS")?);
+        }
+        if let Some(v) = get("TORN_API_RETRY_MIN_DELAY_MS") {
+            b = b.retry_min_delay(millis(&v, "TORN_API_RETRY_MIN_DELAY_MS")?);
+        }
+        if let Some(v) = get("TORN_API_RETRY_MAX_DELAY_MS") {
+            b = b.retry_max_delay(millis(&v, "TORN_API_RETRY_MAX_DELAY_MS")?);
+        }
+        if let Some(v) = get("TORN_API_PAUSE_MS") {
+            b = b.pause(millis(&v, "TORN_API_PAUSE_MS")?);
+        }
+        if let Some(v) = get("TORN_API_OWNER_CACHE_TTL_MS") {
+            b = b.owner_cache_ttl(millis(&v, "TORN_API_OWNER_CACHE_TTL_MS")?);
+        }
+        if let Some(v) = get("TORN_API_OWNER_CACHE_CAPACITY") {
+            b = b.owner_cache_capacity(positive(&v, "TORN_API_OWNER_CACHE_CAPACITY")?);
+        }
+        if let Some(v) = get("TORN_QUOTA_SAFETY_MARGIN_MS") {
+            let ms: u64 = v.parse().map_err(|_| {
+                invalid(
+                    "TORN_QUOTA_SAFETY_MARGIN_MS",
+                    format!("expected a number of milliseconds (0 or more), got '{v}'"),
+                )
+            })?;
+            b = b.safety_margin(Duration::from_millis(ms));
+        }
+        if let Some(v) = get("TORN_QUOTA_IP_LIMIT") {
+            b = b.ip_limit(positive(&v, "TORN_QUOTA_IP_LIMIT")?);
+        }
+        if let Some(v) = get("TORN_QUOTA_IP_WINDOW_MS") {
+            b = b.ip_window(millis(&v, "TORN_QUOTA_IP_WINDOW_MS")?);
+        }
+        if let Some(v) = get("TORN_QUOTA_OWNER_HOLD_MS") {
+            b = b.owner_hold(millis(&v, "TORN_QUOTA_OWNER_HOLD_MS")?);
+        }
+        b.build()
+    }
+
+    /// Torn's address, e.g. `https://api.torn.com/`. v2 paths go under `/v2/`.
+    pub fn base_url(&self) -> &url::Url {
+        &self.base_url
+    }
+    /// The `User-Agent` of every request.
+    pub fn user_agent(&self) -> &str {
+        &self.user_agent
+    }
+    /// Time allowed for one HTTP exchange.
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+    /// Time allowed to open a connection.
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+    /// Attempts of a call that fails transiently, the first included.
+    pub fn max_attempts(&self) -> NonZeroU32 {
+        self.max_attempts
+    }
+    /// The first back-off delay.
+    pub fn retry_min_delay(&self) -> Duration {
+        self.retry_min_delay
+    }
+    /// The longest back-off delay.
+    pub fn retry_max_delay(&self) -> Duration {
+        self.retry_max_delay
+    }
+    /// How long codes 8 and 9 pause every call of the client.
+    pub fn pause(&self) -> Duration {
+        self.pause
+    }
+    /// How long a key's owner is remembered.
+    pub fn owner_cache_ttl(&self) -> Duration {
+        self.owner_cache_ttl
+    }
+    /// How many keys' owners are remembered.
+    pub fn owner_cache_capacity(&self) -> NonZeroU64 {
+        self.owner_cache_capacity
+    }
+    /// The safety margin of every grant ([`Request::margin`](crate::Request::margin)).
+    pub fn safety_margin(&self) -> Duration {
+        self.safety_margin
+    }
+    /// Requests per IP window.
+    pub fn ip_limit(&self) -> NonZeroU32 {
+        self.ip_limit
+    }
+    /// The IP window.
+    pub fn ip_window(&self) -> Duration {
+        self.ip_window
+    }
+    /// How long a code 5 holds the owner back.
+    pub fn owner_hold(&self) -> Duration {
+        self.owner_hold
+    }
+}
+
+/// Builds a [`TornClientConfig`]; [`build`](Self::build) validates.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct TornClientConfigBuilder {
+    config: TornClientConfig,
+    /// Kept raw until `build`, which parses it and names the setting when it is wrong.
+    base_url: Option<String>,
+    /// Kept raw so that `build` reports a zero with the setting's name.
+    max_attempts: u32,
+}
+
+impl TornClientConfigBuilder {
+    /// Torn's address (default `https://api.torn.com`): `http://` or `https://`, a host, no
+    /// credentials, query or fragment. A path is kept (for a proxy that serves Torn under
+    /// one); v2 paths go under `<base>/v2/`.
+    pub fn base_url(mut self, url: impl Into<String>) -> Self {
+        self.base_url = Some(url.into());
+        self
+    }
+    /// The `User-Agent` of every request (default `torn-quota/<version>`).
+    pub fn user_agent(mut self, agent: impl Into<String>) -> Self {
+        self.config.user_agent = agent.into();
+        self
+    }
+    /// Time allowed for one HTTP exchange (default 10 s).
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.config.request_timeout = timeout;
+        self
+    }
+    /// Time allowed to open a connection (default 3 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.config.connect_timeout = timeout;
+        self
+    }
+    /// Attempts of a call that fails transiently, the first included (default 3; 1 turns
+    /// retries off). Each attempt takes its own unit of the owner's quota.
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts;
+        self
+    }
+    /// The first back-off delay (default 250 ms); each next one doubles, with jitter.
+    pub fn retry_min_delay(mut self, delay: Duration) -> Self {
+        self.config.retry_min_delay = delay;
+        self
+    }
+    /// The longest back-off delay (default 5 s).
+    pub fn retry_max_delay(mut self, delay: Duration) -> Self {
+        self.config.retry_max_delay = delay;
+        self
+    }
+    /// How long codes 8 (IP block) and 9 (API disabled) pause every call (default 60 s).
+    pub fn pause(mut self, pause: Duration) -> Self {
+        self.config.pause = pause;
+        self
+    }
+    /// How long a key's owner is remembered (default 1 h).
+    pub fn owner_cache_ttl(mut self, ttl: Duration) -> Self {
+        self.config.owner_cache_ttl = ttl;
+        self
+    }
+    /// How many keys' owners are remembered (default 100 000).
+    pub fn owner_cache_capacity(mut self, capacity: NonZeroU64) -> Self {
+        self.config.owner_cache_capacity = capacity;
+        self
+    }
+    /// The safety margin of every grant (default 250 ms; 0 turns it off): Torn counts a
+    /// request when it arrives, so the gap between our grant and Torn's count may vary by
+    /// up to this much without a code 5. Costs `margin / window` of the quota.
+    pub fn safety_margin(mut self, margin: Duration) -> Self {
+        self.config.safety_margin = margin;
+        self
+    }
+    /// Requests per IP window (default 1 000).
+    pub fn ip_limit(mut self, limit: NonZeroU32) -> Self {
+        self.config.ip_limit = limit;
+        self
+    }
+    /// The IP window (default 60 s).
+    pub fn ip_window(mut self, window: Duration) -> Self {
+        self.config.ip_window = window;
+        self
+    }
+    /// How long a code 5 holds the owner back in every process (default 10 s).
+    pub fn owner_hold(mut self, hold: Duration) -> Self {
+        self.config.owner_hold = hold;
+        self
+    }
+
+    /// Validates and returns the configuration.
+    pub fn build(self) -> Result<TornClientConfig> {
+        let mut c = self.config;
+        if let Some(raw) = self.base_url {
+            c.base_url = parse_base_url(raw.trim())?;
+        }
+        c.max_attempts = NonZeroU32::new(self.max_attempts).ok_or_else(|| {
+            invalid(
+                "TORN_API_MAX_ATTEMPTS",
+                "must be at least 1 (1 turns retries off)".into(),
+            )
+        })?;
+        if c.user_agent.trim().is_empty()
+            || !c
+                .user_agent
+                .bytes()
+                .all(|b| b == b' ' || b.is_ascii_graphic())
+        {
+            return Err(invalid(
+                "TORN_API_USER_AGENT",
+                "must be non-empty printable ASCII".into(),
+            ));
+        }
+        for (name, d) in [
+            ("TORN_API_TIMEOUT_MS", c.request_timeout),
+            ("TORN_API_CONNECT_TIMEOUT_MS", c.connect_timeout),
+            ("TORN_API_RETRY_MIN_DELAY_MS", c.retry_min_delay),
+            ("TORN_API_RETRY_MAX_DELAY_MS", c.retry_max_delay),
+            ("TORN_API_PAUSE_MS", c.pause),
+            ("TORN_API_OWNER_CACHE_TTL_MS", c.owner_cache_ttl),
+            ("TORN_QUOTA_IP_WINDOW_MS", c.ip_window),
+            ("TORN_QUOTA_OWNER_HOLD_MS", c.owner_hold),
+        ] {
+            if d < Duration::from_millis(1) {
+                return Err(invalid(name, "must be at least 1 millisecond".into()));
+            }
+        }
+        if c.retry_max_delay < c.retry_min_delay {
+            return Err(invalid(
+                "TORN_API_RETRY_MAX_DELAY_MS",
+                format!(
+                    "must not be below TORN_API_RETRY_MIN_DELAY_MS ({} ms), got {} ms",
+                    c.retry_min_delay.as_millis(),
+                    c.retry_max_delay.as_millis()
+                ),
+            ));
+        }
+        Ok(c)
+    }
+}
+
+fn parse_base_url(raw: &str) -> Result<url::Url> {
+    const SETTING: &str = "TORN_API_BASE_URL";
+    let url = url::Url::parse(raw).map_err(|e| {
+        invalid(
+            SETTING,
+            format!("not a URL ({e}); expected e.g. https://api.torn.com"),
+        )
+    })?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid(
+            SETTING,
+            format!(
+                "scheme must be http:// or https://, got '{}://'",
+                url.scheme()
+            ),
+        ));
+    }
+    if url.host().is_none() {
+        return Err(invalid(SETTING, "has no host".into()));
+    }
+    // Credentials in the URL would travel to every log line that prints it.
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid(SETTING, "must not carry credentials".into()));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(invalid(
+            SETTING,
+            "must not have a query or a fragment".into(),
+        ));
+    }
+    Ok(url)
+}
+
+fn invalid(setting: &'static str, reason: String) -> Error {
+    Error::Config { setting, reason }
+}
+
+fn setting_name(name: &str) -> Option<&'static str> {
+    CLIENT_SETTINGS.iter().find(|s| **s == name).copied()
+}
+
+fn positive<T: std::str::FromStr>(raw: &str, name: &'static str) -> Result<T> {
+    raw.parse()
+        .map_err(|_| invalid(name, format!("expected a positive integer, got '{raw}'")))
+}
+
+fn millis(raw: &str, name: &'static str) -> Result<Duration> {
+    let ms: NonZeroU64 = raw.parse().map_err(|_| {
+        invalid(
+            name,
+            format!("expected a number of milliseconds (1 or more), got '{raw}'"),
+        )
+    })?;
+    Ok(Duration::from_millis(ms.get()))
+}
+
+/// Reads the client's settings from a TOML file. The limiter's and the vault's settings
+/// may share the file and are skipped here; any other name is refused.
+fn read_toml(path: &Path) -> Result<BTreeMap<&'static str, String>> {
+    let file_err = |e: Box<dyn std::error::Error + Send + Sync>| Error::ConfigFile {
+        path: path.display().to_string(),
+        source: e,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| file_err(Box::new(e)))?;
+    let table: toml::Table = text.parse().map_err(|e| file_err(Box::new(e)))?;
+    let mut out = BTreeMap::new();
+    for (key, value) in table {
+        let Some(name) = setting_name(&key) else {
+            let shared = crate::limiter::SETTINGS
+                .iter()
+                .chain(crate::vault::VAULT_SETTINGS)
+                .any(|s| *s == key);
+            if shared || key == "TORN_QUOTA_CONFIG" {
+                continue;
+            }
+            return Err(file_err(
+                format!(
+                    "unknown setting '{key}'; the client's settings are: {}",
+                    CLIENT_SETTINGS.join(", ")
+                )
+                .into(),
+            ));
+        };
+        let text = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            other => {
+                return Err(invalid(
+                    name,
+                    format!("expected a string or an integer, got {}", other.type_str()),
+                ));
+            }
+        };
+        out.insert(name, text);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    }
+
+    fn setting_of(err: &Error) -> &'static str {
+        match err {
+            Error::Config { setting, .. } => setting,
+            other => panic!("expected a config error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_follow_the_design() {
+        let c = TornClientConfig::from_sources(None, env(&[])).unwrap();
+        assert_eq!(c.base_url().as_str(), "https://api.torn.com/");
+        assert_eq!(
+            c.user_agent(),
+            format!("torn-quota/{}", env!("CARGO_PKG_VERSION"))
+        );
+        assert_eq!(c.max_attempts().get(), 3);
+        assert_eq!(c.safety_margin(), Duration::from_millis(250));
+        assert_eq!(c.ip_limit().get(), 1000);
+        assert_eq!(c.ip_window(), Duration::from_secs(60));
+        assert_eq!(c.owner_cache_ttl(), Duration::from_secs(3600));
+        assert_eq!(c.pause(), Duration::from_secs(60));
+        assert_eq!(c.owner_hold(), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn every_setting_is_read() {
+        let c = TornClientConfig::from_sources(
+            None,
+            env(&[
+                ("TORN_API_BASE_URL", " http://127.0.0.1:9/torn "),
+                ("TORN_API_USER_AGENT", "my-bot/2"),
+                ("TORN_API_TIMEOUT_MS", "1500"),
+                ("TORN_API_CONNECT_TIMEOUT_MS", "700"),
+                ("TORN_API_MAX_ATTEMPTS", "1"),
+                ("TORN_API_RETRY_MIN_DELAY_MS", "5"),
+                ("TORN_API_RETRY_MAX_DELAY_MS", "50"),
+                ("TORN_API_PAUSE_MS", "300"),
+                ("TORN_API_OWNER_CACHE_TTL_MS", "400"),
+                ("TORN_API_OWNER_CACHE_CAPACITY", "10"),
+                ("TORN_QUOTA_SAFETY_MARGIN_MS", "0"),
+                ("TORN_QUOTA_IP_LIMIT", "30"),
+                ("TORN_QUOTA_IP_WINDOW_MS", "1000"),
+                ("TORN_QUOTA_OWNER_HOLD_MS", "2000"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.base_url().as_str(), "http://127.0.0.1:9/torn");
+        assert_eq!(c.user_agent(), "my-bot/2");
+        assert_eq!(c.request_timeout(), Duration::from_millis(1500));
+        assert_eq!(c.connect_timeout(), Duration::from_millis(700));
+        assert_eq!(c.max_attempts().get(), 1);
+        assert_eq!(c.retry_min_delay(), Duration::from_millis(5));
+        assert_eq!(c.retry_max_delay(), Duration::from_millis(50));
+        assert_eq!(c.pause(), Duration::from_millis(300));
+        assert_eq!(c.owner_cache_ttl(), Duration::from_millis(400));
+        assert_eq!(c.owner_cache_capacity().get(), 10);
+        assert_eq!(c.safety_margin(), Duration::ZERO);
+        assert_eq!(c.ip_limit().get(), 30);
+        assert_eq!(c.ip_window(), Duration::from_secs(1));
+        assert_eq!(c.owner_hold(), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn bad_values_name_their_setting() {
+        for (name, value) in [
+            ("TORN_API_BASE_URL", "api.torn.com"),
+            ("TORN_API_BASE_URL", "ftp://api.torn.com"),
+            ("TORN_API_BASE_URL", "https://user:pw@api.torn.com"),
+            ("TORN_API_BASE_URL", "https://api.torn.com/?key=x"),
+            ("TORN_API_USER_AGENT", " "),
+            ("TORN_API_USER_AGENT", "bot\n2"),
+            ("TORN_API_TIMEOUT_MS", "0"),
+            ("TORN_API_CONNECT_TIMEOUT_MS", "soon"),
+            ("TORN_API_MAX_ATTEMPTS", "0"),
+            ("TORN_API_MAX_ATTEMPTS", "-1"),
+            ("TORN_API_RETRY_MIN_DELAY_MS", "0"),
+            ("TORN_API_PAUSE_MS", "0"),
+            ("TORN_API_OWNER_CACHE_TTL_MS", "0"),
+            ("TORN_API_OWNER_CACHE_CAPACITY", "0"),
+            ("TORN_QUOTA_SAFETY_MARGIN_MS", "-5"),
+            ("TORN_QUOTA_IP_LIMIT", "0"),
+            ("TORN_QUOTA_IP_WINDOW_MS", "0"),
+            ("TORN_QUOTA_OWNER_HOLD_MS", "x"),
+        ] {
+            let err = TornClientConfig::from_sources(None, env(&[(name, value)])).unwrap_err();
+            assert_eq!(setting_of(&err), name, "{name}={value}: {err}");
+            let shown = err.to_string();
+            assert!(shown.contains(name), "{shown}");
+            assert!(!shown.contains("pw@"), "credentials echoed: {shown}");
+        }
+        let err = TornClientConfig::builder()
+            .retry_min_delay(Duration::from_millis(100))
+            .retry_max_delay(Duration::from_millis(10))
+            .build()
+            .unwrap_err();
+        assert_eq!(setting_of(&err), "TORN_API_RETRY_MAX_DELAY_MS");
+        let err = TornClientConfig::builder()
+            .max_attempts(0)
+            .build()
+            .unwrap_err();
+        assert_eq!(setting_of(&err), "TORN_API_MAX_ATTEMPTS");
+    }
+
+    #[test]
+    fn the_file_is_shared_with_the_other_settings_and_env_wins() {
+        let dir = std::env::temp_dir().join(format!("tq-torn-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("torn.toml");
+        std::fs::write(
+            &path,
+            "TORN_QUOTA_LIMIT = 80\nDATABASE_URL = \"postgres://x@y/z\"\n\
+             TORN_API_MAX_ATTEMPTS = 4\nTORN_API_PAUSE_MS = 900\n",
+        )
+        .unwrap();
+        let c = TornClientConfig::from_sources(Some(&path), env(&[("TORN_API_PAUSE_MS", "100")]))
+            .unwrap();
+        assert_eq!(c.max_attempts().get(), 4);
+        assert_eq!(c.pause(), Duration::from_millis(100));
+
+        std::fs::write(&path, "TORN_API_MAX_ATEMPTS = 4\n").unwrap();
+        let err = TornClientConfig::from_sources(Some(&path), env(&[])).unwrap_err();
+        let source = std::error::Error::source(&err).unwrap().to_string();
+        assert!(source.contains("TORN_API_MAX_ATEMPTS"), "{source}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

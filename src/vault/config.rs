@@ -1,0 +1,401 @@
+//! Settings of the vault: where PostgreSQL is, how long to wait for it, and the encryption
+//! keys. Validated at start; an error names the setting and never repeats its value.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use zeroize::Zeroizing;
+
+use crate::error::{Error, Result};
+use crate::vault::crypto::{ENCRYPTION_KEY_SETTING, Keyring};
+
+/// Every setting the vault reads, in the environment and in the TOML file.
+pub const VAULT_SETTINGS: &[&str] = &[
+    "DATABASE_URL",
+    ENCRYPTION_KEY_SETTING,
+    "TORN_QUOTA_DATABASE_MAX_CONNECTIONS",
+    "TORN_QUOTA_DATABASE_ACQUIRE_TIMEOUT_MS",
+    "TORN_QUOTA_DATABASE_STATEMENT_TIMEOUT_MS",
+];
+
+/// A PostgreSQL URL whose `Debug` hides the password.
+#[derive(Clone)]
+pub struct DatabaseUrl(Zeroizing<String>);
+
+impl DatabaseUrl {
+    /// Validates a URL: `postgres://` or `postgresql://`, usable by the driver. The error
+    /// never repeats the URL (it may carry a password).
+    pub fn new(url: &str) -> Result<Self> {
+        let invalid = |reason: &str| Error::Config {
+            setting: "DATABASE_URL",
+            reason: reason.to_owned(),
+        };
+        let parsed = url::Url::parse(url).map_err(|e| {
+            invalid(&format!(
+                "is not a URL ({e}); expected postgres://user:password@host:5432/database"
+            ))
+        })?;
+        if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+            return Err(invalid("scheme must be postgres:// or postgresql://"));
+        }
+        // The driver's own message may quote query parameters, a password among them.
+        PgConnectOptions::from_str(url).map_err(|_| {
+            invalid(
+                "is not usable by the PostgreSQL driver: check the host, port and query parameters",
+            )
+        })?;
+        Ok(Self(Zeroizing::new(url.to_owned())))
+    }
+
+    /// The whole URL, password included: for connecting only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with any password replaced by `***`: the form to print or log.
+    pub fn redacted(&self) -> String {
+        match url::Url::parse(&self.0) {
+            Ok(mut u) => {
+                if u.password().is_some() {
+                    let _ = u.set_password(Some("***"));
+                }
+                let pairs: Vec<(String, String)> = u
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let v = if k.eq_ignore_ascii_case("password") {
+                            "***".into()
+                        } else {
+                            v.into_owned()
+                        };
+                        (k.into_owned(), v)
+                    })
+                    .collect();
+                if !pairs.is_empty() {
+                    u.query_pairs_mut().clear().extend_pairs(pairs);
+                }
+                u.to_string()
+            }
+            Err(_) => "<invalid url>".to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// How the vault reaches PostgreSQL.
+///
+/// ```
+/// use std::time::Duration;
+/// use torn_quota::vault::DatabaseConfig;
+///
+/// let config = DatabaseConfig::new("postgres://app:s3cret@db.internal/tool")?
+///     .acquire_timeout(Duration::from_secs(2));
+/// assert!(!format!("{config:?}").contains("s3cret"));
+/// # Ok::<(), torn_quota::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    url: DatabaseUrl,
+    max_connections: NonZeroU32,
+    acquire_timeout: Duration,
+    statement_timeout: Option<Duration>,
+}
+
+impl DatabaseConfig {
+    /// Defaults: 10 connections, 5 s to get one (connecting included), 30 s per statement.
+    pub fn new(url: &str) -> Result<Self> {
+        Ok(Self {
+            url: DatabaseUrl::new(url)?,
+            max_connections: NonZeroU32::new(10).unwrap_or(NonZeroU32::MIN),
+            acquire_timeout: Duration::from_secs(5),
+            statement_timeout: Some(Duration::from_secs(30)),
+        })
+    }
+
+    /// Reads `DATABASE_URL` and the `TORN_QUOTA_DATABASE_*` settings from the environment,
+    /// with `TORN_QUOTA_CONFIG` as the optional TOML file.
+    pub fn from_env() -> Result<Self> {
+        let file = std::env::var("TORN_QUOTA_CONFIG").ok();
+        Self::from_sources(file.as_deref().map(Path::new), |n| std::env::var(n).ok())
+    }
+
+    /// Reads the settings from an optional TOML file (keys are the environment names; keys
+    /// that belong to other parts of torn-quota are left to them) and then from `env`, which
+    /// wins.
+    pub fn from_sources(file: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let values = Settings::read(file, env)?;
+        Self::from_settings(&values)
+    }
+
+    fn from_settings(values: &Settings) -> Result<Self> {
+        let url = values.get("DATABASE_URL").ok_or_else(|| Error::Config {
+            setting: "DATABASE_URL",
+            reason: "is not set; expected postgres://user:password@host:5432/database".into(),
+        })?;
+        let mut config = Self::new(url)?;
+        if let Some(v) = values.get("TORN_QUOTA_DATABASE_MAX_CONNECTIONS") {
+            config.max_connections = parse_setting(v, "TORN_QUOTA_DATABASE_MAX_CONNECTIONS")?;
+        }
+        if let Some(v) = values.get("TORN_QUOTA_DATABASE_ACQUIRE_TIMEOUT_MS") {
+            let ms: NonZeroU32 = parse_setting(v, "TORN_QUOTA_DATABASE_ACQUIRE_TIMEOUT_MS")?;
+            config.acquire_timeout = Duration::from_millis(ms.get().into());
+        }
+        if let Some(v) = values.get("TORN_QUOTA_DATABASE_STATEMENT_TIMEOUT_MS") {
+            let ms: u32 = parse_setting(v, "TORN_QUOTA_DATABASE_STATEMENT_TIMEOUT_MS")?;
+            config.statement_timeout = (ms > 0).then(|| Duration::from_millis(ms.into()));
+        }
+        Ok(config)
+    }
+
+    /// At most this many connections.
+    #[must_use]
+    pub fn max_connections(mut self, n: NonZeroU32) -> Self {
+        self.max_connections = n;
+        self
+    }
+
+    /// How long a call waits for a connection, opening one included, before it fails.
+    #[must_use]
+    pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
+        self.acquire_timeout = timeout;
+        self
+    }
+
+    /// How long PostgreSQL lets one statement run; `None` for no limit (migrations that
+    /// backfill a large table want that).
+    #[must_use]
+    pub fn statement_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.statement_timeout = timeout;
+        self
+    }
+
+    /// The URL, printable.
+    pub fn url(&self) -> &DatabaseUrl {
+        &self.url
+    }
+
+    /// Opens a pool and one connection now, so that a wrong URL or an unreachable server is
+    /// an error at start rather than at the first key lookup.
+    pub async fn connect(&self) -> Result<PgPool> {
+        let pool = self
+            .pool_options()
+            .connect_with(self.connect_options()?)
+            .await
+            .map_err(|source| Error::Database {
+                operation: "connect",
+                source,
+            })?;
+        Ok(pool)
+    }
+
+    /// A pool that connects on first use.
+    pub fn connect_lazy(&self) -> Result<PgPool> {
+        Ok(self
+            .pool_options()
+            .connect_lazy_with(self.connect_options()?))
+    }
+
+    fn connect_options(&self) -> Result<PgConnectOptions> {
+        let options = PgConnectOptions::from_str(self.url.expose()).map_err(|_| Error::Config {
+            setting: "DATABASE_URL",
+            reason: "is not usable by the PostgreSQL driver".into(),
+        })?;
+        Ok(options.application_name("torn-quota"))
+    }
+
+    fn pool_options(&self) -> PgPoolOptions {
+        let statement_timeout = self.statement_timeout;
+        PgPoolOptions::new()
+            .max_connections(self.max_connections.get())
+            .acquire_timeout(self.acquire_timeout)
+            // A SET after connecting works behind poolers that drop startup options.
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if let Some(t) = statement_timeout {
+                        sqlx::query(&format!("SET statement_timeout = {}", t.as_millis()))
+                            .execute(conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+    }
+}
+
+/// Everything a [`Vault`](crate::vault::Vault) needs: the database and the encryption keys.
+#[derive(Debug, Clone)]
+pub struct VaultConfig {
+    /// Where PostgreSQL is.
+    pub database: DatabaseConfig,
+    /// The encryption keys.
+    pub keyring: Keyring,
+}
+
+impl VaultConfig {
+    /// Reads `DATABASE_URL`, `TORN_QUOTA_ENCRYPTION_KEY` and the `TORN_QUOTA_DATABASE_*`
+    /// settings from the environment, with `TORN_QUOTA_CONFIG` as the optional TOML file.
+    pub fn from_env() -> Result<Self> {
+        let file = std::env::var("TORN_QUOTA_CONFIG").ok();
+        Self::from_sources(file.as_deref().map(Path::new), |n| std::env::var(n).ok())
+    }
+
+    /// As [`DatabaseConfig::from_sources`], plus the encryption keys.
+    pub fn from_sources(file: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let values = Settings::read(file, env)?;
+        let keyring = Keyring::from_setting(values.get(ENCRYPTION_KEY_SETTING))?;
+        let database = DatabaseConfig::from_settings(&values)?;
+        Ok(Self { database, keyring })
+    }
+}
+
+/// Setting values, wiped when dropped: two of them are secrets.
+struct Settings(BTreeMap<&'static str, Zeroizing<String>>);
+
+impl Settings {
+    fn read(file: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let mut values = match file {
+            Some(path) => read_toml(path)?,
+            None => BTreeMap::new(),
+        };
+        for name in VAULT_SETTINGS {
+            if let Some(v) = env(name) {
+                values.insert(name, Zeroizing::new(v));
+            }
+        }
+        Ok(Self(values))
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(|v| v.trim()).filter(|v| !v.is_empty())
+    }
+}
+
+fn parse_setting<T: FromStr>(raw: &str, setting: &'static str) -> Result<T> {
+    raw.parse().map_err(|_| Error::Config {
+        setting,
+        reason: format!("expected a positive integer, got '{raw}'"),
+    })
+}
+
+/// Reads the vault's keys from a TOML file. A syntax error reports its line only: the
+/// parser's own message quotes the line, which may hold a secret.
+fn read_toml(path: &Path) -> Result<BTreeMap<&'static str, Zeroizing<String>>> {
+    let file_err = |e: Box<dyn std::error::Error + Send + Sync>| Error::ConfigFile {
+        path: path.display().to_string(),
+        source: e,
+    };
+    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| file_err(Box::new(e)))?);
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        let line = e.span().map_or(0, |s| {
+            text[..s.start.min(text.len())].lines().count().max(1)
+        });
+        file_err(format!("TOML syntax error at line {line}").into())
+    })?;
+    let mut out = BTreeMap::new();
+    for name in VAULT_SETTINGS {
+        match table.get(*name) {
+            None => {}
+            Some(toml::Value::String(s)) => {
+                out.insert(*name, Zeroizing::new(s.clone()));
+            }
+            Some(toml::Value::Integer(i)) => {
+                out.insert(*name, Zeroizing::new(i.to_string()));
+            }
+            Some(_) => {
+                return Err(Error::Config {
+                    setting: name,
+                    reason: "must be a string or an integer in the configuration file".into(),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    }
+
+    fn setting(err: Error) -> (&'static str, String) {
+        match err {
+            Error::Config { setting, reason } => (setting, reason),
+            other => panic!("expected a config error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn database_url_is_required_and_never_echoed() {
+        let (name, _) = setting(DatabaseConfig::from_sources(None, env(&[])).unwrap_err());
+        assert_eq!(name, "DATABASE_URL");
+        for bad in [
+            "mysql://u:hunter2pass@h/db",
+            "not a url hunter2pass",
+            "postgres://u:hunter2pass@h:notaport/db",
+            "postgres://u:hunter2pass@h/db?sslmode=hunter2pass",
+        ] {
+            let (name, reason) = setting(
+                DatabaseConfig::from_sources(None, env(&[("DATABASE_URL", bad)])).unwrap_err(),
+            );
+            assert_eq!(name, "DATABASE_URL", "{bad}");
+            assert!(!reason.contains("hunter2pass"), "{reason}");
+        }
+    }
+
+    #[test]
+    fn the_password_never_shows() {
+        let c = DatabaseConfig::new("postgres://app:hunter2pass@db:5432/x?password=hunter2pass")
+            .unwrap();
+        assert!(!format!("{c:?}").contains("hunter2pass"), "{c:?}");
+        assert!(!c.url().redacted().contains("hunter2pass"));
+        assert!(
+            c.url()
+                .redacted()
+                .starts_with("postgres://app:***@db:5432/x")
+        );
+    }
+
+    #[test]
+    fn numeric_settings_are_validated() {
+        let url = ("DATABASE_URL", "postgres://localhost/db");
+        for name in [
+            "TORN_QUOTA_DATABASE_MAX_CONNECTIONS",
+            "TORN_QUOTA_DATABASE_ACQUIRE_TIMEOUT_MS",
+        ] {
+            let (got, _) =
+                setting(DatabaseConfig::from_sources(None, env(&[url, (name, "0")])).unwrap_err());
+            assert_eq!(got, name);
+        }
+        let c = DatabaseConfig::from_sources(
+            None,
+            env(&[url, ("TORN_QUOTA_DATABASE_STATEMENT_TIMEOUT_MS", "0")]),
+        )
+        .unwrap();
+        assert_eq!(c.statement_timeout, None);
+    }
+
+    #[test]
+    fn the_vault_needs_the_encryption_key() {
+        let (name, _) = setting(
+            VaultConfig::from_sources(None, env(&[("DATABASE_URL", "postgres://localhost/db")]))
+                .unwrap_err(),
+        );
+        assert_eq!(name, ENCRYPTION_KEY_SETTING);
+    }
+}

@@ -1,0 +1,164 @@
+//! The key vault: players' Torn API keys in PostgreSQL, encrypted with AES-256-GCM, and a
+//! mapping from a key's hash to its owner so that a key seen in a request resolves without
+//! calling Torn again.
+//!
+//! ```no_run
+//! # async fn run(resolver: impl torn_quota::vault::ResolveOwner) -> Result<(), torn_quota::Error> {
+//! use torn_quota::torn::ApiKey;
+//! use torn_quota::vault::{AppUserId, Vault, VaultConfig};
+//!
+//! let vault = Vault::connect(&VaultConfig::from_env()?).await?;
+//! torn_quota::vault::migrate(vault.pool()).await?;
+//!
+//! let user: AppUserId = "6f0262c8-2836-4666-8f3a-7c1b2d3e4f50".parse()?;
+//! let key: ApiKey = "AbCdEfGh12345678".parse()?;
+//! let added = vault.add_key(user, &key, &resolver).await?;
+//! println!("stored {key} for Torn player {}", added.key.owner); // the key prints masked
+//!
+//! for live in vault.live_keys(&[user]).await? {
+//!     // live.key is the decrypted ApiKey, ready for the Torn client.
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! # Settings
+//!
+//! | name | meaning |
+//! |---|---|
+//! | `DATABASE_URL` | `postgres://user:password@host:5432/database`; required. Never printed with its password |
+//! | `TORN_QUOTA_ENCRYPTION_KEY` | the encryption keys, format in [`Keyring`]; required by every command that reads or writes keys |
+//! | `TORN_QUOTA_DATABASE_MAX_CONNECTIONS` | pool size, default 10 |
+//! | `TORN_QUOTA_DATABASE_ACQUIRE_TIMEOUT_MS` | wait for a connection (connecting included), default 5000 |
+//! | `TORN_QUOTA_DATABASE_STATEMENT_TIMEOUT_MS` | PostgreSQL's `statement_timeout`, default 30000, 0 for none |
+
+mod config;
+mod crypto;
+mod migrate;
+mod store;
+
+use std::fmt;
+use std::str::FromStr;
+
+pub use config::{DatabaseConfig, DatabaseUrl, VAULT_SETTINGS, VaultConfig};
+pub use crypto::{ENCRYPTION_KEY_SETTING, EncryptionKeyId, Keyring};
+pub use migrate::{MIGRATOR, MigrationInfo, MigrationReport, migrate};
+pub use store::{
+    AddOptions, Added, Disabled, Imported, LiveKey, RotateProgress, RotateReport, StoredKey, Vault,
+};
+
+use crate::error::{Error, Result};
+use crate::torn::ApiKey;
+
+/// An account of the tool (`auth.users(id)`, a Supabase user on Supabase): whoever stored a
+/// key. Not the Torn player who owns it, which is a [`TornUserId`](crate::TornUserId).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AppUserId(uuid::Uuid);
+
+impl AppUserId {
+    /// Wraps an account id.
+    pub const fn new(id: uuid::Uuid) -> Self {
+        Self(id)
+    }
+    /// The UUID.
+    pub const fn get(self) -> uuid::Uuid {
+        self.0
+    }
+}
+
+impl fmt::Display for AppUserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+impl FromStr for AppUserId {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        uuid::Uuid::parse_str(s.trim())
+            .map(Self)
+            .map_err(|_| Error::InvalidArgument {
+                name: "user",
+                reason: format!("'{s}' is not an account id (a UUID)"),
+            })
+    }
+}
+
+impl From<uuid::Uuid> for AppUserId {
+    fn from(id: uuid::Uuid) -> Self {
+        Self(id)
+    }
+}
+
+/// One stored key's row id (`sentinel_user_keys.id`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StoredKeyId(uuid::Uuid);
+
+impl StoredKeyId {
+    /// Wraps a row id.
+    pub const fn new(id: uuid::Uuid) -> Self {
+        Self(id)
+    }
+    /// The UUID.
+    pub const fn get(self) -> uuid::Uuid {
+        self.0
+    }
+}
+
+impl fmt::Display for StoredKeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+impl FromStr for StoredKeyId {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        uuid::Uuid::parse_str(s.trim())
+            .map(Self)
+            .map_err(|_| Error::InvalidArgument {
+                name: "id",
+                reason: format!("'{s}' is not a key id (a UUID)"),
+            })
+    }
+}
+
+/// What Torn says about a key (the Torn client's type: one shape for both).
+pub use crate::torn::KeyInfo;
+
+impl ResolveOwner for crate::torn::TornClient {
+    /// [`TornClient::owner_of`](crate::torn::TornClient::owner_of): the cache, the mapping
+    /// every process shares, else one call to Torn.
+    async fn resolve(&self, key: &ApiKey) -> Result<KeyInfo> {
+        self.owner_of(key).await
+    }
+}
+
+/// Finds a key's owner and access level, normally with one call to Torn's `/v2/key/info`.
+///
+/// An incorrect key must be an error ([`Error::Torn`] with code 2 from the Torn client): the
+/// vault stores nothing for a key its resolver refuses.
+///
+/// ```
+/// use torn_quota::torn::{AccessLevel, ApiKey};
+/// use torn_quota::vault::{KeyInfo, ResolveOwner};
+/// use torn_quota::{Error, TornUserId};
+///
+/// /// Every key belongs to player 4, with full access.
+/// struct Everyone4;
+///
+/// impl ResolveOwner for Everyone4 {
+///     async fn resolve(&self, _key: &ApiKey) -> Result<KeyInfo, Error> {
+///         Ok(KeyInfo { owner: TornUserId::new(4), access: AccessLevel::Full })
+///     }
+/// }
+/// ```
+pub trait ResolveOwner: Sync {
+    /// The key's owner and access level, or why it cannot be used.
+    fn resolve(&self, key: &ApiKey) -> impl Future<Output = Result<KeyInfo>> + Send;
+}
+
+impl<R: ResolveOwner + ?Sized> ResolveOwner for &R {
+    fn resolve(&self, key: &ApiKey) -> impl Future<Output = Result<KeyInfo>> + Send {
+        (**self).resolve(key)
+    }
+}
