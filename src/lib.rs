@@ -21,6 +21,7 @@
 //! languages can call them too. The [`Limiter`] also runs [in memory](Limiter::in_memory)
 //! with identical semantics, for one process and for tests.
 
+pub mod batch;
 pub mod error;
 pub mod limiter;
 pub mod sim;

@@ -120,25 +120,54 @@ fn unreachable_redis_exits_2_within_the_timeout() {
 }
 
 #[test]
-fn demo_runs_and_holds_the_limit() {
+fn demo_runs_a_batch_at_full_quota_without_code_5() {
     let out = Command::new(env!("CARGO_BIN_EXE_torn-quota"))
+        // A wide margin: the machine may be busy with other tests.
         .args([
             "demo",
-            "--workers",
-            "4",
+            "--requests",
+            "60",
             "--limit",
             "10",
             "--window-ms",
-            "300",
-            "--windows",
-            "2",
+            "400",
+            "--margin-ms",
+            "60",
         ])
         .env("REDIS_URL", common::redis_url())
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("backend: redis"), "{stderr}");
     let v = json(&out);
-    assert_eq!(v["limit_held"], true);
-    assert_eq!(v["busiest_window"], 10);
-    assert_eq!(v["granted"], 20);
+    assert_eq!(v["requests"], 60);
+    assert_eq!(v["succeeded"], 60);
+    assert_eq!(v["code5_answers"], 0);
+    assert!(v["max_in_window"].as_u64().unwrap() <= 10, "{v}");
+    assert_eq!(v["keys_dropped"], 2, "the paused key and the unknown one");
+}
+
+#[test]
+fn demo_without_redis_runs_in_memory_and_says_so() {
+    let out = Command::new(env!("CARGO_BIN_EXE_torn-quota"))
+        .args([
+            "demo",
+            "--requests",
+            "30",
+            "--limit",
+            "10",
+            "--window-ms",
+            "400",
+            "--margin-ms",
+            "60",
+        ])
+        // Nothing listens on port 1.
+        .env("REDIS_URL", "redis://127.0.0.1:1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("backend: in-memory"), "{stderr}");
+    assert_eq!(json(&out)["code5_answers"], 0);
 }

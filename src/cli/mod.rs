@@ -1,6 +1,7 @@
 //! Command-line parsing and dispatch. Each command lives in its own file.
 
 mod acquire;
+mod batch;
 mod bench;
 mod demo;
 mod sim;
@@ -38,6 +39,9 @@ enum Command {
     SetLimit(status::SetLimitArgs),
     /// Decisions per second against Redis, beside a no-op EVALSHA at the same concurrency.
     Bench(bench::Args),
+    /// Runs every request of --input over the keys of --keys at the owners' full quota;
+    /// JSON Lines in input order to --output. Exit 0 all ok, 1 some failed, 2 error.
+    Batch(batch::Args),
     /// Runs the Torn API simulator on loopback until Ctrl-C, then prints what it served.
     Sim(sim::Args),
     /// Applies the embedded PostgreSQL migrations to DATABASE_URL (a second run is a no-op).
@@ -70,6 +74,7 @@ pub(crate) fn main() -> ExitCode {
                 status::set_limit(load_config(cli.config.as_deref())?, args).await
             }
             Command::Bench(args) => bench::run(load_config(cli.config.as_deref())?, args).await,
+            Command::Batch(args) => batch::run(cli.config.as_deref(), args).await,
             Command::Sim(args) => sim::run(load_config(cli.config.as_deref())?, args).await,
             Command::Migrate(args) => vault::run_migrate(cli.config.as_deref(), args).await,
             Command::Keys(args) => vault::run_keys(cli.config.as_deref(), args).await,

@@ -1,0 +1,672 @@
+//! The scheduler behind [`BatchHandler::run`]: one coordinating loop that owns all state
+//! (no locks), and a set of requests in flight.
+//!
+//! Each turn it fills the free slots: for the owners with the most room first, it takes
+//! as many units as it has requests ready for that owner (one script call), and sends
+//! them at once on the owner's least-recently-used keys. Units are never taken ahead of
+//! sending: Torn counts a request when it arrives, so a unit held back would let our
+//! window expire before Torn's.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::{
+    BatchHandler, BatchOutcome, BatchRequest, BatchStats, OwnerStats, PoolKey, Progress,
+    RequestError,
+};
+use crate::error::{Error, Result};
+use crate::limiter::{Decision, Limiter, Priority, Request, TornUserId};
+use crate::torn::{AccessLevel, ApiKey, ErrorClass, KeyInfo, TornClient, TornErrorCode};
+
+/// Access levels, lowest first: the pending queues are kept per level needed.
+const LEVELS: usize = 5;
+
+/// One distinct fetch: identical requests share it.
+struct Fetch {
+    path: String,
+    min_access: AccessLevel,
+    priority: Priority,
+    /// The requests it answers.
+    indices: Vec<usize>,
+    /// Sends that ended in a retryable failure.
+    failures: u32,
+}
+
+struct KeySlot {
+    key: ApiKey,
+    access: AccessLevel,
+    usable: bool,
+    /// The turn it was last used in: the owner sends on its least-recently-used key.
+    last_used: u64,
+}
+
+struct Owner {
+    id: TornUserId,
+    keys: Vec<KeySlot>,
+    share_cap: Option<NonZeroU32>,
+    /// Units the owner's bucket had left at the last decision; `None` before the first.
+    room: Option<u32>,
+    /// Not asked before this (its bucket is full, or Torn said code 5).
+    ready_at: Instant,
+    /// The turn it last got units: among owners with equal room, the longest idle goes.
+    last_turn: u64,
+    stats: OwnerStats,
+}
+
+impl Owner {
+    fn max_access(&self) -> Option<AccessLevel> {
+        self.keys
+            .iter()
+            .filter(|k| k.usable)
+            .map(|k| k.access)
+            .max()
+    }
+}
+
+/// What a request in flight comes back with.
+struct Sent {
+    fetch: usize,
+    owner: usize,
+    key: usize,
+    result: Result<Value>,
+}
+
+pub(super) struct Engine<'h> {
+    handler: &'h BatchHandler,
+    fetches: Vec<Fetch>,
+    /// Fetch ids waiting, per access level needed, in order.
+    pending: [VecDeque<usize>; LEVELS],
+    owners: Vec<Owner>,
+    share: Option<Limiter>,
+    results: Vec<Option<std::result::Result<Value, RequestError>>>,
+    in_flight: JoinSet<Sent>,
+    turn: u64,
+    done: usize,
+    failed: usize,
+    sent: u64,
+    rate_limited: u64,
+    keys_dropped: usize,
+    started: Instant,
+    first_send: Option<Instant>,
+    last_send: Option<Instant>,
+}
+
+impl<'h> Engine<'h> {
+    pub(super) async fn start(
+        handler: &'h BatchHandler,
+        requests: Vec<BatchRequest>,
+        pool: Vec<PoolKey>,
+    ) -> Result<BatchOutcome> {
+        let started = Instant::now();
+        let total = requests.len();
+        let mut engine = Self {
+            handler,
+            fetches: Vec::new(),
+            pending: Default::default(),
+            owners: Vec::new(),
+            share: None,
+            results: (0..total).map(|_| None).collect(),
+            in_flight: JoinSet::new(),
+            turn: 0,
+            done: 0,
+            failed: 0,
+            sent: 0,
+            rate_limited: 0,
+            keys_dropped: 0,
+            started,
+            first_send: None,
+            last_send: None,
+        };
+        engine.plan(requests);
+        engine.resolve(pool).await?;
+        engine.run().await?;
+        Ok(engine.finish())
+    }
+
+    /// Merges identical requests and queues the fetches, high priority first.
+    fn plan(&mut self, requests: Vec<BatchRequest>) {
+        let merge = self.handler.config.merge_identical;
+        let mut seen: HashMap<(String, AccessLevel), usize> = HashMap::new();
+        for (i, r) in requests.into_iter().enumerate() {
+            if merge && let Some(&f) = seen.get(&(r.path.clone(), r.min_access)) {
+                self.fetches[f].indices.push(i);
+                if r.priority == Priority::High {
+                    self.fetches[f].priority = Priority::High;
+                }
+                continue;
+            }
+            if merge {
+                seen.insert((r.path.clone(), r.min_access), self.fetches.len());
+            }
+            self.fetches.push(Fetch {
+                path: r.path,
+                min_access: r.min_access,
+                priority: r.priority,
+                indices: vec![i],
+                failures: 0,
+            });
+        }
+        let mut order: Vec<usize> = (0..self.fetches.len()).collect();
+        order.sort_by_key(|&f| (self.fetches[f].priority == Priority::Low, f));
+        for f in order {
+            self.pending[self.fetches[f].min_access as usize].push_back(f);
+        }
+    }
+
+    /// Finds every key's owner and access (cached by the client; a key looked up before
+    /// costs nothing). Keys Torn refuses are left out, each tried once.
+    async fn resolve(&mut self, pool: Vec<PoolKey>) -> Result<()> {
+        let client = self.handler.client.clone();
+        let mut lookups = JoinSet::new();
+        for (i, pk) in pool.iter().enumerate() {
+            let client = client.clone();
+            let key = pk.key.clone();
+            let known = pk.info;
+            lookups.spawn(async move {
+                if let Some(info) = known {
+                    client.remember_owner(&key, info).await;
+                    return (i, Ok(info));
+                }
+                (i, resolve_owner(&client, &key).await)
+            });
+        }
+        let mut resolved = Vec::with_capacity(pool.len());
+        let mut first_error = None;
+        while let Some(joined) = lookups.join_next().await {
+            let (i, info) = joined.map_err(|e| internal(&e))?;
+            match info {
+                Ok(info) => resolved.push((i, info)),
+                Err(e) => {
+                    if let Error::Torn { code, .. } = &e
+                        && matches!(code.class(), ErrorClass::DisableKey { .. })
+                    {
+                        self.key_disabled(&pool[i].key, *code);
+                    }
+                    tracing::warn!(
+                        key_hash = &pool[i].key.hash().as_str()[..8],
+                        error = %e,
+                        "batch: a key of the pool is left out"
+                    );
+                    self.keys_dropped += 1;
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        resolved.sort_by_key(|(i, _)| *i);
+        let mut by_owner: BTreeMap<TornUserId, usize> = BTreeMap::new();
+        for (i, info) in resolved {
+            let o = *by_owner.entry(info.owner).or_insert_with(|| {
+                self.owners.push(Owner {
+                    id: info.owner,
+                    keys: Vec::new(),
+                    share_cap: None,
+                    room: None,
+                    ready_at: Instant::now(),
+                    last_turn: 0,
+                    stats: OwnerStats::default(),
+                });
+                self.owners.len() - 1
+            });
+            let owner = &mut self.owners[o];
+            if owner.keys.iter().any(|k| k.key == pool[i].key) {
+                continue; // the same key twice in the pool
+            }
+            owner.keys.push(KeySlot {
+                key: pool[i].key.clone(),
+                access: info.access,
+                usable: true,
+                last_used: 0,
+            });
+            owner.stats.keys += 1;
+            if let Some(cap) = pool[i].share_cap {
+                owner.share_cap = Some(owner.share_cap.map_or(cap, |c| c.min(cap)));
+            }
+        }
+        if self.owners.is_empty() {
+            return Err(first_error.unwrap_or(Error::InvalidArgument {
+                name: "pool",
+                reason: "no key of the pool is usable".into(),
+            }));
+        }
+        if self.owners.iter().any(|o| o.share_cap.is_some()) {
+            let limiter = self.handler.client.limiter();
+            let config = limiter.config();
+            let share = limiter.sibling("share", config.limit(), config.window())?;
+            for o in &self.owners {
+                if let Some(cap) = o.share_cap {
+                    share.set_user_limit(o.id, Some(cap)).await?;
+                }
+            }
+            self.share = Some(share);
+        }
+        Ok(())
+    }
+
+    async fn run(&mut self) -> Result<()> {
+        let cancel = self.handler.cancel.clone();
+        loop {
+            if cancel.is_cancelled() {
+                self.cancel_pending();
+            }
+            self.fail_unservable();
+            let waiting = self.pending.iter().any(|q| !q.is_empty());
+            if !waiting && self.in_flight.is_empty() {
+                return Ok(());
+            }
+            if waiting && !cancel.is_cancelled() && self.handler.client.paused_for().is_none() {
+                self.dispatch().await?;
+            }
+            let wake = self.next_wake();
+            tokio::select! {
+                Some(joined) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
+                    self.complete(joined.map_err(|e| internal(&e))?);
+                    // Take every answer already in, so the next dispatch fills all the
+                    // free slots with as few script calls as it can.
+                    while let Some(joined) = self.in_flight.try_join_next() {
+                        self.complete(joined.map_err(|e| internal(&e))?);
+                    }
+                }
+                () = tokio::time::sleep_until(wake) => {}
+                () = cancel.cancelled(), if !cancel.is_cancelled() => {}
+            }
+        }
+    }
+
+    /// When to look again with nothing in flight: the first owner ready, or the end of a
+    /// pause. Capped so that a missed signal costs little.
+    fn next_wake(&self) -> Instant {
+        let now = Instant::now();
+        let cap = now + Duration::from_millis(250);
+        if let Some(p) = self.handler.client.paused_for() {
+            return (now + p).min(cap);
+        }
+        self.owners
+            .iter()
+            .filter(|o| o.max_access().is_some())
+            .map(|o| o.ready_at)
+            .filter(|&t| t > now)
+            .min()
+            .unwrap_or(cap)
+            .min(cap)
+    }
+
+    /// Fills the free slots, owner by owner, most room first.
+    async fn dispatch(&mut self) -> Result<()> {
+        let limiter = self.handler.client.limiter().clone();
+        let margin = self.handler.client.config().safety_margin();
+        let max_chunk = self.handler.config.max_chunk.get() as usize;
+        let now = Instant::now();
+        let mut order: Vec<usize> = (0..self.owners.len())
+            .filter(|&o| self.owners[o].ready_at <= now && self.owners[o].max_access().is_some())
+            .collect();
+        order.sort_by_key(|&o| {
+            let owner = &self.owners[o];
+            let room = owner
+                .room
+                .unwrap_or_else(|| limiter.config().limit_for(owner.id).get());
+            (std::cmp::Reverse(room), owner.last_turn)
+        });
+        for o in order {
+            let free = self.handler.config.concurrency.get() - self.in_flight.len();
+            if free == 0 {
+                break;
+            }
+            let Some(access) = self.owners[o].max_access() else {
+                continue;
+            };
+            let ready: usize = self.pending[..=access as usize]
+                .iter()
+                .map(VecDeque::len)
+                .sum();
+            let mut want = ready.min(free).min(max_chunk) as u32;
+            if want == 0 {
+                continue;
+            }
+            let owner_id = self.owners[o].id;
+            // The owner's share for pooled work, when it has one, bounds the chunk first.
+            let mut share_grant = None;
+            if let (Some(share), Some(_)) = (&self.share, self.owners[o].share_cap) {
+                match ask(share, owner_id, want, Duration::ZERO).await? {
+                    Ok(g) => {
+                        want = g.cost();
+                        share_grant = Some(g);
+                    }
+                    Err(retry_after) => {
+                        self.owners[o].ready_at = Instant::now() + retry_after;
+                        continue;
+                    }
+                }
+            }
+            match ask(&limiter, owner_id, want, margin).await? {
+                Ok(grant) => {
+                    let units = grant.cost();
+                    if let (Some(share), Some(g)) = (&self.share, share_grant)
+                        && g.cost() > units
+                    {
+                        // Only part of the share was usable: give it back whole and
+                        // take just what is sent.
+                        share.refund(g).await?;
+                        let _ = ask(share, owner_id, units, Duration::ZERO).await?;
+                    }
+                    self.turn += 1;
+                    let owner = &mut self.owners[o];
+                    owner.room = Some(grant.remaining());
+                    owner.last_turn = self.turn;
+                    owner.stats.granted += u64::from(units);
+                    for _ in 0..units {
+                        self.send_next(o, access);
+                    }
+                }
+                Err(retry_after) => {
+                    if let (Some(share), Some(g)) = (&self.share, share_grant) {
+                        share.refund(g).await?;
+                    }
+                    let owner = &mut self.owners[o];
+                    owner.room = Some(0);
+                    owner.ready_at = Instant::now() + retry_after;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the first waiting fetch this owner can serve on its least-recently-used key
+    /// with enough access.
+    fn send_next(&mut self, o: usize, access: AccessLevel) {
+        // The earliest fetch among the levels the owner reaches, highest level first on a
+        // tie so that scarce high-access keys go to what only they can serve.
+        let level = (0..=access as usize)
+            .rev()
+            .filter(|&l| !self.pending[l].is_empty())
+            .min_by_key(|&l| self.pending[l].front().copied().unwrap_or(usize::MAX));
+        let Some(level) = level else { return };
+        let Some(fetch) = self.pending[level].pop_front() else {
+            return;
+        };
+        let need = self.fetches[fetch].min_access;
+        self.turn += 1;
+        let owner = &mut self.owners[o];
+        let Some(k) = (0..owner.keys.len())
+            .filter(|&k| owner.keys[k].usable && owner.keys[k].access >= need)
+            .min_by_key(|&k| owner.keys[k].last_used)
+        else {
+            self.pending[level].push_front(fetch);
+            return;
+        };
+        owner.keys[k].last_used = self.turn;
+        owner.stats.sent += 1;
+        self.sent += 1;
+        let now = Instant::now();
+        self.first_send.get_or_insert(now);
+        self.last_send = Some(now);
+        let key = owner.keys[k].key.clone();
+        let owner_id = owner.id;
+        let path = self.fetches[fetch].path.clone();
+        let client = self.handler.client.clone();
+        self.in_flight.spawn(async move {
+            let result = client.send_prepaid(&key, owner_id, &path).await;
+            Sent {
+                fetch,
+                owner: o,
+                key: k,
+                result,
+            }
+        });
+    }
+
+    /// Handles an answer: data, or what Torn's code says to do.
+    fn complete(&mut self, sent: Sent) {
+        let Sent {
+            fetch,
+            owner: o,
+            key: k,
+            result,
+        } = sent;
+        let err = match result {
+            Ok(data) => return self.answer(fetch, Ok(data)),
+            Err(e) => e,
+        };
+        self.owners[o].stats.errored += 1;
+        let (code, message) = match &err {
+            Error::Torn { code, message } => (Some(*code), message.clone()),
+            other => (None, error_chain(other)),
+        };
+        let Some(code) = code else {
+            // Transport failures (after the client's own handling) and the like.
+            return self.retry_or_fail(fetch, RequestError::ours(message));
+        };
+        match code.class() {
+            ErrorClass::DisableKey { .. } | ErrorClass::HoldKey => {
+                let slot = &mut self.owners[o].keys[k];
+                if slot.usable {
+                    slot.usable = false;
+                    self.keys_dropped += 1;
+                    let key = slot.key.clone();
+                    if matches!(code.class(), ErrorClass::DisableKey { .. }) {
+                        self.key_disabled(&key, code);
+                    }
+                }
+                self.requeue(fetch);
+            }
+            ErrorClass::HoldOwner => {
+                self.rate_limited += 1;
+                let owner = &mut self.owners[o];
+                owner.stats.rate_limited += 1;
+                owner.room = Some(0);
+                owner.ready_at = Instant::now() + self.handler.client.config().owner_hold();
+                self.requeue(fetch);
+            }
+            // The client pauses itself; the loop waits for it.
+            ErrorClass::PauseAll => self.requeue(fetch),
+            ErrorClass::Reroute => {
+                let key_access = self.owners[o].keys[k].access;
+                match AccessLevel::from_number(key_access.number() + 1) {
+                    Some(higher) if higher > self.fetches[fetch].min_access => {
+                        self.fetches[fetch].min_access = higher;
+                        self.requeue(fetch);
+                    }
+                    Some(_) => self.requeue(fetch),
+                    None => self.answer(fetch, Err(RequestError::torn(code, &message))),
+                }
+            }
+            ErrorClass::Retry => self.retry_or_fail(fetch, RequestError::torn(code, &message)),
+            _ => self.answer(fetch, Err(RequestError::torn(code, &message))),
+        }
+    }
+
+    fn retry_or_fail(&mut self, fetch: usize, error: RequestError) {
+        self.fetches[fetch].failures += 1;
+        if self.fetches[fetch].failures >= self.handler.config.max_attempts.get() {
+            self.answer(fetch, Err(error));
+        } else {
+            self.requeue(fetch);
+        }
+    }
+
+    fn requeue(&mut self, fetch: usize) {
+        let level = self.fetches[fetch].min_access as usize;
+        self.pending[level].push_front(fetch);
+    }
+
+    /// Fails at once what no usable key can serve, instead of waiting for nothing.
+    fn fail_unservable(&mut self) {
+        let best = self.owners.iter().filter_map(Owner::max_access).max();
+        let from = best.map_or(0, |b| b as usize + 1);
+        for level in from..LEVELS {
+            while let Some(fetch) = self.pending[level].pop_front() {
+                let message = match best {
+                    Some(b) => format!(
+                        "no usable key in the pool has access level {} or more (the best has {b})",
+                        AccessLevel::from_number(level as u8).unwrap_or(AccessLevel::Full)
+                    ),
+                    None => "no usable key is left in the pool".to_owned(),
+                };
+                self.answer(fetch, Err(RequestError::ours(message)));
+            }
+        }
+    }
+
+    fn cancel_pending(&mut self) {
+        for level in 0..LEVELS {
+            while let Some(fetch) = self.pending[level].pop_front() {
+                self.answer(
+                    fetch,
+                    Err(RequestError::ours("cancelled before it was sent")),
+                );
+            }
+        }
+    }
+
+    fn answer(&mut self, fetch: usize, result: std::result::Result<Value, RequestError>) {
+        let indices = std::mem::take(&mut self.fetches[fetch].indices);
+        let failed = result.is_err();
+        self.done += indices.len();
+        if failed {
+            self.failed += indices.len();
+        }
+        // Merged requests share the answer: clones for all but the last.
+        if let Some((&last, rest)) = indices.split_last() {
+            for &i in rest {
+                self.results[i] = Some(result.clone());
+            }
+            self.results[last] = Some(result);
+        }
+        if let Some(progress) = &self.handler.progress {
+            progress(Progress {
+                done: self.done,
+                failed: self.failed,
+                total: self.results.len(),
+            });
+        }
+    }
+
+    fn key_disabled(&self, key: &ApiKey, code: TornErrorCode) {
+        if let Some(f) = &self.handler.on_key_disabled {
+            f(&key.hash(), code);
+        }
+    }
+
+    fn finish(self) -> BatchOutcome {
+        let duration = self.started.elapsed();
+        let limiter = self.handler.client.limiter();
+        let window = limiter.config().window();
+        let windows = (duration.as_secs_f64() / window.as_secs_f64()).max(1.0);
+        let allowed: f64 = self
+            .owners
+            .iter()
+            .map(|o| f64::from(limiter.config().limit_for(o.id).get()) * windows)
+            .sum();
+        let results: Vec<_> = self
+            .results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(RequestError::ours("not answered"))))
+            .collect();
+        let stats = BatchStats {
+            requests: results.len(),
+            succeeded: results.iter().filter(|r| r.is_ok()).count(),
+            failed: results.iter().filter(|r| r.is_err()).count(),
+            fetches: self.fetches.len(),
+            sent: self.sent,
+            rate_limited: self.rate_limited,
+            keys_dropped: self.keys_dropped,
+            duration,
+            send_span: match (self.first_send, self.last_send) {
+                (Some(a), Some(b)) => b - a,
+                _ => Duration::ZERO,
+            },
+            owners: self
+                .owners
+                .iter()
+                .map(|o| (super::owner_label(o.id), o.stats.clone()))
+                .collect(),
+            quota_used: if allowed > 0.0 {
+                self.sent as f64 / allowed
+            } else {
+                0.0
+            },
+        };
+        BatchOutcome { results, stats }
+    }
+}
+
+/// The key's owner and access. A lookup reaches Torn before we know whose quota it
+/// spends, so it can meet a full window (code 5) or a pause: those are waited out, for up
+/// to two windows, instead of dropping a good key.
+async fn resolve_owner(client: &TornClient, key: &ApiKey) -> Result<KeyInfo> {
+    let window = client.limiter().config().window() + client.config().safety_margin();
+    let give_up = Instant::now() + 2 * window;
+    loop {
+        match client.owner_of(key).await {
+            Err(Error::Torn { code, .. })
+                if matches!(code.class(), ErrorClass::HoldOwner | ErrorClass::PauseAll)
+                    && Instant::now() < give_up =>
+            {
+                let wait = client
+                    .paused_for()
+                    .unwrap_or_else(|| client.config().owner_hold().min(window / 4));
+                tracing::debug!(code = code.get(), ?wait, "batch: key lookup waits");
+                tokio::time::sleep(wait).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Takes `want` units from `user`'s bucket, or fewer when fewer are left; the wait when
+/// none are.
+async fn ask(
+    limiter: &Limiter,
+    user: TornUserId,
+    want: u32,
+    margin: Duration,
+) -> Result<std::result::Result<crate::Grant, Duration>> {
+    let mut want = want;
+    loop {
+        match limiter
+            .try_acquire_with(user, &Request::new(want).margin(margin))
+            .await
+        {
+            Ok(Decision::Granted(g)) => return Ok(Ok(g)),
+            Ok(Decision::Limited {
+                retry_after,
+                remaining,
+                ..
+            }) => {
+                if remaining > 0 && remaining < want {
+                    want = remaining;
+                } else {
+                    return Ok(Err(retry_after));
+                }
+            }
+            // A limit lowered below the chunk at run time: ask for what fits.
+            Err(Error::CostExceedsLimit { limit, .. }) if limit > 0 && limit < want => {
+                want = limit;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn internal(e: &tokio::task::JoinError) -> Error {
+    Error::InvalidArgument {
+        name: "batch task",
+        reason: format!("a batch task failed: {e}"),
+    }
+}
+
+/// An error and its causes on one line, for a request's error message.
+fn error_chain(e: &Error) -> String {
+    let mut out = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
