@@ -12,7 +12,9 @@ Keys of different buckets (different hash tags) may share a call on a single Red
 a Redis Cluster client sends one call per hash slot.
 
 KEYS     four keys per decision, in order: acquire.lua's KEYS[1..4] for decision i are
-         KEYS[4i-3..4i]. An optional key not used is passed as "" (the empty name).
+         KEYS[4i-3..4i]. An optional key not used is passed as "" (the empty name) or as
+         a repeat of the decision's own KEYS[1]: on Redis Cluster every key of a call must
+         hash to one slot, and "" has no hash tag. Either is read as unused, never written.
 ARGV[1]  n, the number of decisions, integer >= 1.
 ARGV     then five arguments per decision: acquire.lua's ARGV[1..5] for decision i are
          ARGV[5i-3..5i+1]; optional ones not used are passed as "".
@@ -44,11 +46,11 @@ local out = {}
 for i = 1, n do
   local k, a = 4 * i - 3, 5 * i - 3
   local k1, k2, k3, k4 = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
-  -- Unused optional keys are "": read as absent, never written.
+  -- Unused optional keys are "" or a repeat of k1: read as absent, never written.
   local v1, v2, v3, v4 = fresh[k1] or all[k], false, false, false
-  if k2 ~= "" then v2 = all[k + 1] end
-  if k3 ~= "" then v3 = all[k + 2] end
-  if k4 ~= "" then v4 = fresh[k4] or all[k + 3] else k4 = nil end
+  if k2 ~= "" and k2 ~= k1 then v2 = all[k + 1] else k2 = "" end
+  if k3 ~= "" and k3 ~= k1 then v3 = all[k + 2] end
+  if k4 ~= "" and k4 ~= k1 then v4 = fresh[k4] or all[k + 3] else k4 = nil end
   local r = decide(k1, k2, k4, ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4],
     now, v1, v2, v3, v4, write)
   if r.err then out[i] = r.err else out[i] = r end

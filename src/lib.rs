@@ -24,6 +24,7 @@
 pub mod batch;
 pub mod error;
 pub mod limiter;
+pub mod metrics;
 pub mod sim;
 pub mod torn;
 pub mod vault;

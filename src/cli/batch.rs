@@ -86,7 +86,7 @@ async fn limiter(
             return Err(format!(
                 "redis at {} does not answer ({e}); owners' quotas are shared through it \
                  (set TORN_QUOTA_ON_REDIS_DOWN=local to run on a local share)",
-                config.redis_url_redacted()
+                config.redis_target_redacted()
             )
             .into());
         }

@@ -72,13 +72,13 @@ fn demo_keys() -> Result<(Vec<SimKey>, Vec<ApiKey>), torn_quota::Error> {
 async fn pick_limiter(config: RateLimitConfig) -> Result<Limiter, torn_quota::Error> {
     let limiter = Limiter::redis(config.clone())?;
     if limiter.ping().await.is_ok() {
-        eprintln!("backend: redis at {}", config.redis_url_redacted());
+        eprintln!("backend: redis at {}", config.redis_target_redacted());
         return Ok(limiter);
     }
     eprintln!(
         "backend: in-memory (redis at {} did not answer; start it to share quotas across \
          processes)",
-        config.redis_url_redacted()
+        config.redis_target_redacted()
     );
     Ok(Limiter::in_memory(config))
 }

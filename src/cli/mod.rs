@@ -5,6 +5,7 @@ mod batch;
 mod bench;
 mod demo;
 mod sim;
+mod soak;
 mod status;
 mod vault;
 
@@ -21,6 +22,11 @@ struct Cli {
     /// A TOML file of settings (keys are the environment names); the environment wins.
     #[arg(long, global = true, env = "TORN_QUOTA_CONFIG")]
     config: Option<PathBuf>,
+
+    /// Serves Prometheus metrics on this address (`/metrics`), e.g. 127.0.0.1:9100. Needs a
+    /// build with the `prometheus` feature.
+    #[arg(long, global = true, value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
 
     #[command(subcommand)]
     command: Command,
@@ -44,6 +50,10 @@ enum Command {
     Batch(batch::Args),
     /// Runs the Torn API simulator on loopback until Ctrl-C, then prints what it served.
     Sim(sim::Args),
+    /// Workers × owners for a while against the simulator, with Redis killed and restarted,
+    /// PostgreSQL stopped and started, and Torn's faults served; JSON report. Exit 0 when
+    /// nothing was lost, no limit broken and every worker recovered.
+    Soak(soak::Args),
     /// Applies the embedded PostgreSQL migrations to DATABASE_URL (a second run is a no-op).
     Migrate(vault::MigrateArgs),
     /// The key vault: add (key on stdin), list (masked), remove, primary, rotate.
@@ -66,6 +76,7 @@ pub(crate) fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
+        start_metrics(cli.metrics_addr, cli.config.as_deref())?;
         match cli.command {
             Command::Demo(args) => demo::run(cli.config.as_deref(), args).await,
             Command::Acquire(args) => acquire::run(load_config(cli.config.as_deref())?, args).await,
@@ -75,6 +86,7 @@ pub(crate) fn main() -> ExitCode {
             }
             Command::Bench(args) => bench::run(load_config(cli.config.as_deref())?, args).await,
             Command::Batch(args) => batch::run(cli.config.as_deref(), args).await,
+            Command::Soak(args) => soak::run(args).await,
             Command::Sim(args) => sim::run(load_config(cli.config.as_deref())?, args).await,
             Command::Migrate(args) => vault::run_migrate(cli.config.as_deref(), args).await,
             Command::Keys(args) => vault::run_keys(cli.config.as_deref(), args).await,
@@ -98,6 +110,40 @@ pub(crate) fn load_config(
     file: Option<&std::path::Path>,
 ) -> Result<RateLimitConfig, torn_quota::Error> {
     RateLimitConfig::from_sources(file, |name| std::env::var(name).ok())
+}
+
+/// Starts the Prometheus exporter when `--metrics-addr` is given, with a task that keeps
+/// the clock-gap gauge fresh against the configured Redis.
+#[cfg(feature = "prometheus")]
+fn start_metrics(
+    addr: Option<std::net::SocketAddr>,
+    file: Option<&std::path::Path>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let Some(addr) = addr else { return Ok(()) };
+    torn_quota::metrics::install_prometheus(addr)?;
+    eprintln!("metrics on http://{addr}/metrics");
+    // Without a usable Redis configuration the gauge stays unset; the command itself says
+    // what is wrong with the configuration.
+    if let Ok(limiter) = load_config(file).and_then(torn_quota::Limiter::redis) {
+        torn_quota::metrics::spawn_clock_gap_task(limiter, std::time::Duration::from_secs(30));
+    }
+    Ok(())
+}
+
+/// Without the `prometheus` feature, `--metrics-addr` is refused rather than ignored.
+#[cfg(not(feature = "prometheus"))]
+fn start_metrics(
+    addr: Option<std::net::SocketAddr>,
+    _file: Option<&std::path::Path>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    match addr {
+        None => Ok(()),
+        Some(_) => Err(
+            "--metrics-addr needs a build with the `prometheus` feature \
+             (cargo build --features prometheus)"
+                .into(),
+        ),
+    }
 }
 
 /// Prints an error and its causes, one per line, on stderr.

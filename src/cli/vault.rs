@@ -392,7 +392,7 @@ async fn resolver(config: Option<&Path>) -> Result<TornClient, Error> {
     } else {
         eprintln!(
             "note: redis at {} does not answer; the key check is counted in this process only",
-            limits.redis_url_redacted()
+            limits.redis_target_redacted()
         );
         Limiter::in_memory(limits)
     };

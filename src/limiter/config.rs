@@ -91,6 +91,7 @@ pub struct RateLimitConfig {
     log_decisions: bool,
     cleanup_interval: Duration,
     redis_url: RedisUrl,
+    redis_cluster_urls: Vec<RedisUrl>,
     connect_timeout: Duration,
     command_timeout: Duration,
     reconnect_interval: Duration,
@@ -98,6 +99,10 @@ pub struct RateLimitConfig {
     on_redis_down: OnRedisDown,
     low_priority_reserve: u32,
     mode: Mode,
+    rollout_percent: Option<u8>,
+    legacy_limit: NonZeroU32,
+    legacy_window: Duration,
+    legacy_cleanup_interval: Duration,
 }
 
 impl Default for RateLimitConfig {
@@ -111,6 +116,7 @@ impl Default for RateLimitConfig {
             log_decisions: false,
             cleanup_interval: Duration::from_secs(60),
             redis_url: RedisUrl("redis://127.0.0.1:6379".to_owned()),
+            redis_cluster_urls: Vec::new(),
             connect_timeout: Duration::from_millis(500),
             command_timeout: Duration::from_millis(500),
             reconnect_interval: Duration::from_secs(1),
@@ -118,6 +124,10 @@ impl Default for RateLimitConfig {
             on_redis_down: OnRedisDown::FailFast,
             low_priority_reserve: 0,
             mode: Mode::PerUser,
+            rollout_percent: None,
+            legacy_limit: NonZeroU32::new(50).expect("50 is not zero"),
+            legacy_window: Duration::from_secs(60),
+            legacy_cleanup_interval: Duration::from_secs(60),
         }
     }
 }
@@ -159,6 +169,10 @@ impl RateLimitConfig {
         if let Some(v) = get("REDIS_URL") {
             b = b.redis_url(v);
         }
+        if let Some(v) = get("REDIS_CLUSTER_URLS") {
+            let urls = parse_cluster_urls(&v)?;
+            b = b.redis_cluster_urls(urls);
+        }
         if let Some(v) = get("TORN_QUOTA_LIMIT") {
             b = b.limit(parse(&v, "TORN_QUOTA_LIMIT")?);
         }
@@ -197,6 +211,18 @@ impl RateLimitConfig {
         }
         if let Some(v) = get("TORN_QUOTA_MODE") {
             b = b.mode(v.parse()?);
+        }
+        if let Some(v) = get("TORN_QUOTA_ROLLOUT_PERCENT") {
+            b = b.rollout_percent(parse_percent(&v)?);
+        }
+        if let Some(v) = get("TORN_QUOTA_LEGACY_LIMIT") {
+            b = b.legacy_limit(parse(&v, "TORN_QUOTA_LEGACY_LIMIT")?);
+        }
+        if let Some(v) = get("TORN_QUOTA_LEGACY_WINDOW_MS") {
+            b = b.legacy_window(millis(&v, "TORN_QUOTA_LEGACY_WINDOW_MS")?);
+        }
+        if let Some(v) = get("TORN_QUOTA_LEGACY_CLEANUP_INTERVAL_MS") {
+            b = b.legacy_cleanup_interval(millis(&v, "TORN_QUOTA_LEGACY_CLEANUP_INTERVAL_MS")?);
         }
         let policy = get("TORN_QUOTA_ON_REDIS_DOWN");
         let workers = get("TORN_QUOTA_WORKERS");
@@ -264,6 +290,33 @@ impl RateLimitConfig {
     pub fn redis_url_redacted(&self) -> String {
         self.redis_url.redacted()
     }
+    /// The Redis Cluster node URLs (`REDIS_CLUSTER_URLS`); empty when the limiter uses the
+    /// single Redis at [`redis_url`](Self::redis_url).
+    pub fn redis_cluster_urls(&self) -> Vec<&str> {
+        self.redis_cluster_urls
+            .iter()
+            .map(|u| u.0.as_str())
+            .collect()
+    }
+    /// Whether the limiter uses Redis Cluster (`REDIS_CLUSTER_URLS` set) instead of
+    /// `REDIS_URL`.
+    pub fn is_redis_cluster(&self) -> bool {
+        !self.redis_cluster_urls.is_empty()
+    }
+    /// Where the Redis backend connects, passwords replaced by `***`: the cluster's node
+    /// URLs (comma-separated) when set, else the Redis URL. The form to print or log.
+    pub fn redis_target_redacted(&self) -> String {
+        if self.is_redis_cluster() {
+            let urls: Vec<String> = self
+                .redis_cluster_urls
+                .iter()
+                .map(RedisUrl::redacted)
+                .collect();
+            format!("cluster {}", urls.join(","))
+        } else {
+            self.redis_url.redacted()
+        }
+    }
     /// Time allowed to open a Redis connection.
     pub fn connect_timeout(&self) -> Duration {
         self.connect_timeout
@@ -291,6 +344,25 @@ impl RateLimitConfig {
     /// Which limiter enforces.
     pub fn mode(&self) -> Mode {
         self.mode
+    }
+    /// `TORN_QUOTA_ROLLOUT_PERCENT` as set (0 to 100), `None` when unset. How it combines
+    /// with the mode is [`crate::rollout::effective_percent`]'s to say.
+    pub fn rollout_percent(&self) -> Option<u8> {
+        self.rollout_percent
+    }
+    /// The legacy per-key limiter's limit per key hash (`TORN_QUOTA_LEGACY_LIMIT`, default
+    /// 50, the old system's fixed value).
+    pub fn legacy_limit(&self) -> NonZeroU32 {
+        self.legacy_limit
+    }
+    /// The legacy limiter's window (`TORN_QUOTA_LEGACY_WINDOW_MS`, default 60 s).
+    pub fn legacy_window(&self) -> Duration {
+        self.legacy_window
+    }
+    /// How often the legacy limiter deletes rows older than its window
+    /// (`TORN_QUOTA_LEGACY_CLEANUP_INTERVAL_MS`, default 60 s).
+    pub fn legacy_cleanup_interval(&self) -> Duration {
+        self.legacy_cleanup_interval
     }
 }
 
@@ -361,6 +433,18 @@ impl RateLimitConfigBuilder {
         self.config.redis_url = RedisUrl(url.into());
         self
     }
+    /// Redis Cluster node URLs (default none). When any is given, the Redis backend connects
+    /// to the cluster they belong to instead of [`redis_url`](Self::redis_url); an empty
+    /// list goes back to the single Redis. A few nodes are enough: the client discovers the
+    /// rest.
+    pub fn redis_cluster_urls<I>(mut self, urls: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        self.config.redis_cluster_urls = urls.into_iter().map(|u| RedisUrl(u.into())).collect();
+        self
+    }
     /// Time allowed to open a connection (default 500 ms).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.config.connect_timeout = timeout;
@@ -397,6 +481,28 @@ impl RateLimitConfigBuilder {
         self.config.mode = mode;
         self
     }
+    /// The share of users, 0 to 100, that the per-user limiter governs (default unset:
+    /// see [`crate::rollout::effective_percent`]). Above 100 is refused by `build`.
+    pub fn rollout_percent(mut self, percent: u8) -> Self {
+        self.config.rollout_percent = Some(percent);
+        self
+    }
+    /// The legacy limiter's limit per key hash (default 50).
+    pub fn legacy_limit(mut self, limit: NonZeroU32) -> Self {
+        self.config.legacy_limit = limit;
+        self
+    }
+    /// The legacy limiter's window (default 60 s); at least 1 ms, counted in whole
+    /// milliseconds.
+    pub fn legacy_window(mut self, window: Duration) -> Self {
+        self.config.legacy_window = Duration::from_millis(window.as_millis() as u64);
+        self
+    }
+    /// How often the legacy limiter deletes expired rows (default 60 s).
+    pub fn legacy_cleanup_interval(mut self, every: Duration) -> Self {
+        self.config.legacy_cleanup_interval = every;
+        self
+    }
 
     /// Validates and returns the configuration.
     pub fn build(self) -> Result<RateLimitConfig> {
@@ -408,6 +514,9 @@ impl RateLimitConfigBuilder {
             )
         })?;
         validate_redis_url(&c.redis_url.0)?;
+        for url in &c.redis_cluster_urls {
+            validate_cluster_url(&url.0)?;
+        }
         if c.key_prefix.is_empty() || c.key_prefix.contains(['{', '}', ' ']) {
             return Err(invalid(
                 "TORN_QUOTA_KEY_PREFIX",
@@ -422,10 +531,21 @@ impl RateLimitConfigBuilder {
             ("TORN_QUOTA_REDIS_CONNECT_TIMEOUT_MS", c.connect_timeout),
             ("TORN_QUOTA_REDIS_COMMAND_TIMEOUT_MS", c.command_timeout),
             ("TORN_QUOTA_CLEANUP_INTERVAL_MS", c.cleanup_interval),
+            ("TORN_QUOTA_LEGACY_WINDOW_MS", c.legacy_window),
+            (
+                "TORN_QUOTA_LEGACY_CLEANUP_INTERVAL_MS",
+                c.legacy_cleanup_interval,
+            ),
         ] {
             if d.is_zero() {
                 return Err(invalid(name, "must be at least 1 millisecond".into()));
             }
+        }
+        if let Some(p) = c.rollout_percent.filter(|p| *p > 100) {
+            return Err(invalid(
+                "TORN_QUOTA_ROLLOUT_PERCENT",
+                format!("must be 0 to 100, got {p}"),
+            ));
         }
         if c.low_priority_reserve >= c.limit.get() {
             return Err(invalid(
@@ -443,6 +563,7 @@ impl RateLimitConfigBuilder {
 /// Every setting's name, in the environment and in the TOML file.
 pub const SETTINGS: &[&str] = &[
     "REDIS_URL",
+    "REDIS_CLUSTER_URLS",
     "TORN_QUOTA_LIMIT",
     "TORN_QUOTA_WINDOW_MS",
     "TORN_QUOTA_USER_LIMITS",
@@ -455,6 +576,10 @@ pub const SETTINGS: &[&str] = &[
     "TORN_QUOTA_REDIS_CONNECTIONS",
     "TORN_QUOTA_RESERVE",
     "TORN_QUOTA_MODE",
+    "TORN_QUOTA_ROLLOUT_PERCENT",
+    "TORN_QUOTA_LEGACY_LIMIT",
+    "TORN_QUOTA_LEGACY_WINDOW_MS",
+    "TORN_QUOTA_LEGACY_CLEANUP_INTERVAL_MS",
     "TORN_QUOTA_ON_REDIS_DOWN",
     "TORN_QUOTA_WORKERS",
 ];
@@ -481,6 +606,19 @@ where
             format!("expected a positive integer, got '{raw}' ({e})"),
         )
     })
+}
+
+/// `TORN_QUOTA_ROLLOUT_PERCENT`: a whole number from 0 to 100 (a trailing `%` is allowed,
+/// since operators write it).
+fn parse_percent(raw: &str) -> Result<u8> {
+    let digits = raw.strip_suffix('%').unwrap_or(raw).trim();
+    match digits.parse::<u8>() {
+        Ok(p) if p <= 100 => Ok(p),
+        _ => Err(invalid(
+            "TORN_QUOTA_ROLLOUT_PERCENT",
+            format!("expected a whole number from 0 to 100, got '{raw}'"),
+        )),
+    }
 }
 
 fn millis(raw: &str, name: &str) -> Result<Duration> {
@@ -541,6 +679,53 @@ fn validate_redis_url(raw: &str) -> Result<()> {
     Ok(())
 }
 
+/// `REDIS_CLUSTER_URLS`: node URLs separated by commas (blanks around them ignored); at
+/// least one.
+fn parse_cluster_urls(raw: &str) -> Result<Vec<String>> {
+    let urls: Vec<String> = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if urls.is_empty() {
+        return Err(invalid(
+            "REDIS_CLUSTER_URLS",
+            "expected node URLs separated by commas, e.g. \
+             redis://10.0.0.1:7000,redis://10.0.0.2:7000; got none"
+                .into(),
+        ));
+    }
+    Ok(urls)
+}
+
+/// One cluster node's URL: `redis://` or `rediss://` with a host (a cluster is reached over
+/// TCP). The message never repeats the URL, which may hold a password.
+fn validate_cluster_url(raw: &str) -> Result<()> {
+    let url = url::Url::parse(raw).map_err(|e| {
+        invalid(
+            "REDIS_CLUSTER_URLS",
+            format!("a node URL is not a URL ({e}); expected e.g. redis://10.0.0.1:7000"),
+        )
+    })?;
+    if !matches!(url.scheme(), "redis" | "rediss") {
+        return Err(invalid(
+            "REDIS_CLUSTER_URLS",
+            format!(
+                "a node URL's scheme must be redis:// or rediss://, got '{}://'",
+                url.scheme()
+            ),
+        ));
+    }
+    if url.host().is_none() {
+        return Err(invalid(
+            "REDIS_CLUSTER_URLS",
+            "a node URL has no host".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Reads a TOML file into setting strings. Unknown keys are refused: a typo should not
 /// silently leave a default in force.
 fn read_toml(path: &Path) -> Result<BTreeMap<String, String>> {
@@ -586,6 +771,17 @@ fn read_toml(path: &Path) -> Result<BTreeMap<String, String>> {
                     other => Err(invalid(
                         name,
                         format!("limit for {id} is not an integer: {other}"),
+                    )),
+                })
+                .collect::<Result<Vec<_>>>()?
+                .join(","),
+            toml::Value::Array(urls) if name == "REDIS_CLUSTER_URLS" => urls
+                .iter()
+                .map(|u| match u {
+                    toml::Value::String(s) => Ok(s.clone()),
+                    _ => Err(invalid(
+                        "REDIS_CLUSTER_URLS",
+                        "expected a list of URL strings".into(),
                     )),
                 })
                 .collect::<Result<Vec<_>>>()?
@@ -660,12 +856,59 @@ mod tests {
                 vec![("TORN_QUOTA_LOG_DECISIONS", "maybe")],
                 "TORN_QUOTA_LOG_DECISIONS",
             ),
+            (
+                vec![("TORN_QUOTA_ROLLOUT_PERCENT", "101")],
+                "TORN_QUOTA_ROLLOUT_PERCENT",
+            ),
+            (
+                vec![("TORN_QUOTA_ROLLOUT_PERCENT", "-1")],
+                "TORN_QUOTA_ROLLOUT_PERCENT",
+            ),
+            (
+                vec![("TORN_QUOTA_ROLLOUT_PERCENT", "12.5")],
+                "TORN_QUOTA_ROLLOUT_PERCENT",
+            ),
+            (
+                vec![("TORN_QUOTA_LEGACY_LIMIT", "0")],
+                "TORN_QUOTA_LEGACY_LIMIT",
+            ),
+            (
+                vec![("TORN_QUOTA_LEGACY_WINDOW_MS", "0")],
+                "TORN_QUOTA_LEGACY_WINDOW_MS",
+            ),
         ] {
             let err = RateLimitConfig::from_sources(None, env(&pairs)).unwrap_err();
             let message = err.to_string();
             assert_eq!(setting_of(err), setting, "for {pairs:?}");
             assert!(message.contains(setting), "{message}");
         }
+    }
+
+    #[test]
+    fn rollout_percent_and_legacy_settings_parse() {
+        let c = RateLimitConfig::from_sources(None, env(&[])).unwrap();
+        assert_eq!(c.rollout_percent(), None);
+        assert_eq!(c.legacy_limit().get(), 50);
+        assert_eq!(c.legacy_window(), Duration::from_secs(60));
+        for (raw, want) in [("0", 0), ("10", 10), (" 50% ", 50), ("100", 100)] {
+            let c = RateLimitConfig::from_sources(
+                None,
+                env(&[
+                    ("TORN_QUOTA_ROLLOUT_PERCENT", raw),
+                    ("TORN_QUOTA_LEGACY_LIMIT", "7"),
+                    ("TORN_QUOTA_LEGACY_WINDOW_MS", "1500"),
+                ]),
+            )
+            .unwrap();
+            assert_eq!(c.rollout_percent(), Some(want), "{raw}");
+            assert_eq!(c.legacy_limit().get(), 7);
+            assert_eq!(c.legacy_window(), Duration::from_millis(1500));
+        }
+        let err = RateLimitConfig::builder()
+            .rollout_percent(101)
+            .build()
+            .unwrap_err();
+        assert_eq!(setting_of(err), "TORN_QUOTA_ROLLOUT_PERCENT");
     }
 
     #[test]
@@ -682,6 +925,67 @@ mod tests {
         assert_eq!(
             c.redis_url_redacted(),
             "redis://worker:***@cache.internal:6380/2"
+        );
+    }
+
+    #[test]
+    fn cluster_urls_parse_validate_and_stay_redacted() {
+        let c = RateLimitConfig::from_sources(None, env(&[])).unwrap();
+        assert!(!c.is_redis_cluster());
+        assert!(c.redis_cluster_urls().is_empty());
+        let c = RateLimitConfig::from_sources(
+            None,
+            env(&[(
+                "REDIS_CLUSTER_URLS",
+                " redis://:s3cret-pass@10.0.0.1:7000 , redis://10.0.0.2:7001,",
+            )]),
+        )
+        .unwrap();
+        assert!(c.is_redis_cluster());
+        assert_eq!(
+            c.redis_cluster_urls(),
+            [
+                "redis://:s3cret-pass@10.0.0.1:7000",
+                "redis://10.0.0.2:7001"
+            ]
+        );
+        assert!(!format!("{c:?}").contains("s3cret"), "{c:?}");
+        let target = c.redis_target_redacted();
+        assert!(
+            !target.contains("s3cret") && target.contains("10.0.0.2:7001"),
+            "{target}"
+        );
+        for bad in [
+            "",
+            " , ",
+            "not a url",
+            "http://10.0.0.1:7000",
+            "unix:///tmp/redis.sock",
+            "redis://10.0.0.1:7000,redis://:s3cret@[bad",
+        ] {
+            let err = RateLimitConfig::from_sources(None, env(&[("REDIS_CLUSTER_URLS", bad)]))
+                .unwrap_err();
+            let message = err.to_string();
+            assert!(!message.contains("s3cret"), "{message}");
+            assert_eq!(setting_of(err), "REDIS_CLUSTER_URLS", "for {bad:?}");
+        }
+    }
+
+    #[test]
+    fn cluster_urls_read_from_a_toml_list() {
+        let dir = std::env::temp_dir().join(format!("tq-config-cluster-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("quota.toml");
+        std::fs::write(
+            &path,
+            "REDIS_CLUSTER_URLS = [\"redis://10.0.0.1:7000\", \"redis://10.0.0.2:7000\"]\n",
+        )
+        .unwrap();
+        let c = RateLimitConfig::from_sources(Some(&path), env(&[])).unwrap();
+        std::fs::remove_dir_all(&dir).ok();
+        assert_eq!(
+            c.redis_cluster_urls(),
+            ["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"]
         );
     }
 

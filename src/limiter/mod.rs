@@ -311,8 +311,9 @@ struct Inner {
 }
 
 impl Limiter {
-    /// A limiter shared through Redis at [`RateLimitConfig::redis_url`]. It connects on the
-    /// first call; [`ping`](Self::ping) checks the connection now.
+    /// A limiter shared through Redis at [`RateLimitConfig::redis_url`], or through the
+    /// Redis Cluster at [`RateLimitConfig::redis_cluster_urls`] when those are set. It
+    /// connects on the first call; [`ping`](Self::ping) checks the connection now.
     pub fn redis(config: RateLimitConfig) -> Result<Self> {
         let backend = Backend::Redis(RedisBackend::new(&config)?);
         let fallback = match config.on_redis_down() {
@@ -370,6 +371,7 @@ impl Limiter {
             .window(window)
             .key_prefix(format!("{}:{name}", base.key_prefix()))
             .redis_url(base.redis_url())
+            .redis_cluster_urls(base.redis_cluster_urls())
             .connect_timeout(base.connect_timeout())
             .command_timeout(base.command_timeout())
             .reconnect_interval(base.reconnect_interval())
@@ -401,7 +403,8 @@ impl Limiter {
         }
     }
 
-    /// The backend's name: `redis` or `memory`.
+    /// The backend's name: `redis` (a single Redis or a Redis Cluster:
+    /// [`RateLimitConfig::is_redis_cluster`] tells which) or `memory`.
     pub fn backend_name(&self) -> &'static str {
         match self.inner.backend {
             Backend::Memory(_) => "memory",
@@ -415,6 +418,24 @@ impl Limiter {
             Backend::Memory(_) => Ok(()),
             Backend::Redis(r) => r.ping().await,
         }
+    }
+
+    /// Redis `TIME` minus this machine's wall clock, in seconds (positive when Redis is
+    /// ahead), and sets the `torn_quota_clock_gap_seconds` gauge. The scripts decide by
+    /// Redis time, so a gap does not skew decisions; it does skew anything that compares
+    /// [`Grant::granted_at_ms`] with local time. The local time is taken half-way through
+    /// the round trip. Always 0 in memory, which decides by the local clock.
+    pub async fn clock_gap(&self) -> Result<f64> {
+        let Backend::Redis(r) = &self.inner.backend else {
+            return Ok(0.0);
+        };
+        let before = unix_micros();
+        let redis_micros = r.time().await?;
+        let after = unix_micros();
+        let local = before / 2 + after / 2;
+        let gap = (i128::from(redis_micros) - i128::from(local)) as f64 / 1e6;
+        crate::metrics::clock_gap(gap);
+        Ok(gap)
     }
 
     /// One decision for `cost` units of `user`'s quota, now, without waiting.
@@ -445,11 +466,23 @@ impl Limiter {
             },
             idempotency_id: request.idempotency_id.as_deref(),
         };
-        let (raw, degraded) = match &self.inner.backend {
-            Backend::Memory(m) => (m.acquire(user, &ask)?, false),
-            Backend::Redis(r) => self.decide_on_redis(r, user, ask).await?,
+        let decided = match &self.inner.backend {
+            Backend::Memory(m) => m.acquire(user, &ask).map(|raw| (raw, false)),
+            Backend::Redis(r) => self.decide_on_redis(r, user, ask).await,
         };
+        let (raw, degraded) = decided.inspect_err(|_| {
+            crate::metrics::limiter_decision(self.backend_name(), "error", false);
+        })?;
         let decision = to_decision(user, request, raw, degraded);
+        crate::metrics::limiter_decision(
+            self.backend_name(),
+            if decision.is_granted() {
+                "granted"
+            } else {
+                "limited"
+            },
+            degraded,
+        );
         if config.log_decisions() {
             tracing::info!(
                 user = user.get(),
@@ -487,6 +520,7 @@ impl Limiter {
                 Err(e) => return Err(e),
             }
         }
+        crate::metrics::degraded_tick();
         ask.limit = f.share(ask.limit);
         Ok((f.local.acquire(user, &ask)?, true))
     }
@@ -667,18 +701,42 @@ impl Fallback {
                 since: now,
                 retry_at: now + retry_in,
             });
+            crate::metrics::degraded_enter();
         }
     }
 
     fn recovered(&self) {
         let mut down = self.down.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(d) = down.take() {
+            crate::metrics::degraded_leave(true);
             tracing::warn!(
                 degraded_ms = d.since.elapsed().as_millis() as u64,
                 "redis answers again: shared limits restored"
             );
         }
     }
+}
+
+impl Drop for Fallback {
+    /// A limiter dropped while degraded no longer holds the process's degraded gauge up.
+    fn drop(&mut self) {
+        if self
+            .down
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+        {
+            crate::metrics::degraded_leave(false);
+        }
+    }
+}
+
+/// The wall clock in microseconds since the Unix epoch (0 before it: a clock that wrong
+/// shows as a huge gap, which is the point).
+fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 fn to_decision(user: TornUserId, request: &Request, raw: RawDecision, degraded: bool) -> Decision {

@@ -11,15 +11,31 @@
 //! arrive meanwhile queue up and leave together as one `EVALSHA` of `acquire_many.lua`.
 //! A lone decision still goes out at once as a plain `acquire.lua` call, so coalescing adds
 //! no latency when the load is light, and takes the per-call cost off Redis when it is not.
+//!
+//! With `REDIS_CLUSTER_URLS` the same code runs over deadpool-redis cluster connections,
+//! which route each call to the node owning its keys' slot. Every script call touches one
+//! user's keys, which share the `{u<id>}` hash tag, so one slot; a coalesced batch is split
+//! by slot first, and its per-slot calls go out together (pipelined on the connections).
+//!
+//! Scripts are sent as `EVALSHA`; on `NOSCRIPT` (a restarted or flushed node, a failover)
+//! the call is repeated once as `EVAL` with the script's text, which also caches the script
+//! on that node, and `torn_quota_redis_noscript_reloads_total` counts it. Every Redis call's
+//! latency goes to the `torn_quota_redis_seconds{operation}` histogram.
 
+use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deadpool_redis::{Manager, Pool, PoolError, Runtime};
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, ErrorKind, RedisError, Script, ServerErrorKind, Value};
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::Slot;
+use redis::{
+    AsyncConnectionConfig, Cmd, ErrorKind, FromRedisValue, RedisError, RedisFuture, Script,
+    ServerErrorKind, ToRedisArgs, Value,
+};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::error::{Error, Result};
@@ -27,29 +43,134 @@ use crate::limiter::backend::{Ask, RawDecision, RawStatus};
 use crate::limiter::keys::KeyBuilder;
 use crate::limiter::{RateLimitConfig, TornUserId};
 
-/// The scripts, hashed once per process. `invoke_async` sends `EVALSHA` and falls back to
-/// loading the script only when Redis answers `NOSCRIPT`.
+/// The scripts, hashed once per process. [`Lua::eval`] sends `EVALSHA` and falls back to
+/// `EVAL` only when Redis answers `NOSCRIPT`.
 pub(crate) struct Scripts {
-    pub(crate) acquire: Script,
-    pub(crate) acquire_many: Script,
-    pub(crate) status: Script,
-    pub(crate) penalize: Script,
-    pub(crate) refund: Script,
+    pub(crate) acquire: Lua,
+    pub(crate) acquire_many: Lua,
+    pub(crate) status: Lua,
+    pub(crate) penalize: Lua,
+    pub(crate) refund: Lua,
 }
 
 pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
-    acquire: Script::new(crate::lua::ACQUIRE),
-    acquire_many: Script::new(&crate::lua::acquire_many_source()),
-    status: Script::new(crate::lua::STATUS),
-    penalize: Script::new(crate::lua::PENALIZE),
-    refund: Script::new(crate::lua::REFUND),
+    acquire: Lua::new(crate::lua::ACQUIRE.to_owned()),
+    acquire_many: Lua::new(crate::lua::acquire_many_source()),
+    status: Lua::new(crate::lua::STATUS.to_owned()),
+    penalize: Lua::new(crate::lua::PENALIZE.to_owned()),
+    refund: Lua::new(crate::lua::REFUND.to_owned()),
 });
+
+/// One script: its text and SHA-1.
+pub(crate) struct Lua {
+    code: String,
+    hash: String,
+}
+
+impl Lua {
+    fn new(code: String) -> Self {
+        let hash = Script::new(&code).get_hash().to_owned();
+        Self { code, hash }
+    }
+
+    /// Runs the script with `keys` and `args`: `EVALSHA`, and on `NOSCRIPT` once more as
+    /// `EVAL`, which loads the script on the node that answered (on a cluster, the node
+    /// owning the keys' slot) and counts a reload.
+    pub(crate) async fn eval<T, K, A>(
+        &self,
+        conn: &mut Conn,
+        keys: &[K],
+        args: &[A],
+    ) -> redis::RedisResult<T>
+    where
+        T: FromRedisValue,
+        K: ToRedisArgs,
+        A: ToRedisArgs,
+    {
+        let call = |verb: &str, script: &str| {
+            let mut cmd = redis::cmd(verb);
+            cmd.arg(script).arg(keys.len());
+            for k in keys {
+                cmd.arg(k);
+            }
+            for a in args {
+                cmd.arg(a);
+            }
+            cmd
+        };
+        match call("EVALSHA", &self.hash).query_async(conn).await {
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                metrics::counter!("torn_quota_redis_noscript_reloads_total").increment(1);
+                call("EVAL", &self.code).query_async(conn).await
+            }
+            other => other,
+        }
+    }
+}
+
+/// A connection one call is sent on: a multiplexed connection to the single Redis, or a
+/// cluster connection that routes each command to its slot's node. Cheap to clone; clones
+/// share the connection.
+#[derive(Clone)]
+pub(crate) enum Conn {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// The pool connections come from.
+enum Pools {
+    Single(Pool),
+    Cluster(deadpool_redis::cluster::Pool),
+}
+
+/// A connection held out of the pool by a lane.
+enum Pooled {
+    Single(deadpool_redis::Connection),
+    Cluster(deadpool_redis::cluster::Connection),
+}
+
+impl Pooled {
+    fn conn(&self) -> Conn {
+        match self {
+            Pooled::Single(c) => Conn::Single((**c).clone()),
+            Pooled::Cluster(c) => Conn::Cluster((**c).clone()),
+        }
+    }
+}
 
 /// One shared connection slot. `refill` makes the callers that find it empty wait for one
 /// of them to fetch a connection, instead of each draining the pool.
 #[derive(Default)]
 struct Lane {
-    conn: Mutex<Option<deadpool_redis::Connection>>,
+    conn: Mutex<Option<Pooled>>,
     refill: tokio::sync::Mutex<()>,
 }
 
@@ -63,7 +184,7 @@ pub(crate) struct RedisBackend {
 
 /// The connections, shared with the dispatcher task.
 struct Conns {
-    pool: Pool,
+    pool: Pools,
     lanes: Box<[Lane]>,
     next: AtomicUsize,
     connect_timeout: Duration,
@@ -86,37 +207,65 @@ const MAX_BATCH: usize = 64;
 
 impl std::fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (kind, status) = match &self.conns.pool {
+            Pools::Single(p) => ("single", p.status()),
+            Pools::Cluster(p) => ("cluster", p.status()),
+        };
         f.debug_struct("RedisBackend")
+            .field("redis", &kind)
             .field("lanes", &self.conns.lanes.len())
-            .field("pool", &self.conns.pool.status())
+            .field("pool", &status)
             .finish_non_exhaustive()
     }
 }
 
 impl RedisBackend {
-    /// Builds the pool; connects lazily, on the first call.
+    /// Builds the pool (of cluster connections when `REDIS_CLUSTER_URLS` is set); connects
+    /// lazily, on the first call.
     pub(crate) fn new(config: &RateLimitConfig) -> Result<Self> {
-        let conn_config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(config.connect_timeout()))
-            .set_response_timeout(Some(config.command_timeout()));
-        let manager = Manager::new_with_config(config.redis_url(), conn_config).map_err(|e| {
-            Error::Config {
-                setting: "REDIS_URL",
-                reason: format!("redis refused it: {e}"),
-            }
-        })?;
         let lanes = config.connections().get();
-        let pool = Pool::builder(manager)
-            .max_size(lanes)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(config.connect_timeout()))
-            .create_timeout(Some(config.connect_timeout()))
-            .recycle_timeout(Some(config.command_timeout()))
-            .build()
-            .map_err(|e| Error::Config {
-                setting: "TORN_QUOTA_REDIS_CONNECTIONS",
-                reason: e.to_string(),
-            })?;
+        let pool_err = |e: &dyn std::fmt::Display| Error::Config {
+            setting: "TORN_QUOTA_REDIS_CONNECTIONS",
+            reason: e.to_string(),
+        };
+        let pool = if config.is_redis_cluster() {
+            // The client's own connect and response timeouts stay at its defaults: `run`
+            // bounds every call by connect + command timeout anyway.
+            let manager = deadpool_redis::cluster::Manager::new(config.redis_cluster_urls(), false)
+                .map_err(|e| Error::Config {
+                    setting: "REDIS_CLUSTER_URLS",
+                    reason: format!("redis refused them: {:?}", e.kind()),
+                })?;
+            let pool = deadpool_redis::cluster::Pool::builder(manager)
+                .max_size(lanes)
+                .runtime(Runtime::Tokio1)
+                .wait_timeout(Some(config.connect_timeout()))
+                .create_timeout(Some(config.connect_timeout()))
+                .recycle_timeout(Some(config.command_timeout()))
+                .build()
+                .map_err(|e| pool_err(&e))?;
+            Pools::Cluster(pool)
+        } else {
+            let conn_config = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(config.connect_timeout()))
+                .set_response_timeout(Some(config.command_timeout()));
+            let manager =
+                Manager::new_with_config(config.redis_url(), conn_config).map_err(|e| {
+                    Error::Config {
+                        setting: "REDIS_URL",
+                        reason: format!("redis refused it: {e}"),
+                    }
+                })?;
+            let pool = Pool::builder(manager)
+                .max_size(lanes)
+                .runtime(Runtime::Tokio1)
+                .wait_timeout(Some(config.connect_timeout()))
+                .create_timeout(Some(config.connect_timeout()))
+                .recycle_timeout(Some(config.command_timeout()))
+                .build()
+                .map_err(|e| pool_err(&e))?;
+            Pools::Single(pool)
+        };
         Ok(Self {
             conns: Arc::new(Conns {
                 pool,
@@ -136,7 +285,7 @@ impl RedisBackend {
 
     pub(crate) async fn run<T, F, Fut>(&self, operation: &'static str, f: F) -> Result<T>
     where
-        F: FnOnce(MultiplexedConnection) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         self.conns.run(operation, f).await
@@ -145,28 +294,36 @@ impl RedisBackend {
 
 impl Conns {
     /// A connection to send one call on, and the lane it came from.
-    async fn connection(&self, operation: &'static str) -> Result<(usize, MultiplexedConnection)> {
+    async fn connection(&self, operation: &'static str) -> Result<(usize, Conn)> {
         let lane = self.next.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
         if let Some(conn) = self.lane(lane).as_ref() {
-            return Ok((lane, (**conn).clone()));
+            return Ok((lane, conn.conn()));
         }
         let _refilling = self.lanes[lane].refill.lock().await;
         if let Some(conn) = self.lane(lane).as_ref() {
-            return Ok((lane, (**conn).clone()));
+            return Ok((lane, conn.conn()));
         }
-        let pooled = self.pool.get().await.map_err(|e| match e {
+        let pool_error = |e: PoolError| match e {
             PoolError::Backend(source) => Error::Unavailable { operation, source },
             _ => Error::Timeout {
                 operation,
                 timeout: self.connect_timeout,
             },
-        })?;
-        let conn = (*pooled).clone();
+        };
+        let pooled = match &self.pool {
+            Pools::Single(p) => Pooled::Single(p.get().await.map_err(pool_error)?),
+            Pools::Cluster(p) => Pooled::Cluster(p.get().await.map_err(pool_error)?),
+        };
+        let conn = pooled.conn();
         *self.lane(lane) = Some(pooled);
         Ok((lane, conn))
     }
 
-    fn lane(&self, i: usize) -> std::sync::MutexGuard<'_, Option<deadpool_redis::Connection>> {
+    fn is_cluster(&self) -> bool {
+        matches!(self.pool, Pools::Cluster(_))
+    }
+
+    fn lane(&self, i: usize) -> std::sync::MutexGuard<'_, Option<Pooled>> {
         self.lanes[i]
             .conn
             .lock()
@@ -174,10 +331,23 @@ impl Conns {
     }
 
     /// Runs one command with the command timeout; a connection-level failure empties the
-    /// lane so the next call gets a fresh connection from the pool.
+    /// lane so the next call gets a fresh connection from the pool. Its latency, pool wait
+    /// included, goes to `torn_quota_redis_seconds{operation}`.
     pub(crate) async fn run<T, F, Fut>(&self, operation: &'static str, f: F) -> Result<T>
     where
-        F: FnOnce(MultiplexedConnection) -> Fut,
+        F: FnOnce(Conn) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let started = Instant::now();
+        let result = self.run_untimed(operation, f).await;
+        metrics::histogram!("torn_quota_redis_seconds", "operation" => operation)
+            .record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn run_untimed<T, F, Fut>(&self, operation: &'static str, f: F) -> Result<T>
+    where
+        F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         let call = async {
@@ -215,14 +385,11 @@ impl Conns {
         if let [one] = &batch[..] {
             let reply = self
                 .run("acquire", |mut c| async move {
-                    let mut inv = SCRIPTS.acquire.prepare_invoke();
-                    for k in one.keys.iter().filter(|k| !k.is_empty()) {
-                        inv.key(k);
-                    }
-                    for a in one.args {
-                        inv.arg(a);
-                    }
-                    inv.invoke_async::<Vec<i64>>(&mut c).await
+                    let keys: Vec<&String> = one.keys.iter().filter(|k| !k.is_empty()).collect();
+                    SCRIPTS
+                        .acquire
+                        .eval::<Vec<i64>, _, _>(&mut c, &keys, &one.args)
+                        .await
                 })
                 .await
                 .and_then(|r| decision(&r));
@@ -234,19 +401,24 @@ impl Conns {
         if batch.is_empty() {
             return;
         }
+        // An unused optional key goes as a repeat of the decision's KEYS[1] rather than as
+        // "": on a cluster every key of the call must hash to the one slot
+        // (acquire_many.lua reads either as unused).
+        let mut keys: Vec<&str> = Vec::with_capacity(batch.len() * 4);
+        let mut args: Vec<u64> = Vec::with_capacity(batch.len() * 5 + 1);
+        args.push(batch.len() as u64);
+        for q in &batch {
+            for k in &q.keys {
+                keys.push(if k.is_empty() { &q.keys[0] } else { k });
+            }
+            args.extend(q.args);
+        }
         let reply = self
-            .run("acquire", |mut c| {
-                let mut inv = SCRIPTS.acquire_many.prepare_invoke();
-                inv.arg(batch.len());
-                for q in &batch {
-                    for k in &q.keys {
-                        inv.key(k);
-                    }
-                    for a in q.args {
-                        inv.arg(a);
-                    }
-                }
-                async move { inv.invoke_async::<Vec<Value>>(&mut c).await }
+            .run("acquire", |mut c| async move {
+                SCRIPTS
+                    .acquire_many
+                    .eval::<Vec<Value>, _, _>(&mut c, &keys, &args)
+                    .await
             })
             .await;
         match reply {
@@ -285,12 +457,41 @@ async fn dispatch(conns: Arc<Conns>, mut queue: mpsc::UnboundedReceiver<Queued>)
                 Err(_) => break,
             }
         }
-        let conns = Arc::clone(&conns);
-        tokio::spawn(async move {
-            conns.send(batch).await;
-            drop(slot);
-        });
+        if conns.is_cluster() {
+            // One call per slot; the slot of the dispatcher is free again once all returned.
+            let slot = Arc::new(slot);
+            for group in by_slot(batch) {
+                let conns = Arc::clone(&conns);
+                let slot = Arc::clone(&slot);
+                tokio::spawn(async move {
+                    conns.send(group).await;
+                    drop(slot);
+                });
+            }
+        } else {
+            let conns = Arc::clone(&conns);
+            tokio::spawn(async move {
+                conns.send(batch).await;
+                drop(slot);
+            });
+        }
     }
+}
+
+/// Splits a batch into the decisions of each Redis Cluster slot, each group in its batch
+/// order (a bucket asked twice keeps its order: both decisions share its slot).
+fn by_slot(batch: Vec<Queued>) -> Vec<Vec<Queued>> {
+    let mut groups: Vec<Vec<Queued>> = Vec::new();
+    let mut index: HashMap<Slot, usize> = HashMap::new();
+    for q in batch {
+        let slot = Slot::for_key(q.keys[0].as_bytes());
+        let i = *index.entry(slot).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[i].push(q);
+    }
+    groups
 }
 
 /// Reads acquire.lua's reply (with its time).
@@ -408,12 +609,11 @@ impl RedisBackend {
             .run("status", |mut c| async move {
                 SCRIPTS
                     .status
-                    .key(&keys.state)
-                    .key(&keys.limit)
-                    .key(&keys.penalty)
-                    .arg(limit)
-                    .arg(window_ms)
-                    .invoke_async(&mut c)
+                    .eval(
+                        &mut c,
+                        &[&keys.state, &keys.limit, &keys.penalty],
+                        &[u64::from(limit), window_ms],
+                    )
                     .await
             })
             .await?;
@@ -432,12 +632,7 @@ impl RedisBackend {
     pub(crate) async fn penalize(&self, user: TornUserId, hold_ms: u64) -> Result<u64> {
         let key = self.keys.bucket(user).penalty;
         self.run("penalize", |mut c| async move {
-            SCRIPTS
-                .penalize
-                .key(&key)
-                .arg(hold_ms)
-                .invoke_async(&mut c)
-                .await
+            SCRIPTS.penalize.eval(&mut c, &[&key], &[hold_ms]).await
         })
         .await
     }
@@ -452,11 +647,14 @@ impl RedisBackend {
         let state = self.keys.bucket(user).state;
         let idem = idempotency_id.map(|id| self.keys.idempotency(user, id));
         self.run("refund", |mut c| async move {
-            let mut inv = SCRIPTS.refund.key(&state);
+            let mut keys = vec![&state];
             if let Some(idem) = &idem {
-                inv.key(idem);
+                keys.push(idem);
             }
-            inv.arg(at_ms).arg(cost).invoke_async(&mut c).await
+            SCRIPTS
+                .refund
+                .eval(&mut c, &keys, &[at_ms, u64::from(cost)])
+                .await
         })
         .await
     }
@@ -501,6 +699,17 @@ impl RedisBackend {
             }
         })
         .await
+    }
+
+    /// Redis `TIME` as microseconds since the Unix epoch: the clock the scripts decide by,
+    /// for the clock-gap gauge.
+    pub(crate) async fn time(&self) -> Result<u64> {
+        let (secs, micros): (u64, u64) = self
+            .run("time", |mut c| async move {
+                redis::cmd("TIME").query_async(&mut c).await
+            })
+            .await?;
+        Ok(secs * 1_000_000 + micros)
     }
 }
 

@@ -22,9 +22,7 @@ use super::KeyInfo;
 use super::config::TornClientConfig;
 use super::{AccessLevel, ApiKey, ErrorClass, KeyHash, TornErrorCode};
 use crate::error::{Error, Result};
-use crate::limiter::{
-    Decision, Grant, Limiter, Priority, RateLimitConfig, Request, TornUserId, Wait,
-};
+use crate::limiter::{Decision, Grant, Limiter, Priority, Request, TornUserId, Wait};
 
 /// The one bucket of the IP limiter: every request of this client leaves from one IP.
 const IP_BUCKET: TornUserId = TornUserId::new(0);
@@ -306,26 +304,10 @@ impl TornClientBuilder {
     }
 }
 
-/// The IP limiter for an owner limiter: the same backend and Redis, its own prefix.
+/// The IP limiter for an owner limiter: the same backend (Redis, Cluster or memory),
+/// keys under its prefix + `:ip`, the IP's limit and window.
 fn ip_limiter_for(limiter: &Limiter, config: &TornClientConfig) -> Result<Limiter> {
-    let owner = limiter.config();
-    let ip_config = RateLimitConfig::builder()
-        .limit(config.ip_limit())
-        .window(config.ip_window())
-        .key_prefix(format!("{}:ip", owner.key_prefix()))
-        .redis_url(owner.redis_url())
-        .connect_timeout(owner.connect_timeout())
-        .command_timeout(owner.command_timeout())
-        .reconnect_interval(owner.reconnect_interval())
-        .connections(owner.connections())
-        .on_redis_down(owner.on_redis_down())
-        .cleanup_interval(owner.cleanup_interval())
-        .build()?;
-    if limiter.backend_name() == "redis" {
-        Limiter::redis(ip_config)
-    } else {
-        Ok(Limiter::in_memory(ip_config))
-    }
+    limiter.sibling("ip", config.ip_limit(), config.ip_window())
 }
 
 fn http_client_for(config: &TornClientConfig) -> Result<reqwest::Client> {
@@ -1092,8 +1074,38 @@ impl TornClient {
         }
     }
 
-    /// Sends once on units already taken, and reads the answer.
+    /// Sends once on units already taken, and reads the answer, inside a span that names
+    /// the owner (never the key), counting the answer by Torn's code.
     async fn exchange(
+        &self,
+        key: &ApiKey,
+        owner: Option<TornUserId>,
+        url: &url::Url,
+        operation: &'static str,
+        grants: Grants,
+    ) -> Result<Value, Failure> {
+        use tracing::Instrument as _;
+        let span = tracing::info_span!(
+            "torn_request",
+            owner = owner.map(TornUserId::get),
+            operation
+        );
+        let result = self
+            .exchange_once(key, owner, url, operation, grants)
+            .instrument(span)
+            .await;
+        crate::metrics::torn_answer(match &result {
+            Ok(_) => Some(Ok(())),
+            Err(Failure {
+                error: Error::Torn { code, .. },
+                ..
+            }) => Some(Err(code.get())),
+            Err(_) => None,
+        });
+        result
+    }
+
+    async fn exchange_once(
         &self,
         key: &ApiKey,
         owner: Option<TornUserId>,

@@ -1,0 +1,278 @@
+//! Faults under load, CI-sized: `torn-quota soak` for 20 s (3 worker processes × 4 owners,
+//! Redis killed and restarted, a private PostgreSQL stopped and started, code 17, slow
+//! answers and dropped connections), and the
+//! observability it relies on: the metrics, and the per-request span that names the owner
+//! and never the key.
+//!
+//! The soak runs its own `redis-server` on a free loopback port (it must be on PATH) and,
+//! where initdb and pg_ctl are installed, its own PostgreSQL; the metrics test uses the
+//! shared Redis at `REDIS_URL` only to read its clock.
+
+mod common;
+
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+use torn_quota::sim::{SimConfig, SimKey, Simulator};
+use torn_quota::torn::{AccessLevel, ApiKey, TornClient, TornClientConfig};
+use torn_quota::{Limiter, RateLimitConfig, TornUserId};
+
+const KEY: &str = "SoakTestKey00001";
+
+/// The acceptance figures of issue 7, asserted on a short run.
+#[test]
+fn soak_loses_nothing_and_stays_under_the_limit_outside_the_documented_window() {
+    let out = Command::new(env!("CARGO_BIN_EXE_torn-quota"))
+        .args([
+            "soak",
+            "--workers",
+            "3",
+            "--owners",
+            "4",
+            "--duration",
+            "20",
+        ])
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("run torn-quota soak");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let report: Value = stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no JSON report\nstdout: {stdout}\nstderr: {stderr}"));
+    let n = |name: &str| {
+        report[name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{name} missing: {report}"))
+    };
+    eprintln!("{report}");
+
+    assert!(
+        n("requests") > 100,
+        "too little work to mean anything: {report}"
+    );
+    assert_eq!(n("lost"), 0, "requests lost: {report}");
+    assert_eq!(
+        n("completed") + n("failed"),
+        n("requests"),
+        "every request completes or fails: {report}"
+    );
+    // A failure is counted by its message; an empty one would have counted as lost.
+    for (reason, _) in report["failed_errors"].as_object().unwrap() {
+        assert!(!reason.trim().is_empty(), "{report}");
+    }
+    assert_eq!(
+        n("over_limit_outside_window"),
+        0,
+        "code 5 outside the documented window: {report}"
+    );
+    assert_eq!(report["crashed_workers"], serde_json::json!([]), "{report}");
+    assert_eq!(
+        n("workers_recovered"),
+        3,
+        "a worker did not recover: {report}"
+    );
+    // The faults happened: Redis was gone for seconds, and the simulator misbehaved.
+    let degraded = report["degraded_seconds_max"].as_f64().unwrap();
+    assert!(
+        degraded > 1.0 && degraded < 15.0,
+        "degraded {degraded} s: {report}"
+    );
+    assert!(n("recoveries") >= 3, "{report}");
+    assert!(
+        report["sim"]["faults_served"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+    assert!(
+        report["sim"]["max_in_window"].as_u64().unwrap() <= 20,
+        "{report}"
+    );
+    // PostgreSQL, when this machine can run a private one: stopped and started under the
+    // workers, who kept going on the last pool they read and read the vault again after.
+    if report["postgres_fault"] == "covered" {
+        assert!(
+            n("vault_reads_failed") > 0,
+            "the outage went unseen: {report}"
+        );
+        assert_eq!(n("workers_vault_recovered"), 3, "{report}");
+    } else {
+        eprintln!(
+            "postgres fault not covered here: {}",
+            report["postgres_fault"]
+        );
+    }
+    assert_eq!(report["soak"], "ok", "{report}");
+    assert!(out.status.success(), "exit {:?}: {report}", out.status);
+}
+
+/// A writer the test reads back: what the tracing subscriber printed.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Self;
+    fn make_writer(&'a self) -> Self {
+        self.clone()
+    }
+}
+
+#[tokio::test]
+async fn every_request_runs_in_a_span_with_the_owner_never_the_key() {
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("torn_quota=debug")
+        .with_writer(captured.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let sim = Simulator::start(
+        [SimKey::new(KEY, TornUserId::new(77), AccessLevel::Full)],
+        SimConfig::default(),
+    )
+    .await
+    .unwrap();
+    let limiter = Limiter::in_memory(RateLimitConfig::builder().build().unwrap());
+    let client = TornClient::new(
+        limiter,
+        TornClientConfig::builder()
+            .base_url(sim.base_url())
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    let key = ApiKey::new(KEY).unwrap();
+    client.get(&key, "user/4/basic").await.unwrap();
+
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        text.contains("torn_request{owner=77"),
+        "no span with the owner:\n{text}"
+    );
+    assert!(!text.contains(KEY), "the key was logged:\n{text}");
+}
+
+/// The exporter serves every metric this crate emits, by the team's names, and no key.
+#[cfg(feature = "prometheus")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_prometheus_exporter_serves_the_metrics() {
+    use std::num::{NonZeroU32, NonZeroUsize};
+    use std::time::Duration;
+    use torn_quota::OnRedisDown;
+    use torn_quota::batch::{BatchConfig, BatchHandler, BatchRequest};
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    torn_quota::metrics::install_prometheus(addr).unwrap();
+
+    // A batch against the simulator: decisions, Torn answers (one of them code 17), batch
+    // figures.
+    let sim = Simulator::start(
+        [SimKey::new(KEY, TornUserId::new(77), AccessLevel::Full)],
+        SimConfig::default(),
+    )
+    .await
+    .unwrap();
+    sim.inject(torn_quota::sim::Fault::Code(17));
+    let limiter = Limiter::in_memory(RateLimitConfig::builder().build().unwrap());
+    let client = TornClient::new(
+        limiter,
+        TornClientConfig::builder()
+            .base_url(sim.base_url())
+            .retry_min_delay(Duration::from_millis(5))
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    let outcome = BatchHandler::new(
+        client,
+        BatchConfig::default().concurrency(NonZeroUsize::new(4).unwrap()),
+    )
+    .run(
+        (1..=5).map(|id| BatchRequest::new(format!("user/{id}/basic"))),
+        [ApiKey::new(KEY).unwrap()],
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcome.stats.succeeded, 5);
+
+    // The clock gap through the shared Redis.
+    let redis = Limiter::redis(common::config("metrics", 10, 1000).build().unwrap()).unwrap();
+    let gap = redis.clock_gap().await.unwrap();
+    assert!(
+        gap.abs() < 5.0,
+        "redis and this machine disagree by {gap} s"
+    );
+
+    // A limiter whose Redis does not exist: degraded.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let down = Limiter::redis(
+        RateLimitConfig::builder()
+            .redis_url(format!("redis://127.0.0.1:{dead}"))
+            .connect_timeout(Duration::from_millis(100))
+            .command_timeout(Duration::from_millis(100))
+            .on_redis_down(OnRedisDown::LocalFallback {
+                workers: NonZeroU32::new(2).unwrap(),
+            })
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    let d = down.try_acquire(TornUserId::new(1), 1).await.unwrap();
+    assert!(d.is_degraded());
+    assert!(torn_quota::metrics::degraded_time().now);
+
+    let body = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for expected in [
+        r#"torn_quota_limiter_decisions_total{backend="memory",outcome="granted",degraded="false"}"#,
+        r#"torn_quota_limiter_decisions_total{backend="redis",outcome="granted",degraded="true"}"#,
+        r#"torn_quota_torn_answers_total{code="ok"}"#,
+        r#"torn_quota_torn_answers_total{code="17"}"#,
+        r#"torn_quota_batch_requests_total{outcome="ok"} 5"#,
+        "torn_quota_batch_quota_used",
+        "torn_quota_clock_gap_seconds",
+        "torn_quota_degraded 1",
+    ] {
+        assert!(body.contains(expected), "{expected} missing:\n{body}");
+    }
+    assert!(!body.contains(KEY), "a key in the metrics:\n{body}");
+}
+
+/// Without the feature, the flag is refused with a clear message, not ignored.
+#[cfg(not(feature = "prometheus"))]
+#[test]
+fn metrics_addr_without_the_feature_is_a_clear_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_torn-quota"))
+        .args(["--metrics-addr", "127.0.0.1:0", "status", "--user", "4"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("prometheus"), "{stderr}");
+}
