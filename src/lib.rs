@@ -25,6 +25,7 @@ pub mod batch;
 pub mod error;
 pub mod limiter;
 pub mod metrics;
+pub mod rollout;
 pub mod sim;
 pub mod torn;
 pub mod vault;

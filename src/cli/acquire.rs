@@ -1,10 +1,13 @@
-//! `torn-quota acquire`: one decision, as JSON, with the exit code saying granted or not.
+//! `torn-quota acquire`: one decision under the configured mode, as JSON, with the exit
+//! code saying granted or not.
 
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use serde_json::json;
-use torn_quota::{Decision, Error, Limiter, Mode, RateLimitConfig, Request, TornUserId, Wait};
+use torn_quota::rollout::Shadow;
+use torn_quota::{RateLimitConfig, Request, TornUserId};
 
 use super::{CliResult, emit, user_id};
 
@@ -13,7 +16,8 @@ pub(crate) struct Args {
     /// The Torn user id (the key's owner) whose quota pays.
     #[arg(long, value_parser = user_id)]
     user: TornUserId,
-    /// The key's SHA-256 (64 lowercase hex characters), for the legacy per-key limiter.
+    /// The key's SHA-256 (64 lowercase hex characters): the legacy limiter counts per key,
+    /// so it is required whenever legacy decides for this user.
     #[arg(long, value_parser = key_hash)]
     key_hash: Option<String>,
     /// Units asked for.
@@ -31,42 +35,45 @@ fn key_hash(raw: &str) -> Result<String, String> {
     if raw.len() == 64 && raw.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         Ok(raw.to_owned())
     } else {
+        // Never echo the value: a key passed here by mistake must not reach a log.
         Err("expected the key's SHA-256 as 64 lowercase hex characters".into())
     }
 }
 
-pub(crate) async fn run(config: RateLimitConfig, args: Args) -> CliResult {
-    if config.mode() != Mode::PerUser {
-        return Err(Error::Config {
-            setting: "TORN_QUOTA_MODE",
-            reason: format!(
-                "'{}' needs the legacy limiter, which is not part of this build yet; use per-user",
-                config.mode().as_str()
-            ),
-        }
-        .into());
-    }
-    let _ = args.key_hash; // Only the legacy limiter buckets by key.
-    let limiter = Limiter::redis(config)?;
+pub(crate) async fn run(file: Option<&Path>, config: RateLimitConfig, args: Args) -> CliResult {
+    let rollout = super::rollout::open(file, config)?;
     let request = Request::new(args.cost);
+    let key = args.key_hash.as_deref();
     let decision = if args.wait {
-        let mut wait = Wait::forever();
-        if let Some(ms) = args.timeout_ms {
-            wait = wait.at_most(Duration::from_millis(ms));
-        }
-        limiter.acquire_with(args.user, &request, &wait).await?
+        let deadline = args
+            .timeout_ms
+            .map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
+        rollout
+            .acquire_until(args.user, key, &request, deadline)
+            .await?
     } else {
-        limiter.try_acquire_with(args.user, &request).await?
+        rollout.try_acquire(args.user, key, &request).await?
     };
-    emit(&json!({
+    let mut out = json!({
         "granted": decision.is_granted(),
         "remaining": decision.remaining(),
         "retry_after_ms": decision.retry_after().as_millis() as u64,
-        "enforced_by": Mode::PerUser.as_str(),
+        "enforced_by": decision.enforced_by().as_str(),
         "degraded": decision.is_degraded(),
-    }));
-    Ok(match decision {
-        Decision::Granted(_) => ExitCode::SUCCESS,
-        _ => ExitCode::from(1),
+    });
+    match decision.shadow() {
+        Some(Shadow::Decided { granted, agree }) => {
+            out["shadow"] = json!({ "granted": granted, "agree": agree });
+        }
+        Some(_) => {
+            out["shadow"] = json!({ "granted": null, "agree": null, "error": "unavailable" });
+        }
+        None => {}
+    }
+    emit(&out);
+    Ok(if decision.is_granted() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     })
 }

@@ -4,6 +4,7 @@ mod acquire;
 mod batch;
 mod bench;
 mod demo;
+mod rollout;
 mod sim;
 mod soak;
 mod status;
@@ -61,6 +62,9 @@ enum Command {
     /// Stores the key in TORN_API_KEY for an account and gives that account the legacy
     /// rate-limit rows of its hash.
     ImportLegacy(vault::ImportLegacyArgs),
+    /// The move from the legacy per-key limiter: shadow disagreements (report, reset), a
+    /// user's route, the legacy table's cleanup.
+    Rollout(rollout::Args),
 }
 
 /// Parses arguments, runs the command, and maps failures to exit code 2 with the error
@@ -79,7 +83,11 @@ pub(crate) fn main() -> ExitCode {
         start_metrics(cli.metrics_addr, cli.config.as_deref())?;
         match cli.command {
             Command::Demo(args) => demo::run(cli.config.as_deref(), args).await,
-            Command::Acquire(args) => acquire::run(load_config(cli.config.as_deref())?, args).await,
+            Command::Acquire(args) => {
+                let file = cli.config.as_deref();
+                acquire::run(file, load_config(file)?, args).await
+            }
+            Command::Rollout(args) => rollout::run(cli.config.as_deref(), args).await,
             Command::Status(args) => status::run(load_config(cli.config.as_deref())?, args).await,
             Command::SetLimit(args) => {
                 status::set_limit(load_config(cli.config.as_deref())?, args).await

@@ -1,0 +1,516 @@
+//! Shadow mode's bookkeeping: the disagreements between the legacy and the per-user limiter,
+//! kept where every process writes (Redis, under the limiter's key prefix) so that
+//! `torn-quota rollout report` sees the whole fleet; and the guard that keeps a failing
+//! shadow from slowing or failing the calls legacy enforces.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncConnectionConfig, Cmd, RedisFuture, Value};
+use tokio::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::limiter::{Limiter, RateLimitConfig, TornUserId};
+
+/// Which side granted when the two limiters disagreed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Legacy granted, the per-user limiter refused: the user is over Torn's per-player
+    /// limit through several keys (legacy counts each key alone), so Torn may answer
+    /// code 5 to these calls. Expected for users with several keys.
+    LegacyOnly,
+    /// The per-user limiter granted, legacy refused: the user had quota that legacy's fixed
+    /// 50 per key wasted. Expected for busy single-key users.
+    PerUserOnly,
+}
+
+impl Direction {
+    /// Both directions, in report order.
+    pub const ALL: [Self; 2] = [Self::LegacyOnly, Self::PerUserOnly];
+
+    /// The name in metrics labels, JSON and Redis: `legacy_only` or `per_user_only`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::LegacyOnly => "legacy_only",
+            Self::PerUserOnly => "per_user_only",
+        }
+    }
+
+    /// The direction of a disagreement, `None` when both sides agree.
+    pub fn of(legacy_granted: bool, per_user_granted: bool) -> Option<Self> {
+        match (legacy_granted, per_user_granted) {
+            (true, false) => Some(Self::LegacyOnly),
+            (false, true) => Some(Self::PerUserOnly),
+            _ => None,
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Self::LegacyOnly => 0,
+            Self::PerUserOnly => 1,
+        }
+    }
+}
+
+/// One user's disagreements in a [`DisagreementReport`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UserDisagreements {
+    /// The Torn user id (never a key or its hash).
+    pub user: TornUserId,
+    /// Calls legacy granted and the per-user limiter refused.
+    pub legacy_only: u64,
+    /// Calls the per-user limiter granted and legacy refused.
+    pub per_user_only: u64,
+}
+
+impl UserDisagreements {
+    /// Both directions together.
+    pub fn total(&self) -> u64 {
+        self.legacy_only + self.per_user_only
+    }
+}
+
+/// The disagreements recorded since the counts were last reset.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct DisagreementReport {
+    /// Calls legacy granted and the per-user limiter refused, over all users.
+    pub legacy_only: u64,
+    /// Calls the per-user limiter granted and legacy refused, over all users.
+    pub per_user_only: u64,
+    /// When the first disagreement since the last reset was recorded (Unix milliseconds of
+    /// the recording process), `None` when there is none.
+    pub since_ms: Option<u64>,
+    /// The users with the most disagreements, most first (ties by user id).
+    pub users: Vec<UserDisagreements>,
+}
+
+impl DisagreementReport {
+    /// Both directions together.
+    pub fn total(&self) -> u64 {
+        self.legacy_only + self.per_user_only
+    }
+}
+
+/// Where disagreements are counted: Redis (every process adds to one count) or this process
+/// (for the in-memory limiter and tests). Cheap to clone; clones share the store.
+#[derive(Debug, Clone)]
+pub struct Disagreements {
+    store: Arc<Store>,
+}
+
+#[derive(Debug)]
+enum Store {
+    // Boxed: the Redis side is large and a process holds only one or two stores.
+    Redis(Box<RedisStore>),
+    Memory(Mutex<MemoryStore>),
+}
+
+#[derive(Debug, Default)]
+struct MemoryStore {
+    totals: [u64; 2],
+    since_ms: Option<u64>,
+    users: HashMap<TornUserId, [u64; 2]>,
+}
+
+/// Idle counts expire after this long: a forgotten rollout does not keep memory forever,
+/// and any disagreement refreshes every key.
+const IDLE_EXPIRY_MS: u64 = 30 * 24 * 3600 * 1000;
+
+struct RedisStore {
+    client: Client,
+    /// One connection, opened on first use and replaced after a failure.
+    conn: tokio::sync::Mutex<Option<Conn>>,
+    bound: Duration,
+    totals: String,
+    users: [String; 2],
+    users_total: String,
+}
+
+impl std::fmt::Debug for RedisStore {
+    // The client holds the URL, which may carry a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("totals", &self.totals)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Disagreements {
+    /// Counts in the configuration's Redis (its Redis Cluster when `REDIS_CLUSTER_URLS` is
+    /// set), under `<prefix>:{rollout}:disagreements`, with its timeouts. Connects on first
+    /// use.
+    pub fn redis(config: &RateLimitConfig) -> Result<Self> {
+        let client = if config.is_redis_cluster() {
+            let client = redis::cluster::ClusterClient::builder(config.redis_cluster_urls())
+                .connection_timeout(config.connect_timeout())
+                .response_timeout(config.command_timeout())
+                .build()
+                .map_err(|e| Error::Config {
+                    setting: "REDIS_CLUSTER_URLS",
+                    reason: format!("redis refused them: {:?}", e.kind()),
+                })?;
+            Client::Cluster(client)
+        } else {
+            let client = redis::Client::open(config.redis_url()).map_err(|e| Error::Config {
+                setting: "REDIS_URL",
+                reason: format!("redis refused it: {e}"),
+            })?;
+            Client::Single(
+                client,
+                AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(config.connect_timeout()))
+                    .set_response_timeout(Some(config.command_timeout())),
+            )
+        };
+        // One hash tag for every key: a Redis Cluster keeps them in one slot, so the
+        // MULTI that records a disagreement stays legal there.
+        let base = format!("{}:{{rollout}}:disagreements", config.key_prefix());
+        Ok(Self {
+            store: Arc::new(Store::Redis(Box::new(RedisStore {
+                client,
+                conn: tokio::sync::Mutex::new(None),
+                bound: config.connect_timeout() + config.command_timeout(),
+                users: Direction::ALL.map(|d| format!("{base}:users:{}", d.as_str())),
+                users_total: format!("{base}:users:total"),
+                totals: base,
+            }))),
+        })
+    }
+
+    /// Counts in this process only.
+    pub fn in_memory() -> Self {
+        Self {
+            store: Arc::new(Store::Memory(Mutex::new(MemoryStore::default()))),
+        }
+    }
+
+    /// The store that goes with a limiter: Redis when it uses Redis, else in memory.
+    pub fn for_limiter(limiter: &Limiter) -> Result<Self> {
+        if limiter.backend_name() == "redis" {
+            Self::redis(limiter.config())
+        } else {
+            Ok(Self::in_memory())
+        }
+    }
+
+    /// Adds one disagreement of `user`.
+    pub async fn record(&self, user: TornUserId, direction: Direction) -> Result<()> {
+        let now = unix_ms();
+        match &*self.store {
+            Store::Memory(m) => {
+                let mut m = m.lock().unwrap_or_else(PoisonError::into_inner);
+                m.totals[direction.index()] += 1;
+                m.since_ms.get_or_insert(now);
+                m.users.entry(user).or_default()[direction.index()] += 1;
+                Ok(())
+            }
+            Store::Redis(r) => {
+                let mut pipe = redis::pipe();
+                pipe.atomic()
+                    .hincr(&r.totals, direction.as_str(), 1)
+                    .ignore()
+                    .hset_nx(&r.totals, "since_ms", now)
+                    .ignore()
+                    .zincr(&r.users[direction.index()], user.get(), 1)
+                    .ignore()
+                    .zincr(&r.users_total, user.get(), 1)
+                    .ignore();
+                for key in r.keys() {
+                    pipe.cmd("PEXPIRE").arg(key).arg(IDLE_EXPIRY_MS).ignore();
+                }
+                r.run("record disagreement", |mut c| async move {
+                    pipe.exec_async(&mut c).await
+                })
+                .await
+            }
+        }
+    }
+
+    /// The totals and the `top` users with the most disagreements.
+    pub async fn report(&self, top: usize) -> Result<DisagreementReport> {
+        match &*self.store {
+            Store::Memory(m) => {
+                let m = m.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut users: Vec<UserDisagreements> = m
+                    .users
+                    .iter()
+                    .map(|(user, c)| UserDisagreements {
+                        user: *user,
+                        legacy_only: c[0],
+                        per_user_only: c[1],
+                    })
+                    .collect();
+                users.sort_by(|a, b| b.total().cmp(&a.total()).then(a.user.cmp(&b.user)));
+                users.truncate(top);
+                Ok(DisagreementReport {
+                    legacy_only: m.totals[0],
+                    per_user_only: m.totals[1],
+                    since_ms: m.since_ms,
+                    users,
+                })
+            }
+            Store::Redis(r) => r.report(top).await,
+        }
+    }
+
+    /// Forgets every count: for a fresh start after a rollout step.
+    pub async fn reset(&self) -> Result<()> {
+        match &*self.store {
+            Store::Memory(m) => {
+                *m.lock().unwrap_or_else(PoisonError::into_inner) = MemoryStore::default();
+                Ok(())
+            }
+            Store::Redis(r) => {
+                let keys = r.keys();
+                r.run("reset disagreements", |mut c| async move {
+                    redis::cmd("DEL").arg(&keys).exec_async(&mut c).await
+                })
+                .await
+            }
+        }
+    }
+}
+
+impl RedisStore {
+    fn keys(&self) -> Vec<String> {
+        let mut keys = vec![self.totals.clone(), self.users_total.clone()];
+        keys.extend(self.users.iter().cloned());
+        keys
+    }
+
+    async fn report(&self, top: usize) -> Result<DisagreementReport> {
+        let totals: HashMap<String, u64> = self
+            .run("read disagreements", |mut c| {
+                let key = self.totals.clone();
+                async move { redis::cmd("HGETALL").arg(key).query_async(&mut c).await }
+            })
+            .await?;
+        let mut report = DisagreementReport {
+            legacy_only: totals.get("legacy_only").copied().unwrap_or(0),
+            per_user_only: totals.get("per_user_only").copied().unwrap_or(0),
+            since_ms: totals.get("since_ms").copied(),
+            users: Vec::new(),
+        };
+        if top == 0 {
+            return Ok(report);
+        }
+        // Ties come back in reverse lexicographic order of the member; sorted again below.
+        let ranked: Vec<(u64, u64)> = self
+            .run("read disagreements", |mut c| {
+                let key = self.users_total.clone();
+                async move {
+                    redis::cmd("ZREVRANGE")
+                        .arg(key)
+                        .arg(0)
+                        .arg(top.saturating_sub(1))
+                        .arg("WITHSCORES")
+                        .query_async(&mut c)
+                        .await
+                }
+            })
+            .await?;
+        if ranked.is_empty() {
+            return Ok(report);
+        }
+        let mut pipe = redis::pipe();
+        for (user, _) in &ranked {
+            for key in &self.users {
+                pipe.zscore(key, *user);
+            }
+        }
+        let scores: Vec<Option<u64>> = self
+            .run("read disagreements", |mut c| async move {
+                pipe.query_async(&mut c).await
+            })
+            .await?;
+        report.users = ranked
+            .iter()
+            .zip(scores.chunks(2))
+            .map(|((user, _), s)| UserDisagreements {
+                user: TornUserId::new(*user),
+                legacy_only: s[0].unwrap_or(0),
+                per_user_only: s.get(1).copied().flatten().unwrap_or(0),
+            })
+            .collect();
+        report
+            .users
+            .sort_by(|a, b| b.total().cmp(&a.total()).then(a.user.cmp(&b.user)));
+        Ok(report)
+    }
+
+    /// Runs one command (or pipeline) with the connection's timeouts and an overall bound;
+    /// a failed connection is dropped so the next call opens a fresh one.
+    async fn run<T, F, Fut>(&self, operation: &'static str, f: F) -> Result<T>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let call = async {
+            let conn = {
+                let mut slot = self.conn.lock().await;
+                if let Some(c) = slot.as_ref() {
+                    c.clone()
+                } else {
+                    let c = self
+                        .client
+                        .connect()
+                        .await
+                        .map_err(|source| Error::Unavailable { operation, source })?;
+                    *slot = Some(c.clone());
+                    c
+                }
+            };
+            match f(conn).await {
+                Ok(v) => Ok(v),
+                Err(source) if is_connectivity(&source) => {
+                    self.conn.lock().await.take();
+                    Err(Error::Unavailable { operation, source })
+                }
+                Err(source) => Err(Error::Redis { operation, source }),
+            }
+        };
+        if let Ok(r) = tokio::time::timeout(self.bound, call).await {
+            r
+        } else {
+            self.conn.lock().await.take();
+            Err(Error::Timeout {
+                operation,
+                timeout: self.bound,
+            })
+        }
+    }
+}
+
+/// How the store reaches Redis: the single Redis of `REDIS_URL`, or the cluster of
+/// `REDIS_CLUSTER_URLS` (every key of the store shares one hash tag, so one slot).
+enum Client {
+    Single(redis::Client, AsyncConnectionConfig),
+    Cluster(redis::cluster::ClusterClient),
+}
+
+impl Client {
+    async fn connect(&self) -> redis::RedisResult<Conn> {
+        match self {
+            Self::Single(client, config) => client
+                .get_multiplexed_async_connection_with_config(config)
+                .await
+                .map(Conn::Single),
+            Self::Cluster(client) => client.get_async_connection().await.map(Conn::Cluster),
+        }
+    }
+}
+
+/// A connection of either kind. Cheap to clone; clones share the connection.
+#[derive(Clone)]
+enum Conn {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+fn is_connectivity(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() || e.is_timeout()
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Keeps a failing shadow out of the way: after a failure the shadow is skipped until
+/// `retry_in` has passed (so a Redis that hangs costs one timeout, not one per call), and
+/// the warning is logged at most once per `warn_every`, with the count of failures since.
+#[derive(Debug)]
+pub(crate) struct ShadowGuard {
+    retry_in: Duration,
+    warn_every: Duration,
+    state: Mutex<GuardState>,
+}
+
+#[derive(Debug, Default)]
+struct GuardState {
+    skip_until: Option<Instant>,
+    last_warn: Option<Instant>,
+    failures_since_warn: u64,
+}
+
+impl ShadowGuard {
+    pub(crate) fn new(retry_in: Duration, warn_every: Duration) -> Self {
+        Self {
+            retry_in,
+            warn_every,
+            state: Mutex::new(GuardState::default()),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, GuardState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// True while a recent failure says the shadow should not be asked.
+    pub(crate) fn skipping(&self) -> bool {
+        self.state().skip_until.is_some_and(|t| Instant::now() < t)
+    }
+
+    /// The shadow answered: ask it again on every call.
+    pub(crate) fn succeeded(&self) {
+        self.state().skip_until = None;
+    }
+
+    /// The shadow (or the disagreement store) failed at `stage`: count it, skip the shadow
+    /// for a while, and warn unless a warning went out recently.
+    pub(crate) fn failed(&self, stage: &'static str, error: &dyn std::fmt::Display) {
+        metrics::counter!("torn_quota_shadow_errors_total", "stage" => stage).increment(1);
+        let now = Instant::now();
+        let mut s = self.state();
+        s.skip_until = Some(now + self.retry_in);
+        s.failures_since_warn += 1;
+        if s.last_warn
+            .is_none_or(|t| now.duration_since(t) >= self.warn_every)
+        {
+            tracing::warn!(
+                stage,
+                error = %error,
+                failures = s.failures_since_warn,
+                retry_in_ms = self.retry_in.as_millis() as u64,
+                "shadow limiter failed; legacy keeps enforcing, shadow skipped for a while"
+            );
+            s.last_warn = Some(now);
+            s.failures_since_warn = 0;
+        }
+    }
+}
