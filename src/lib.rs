@@ -26,6 +26,7 @@ pub mod error;
 pub mod limiter;
 pub mod metrics;
 pub mod rollout;
+mod settings;
 pub mod sim;
 pub mod torn;
 pub mod vault;

@@ -1,7 +1,7 @@
 //! [`RateLimitConfig`]: what the limiter enforces and how it reaches Redis, validated once at
 //! start so that a bad value is a clear error naming its setting, never a surprise later.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
 use std::path::Path;
 use std::time::Duration;
@@ -155,17 +155,9 @@ impl RateLimitConfig {
     /// `TORN_QUOTA_LIMIT = 100`) and then from `env`, which wins. `env` is injected so tests
     /// and embedding programs control it.
     pub fn from_sources(file: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<Self> {
-        let mut values = match file {
-            Some(path) => read_toml(path)?,
-            None => BTreeMap::new(),
-        };
-        for name in SETTINGS {
-            if let Some(value) = env(name) {
-                values.insert((*name).to_owned(), value);
-            }
-        }
+        let values = crate::settings::Sources::read(file, env, SETTINGS)?;
         let mut b = Self::builder();
-        let get = |name: &str| values.get(name).map(|v| v.trim().to_owned());
+        let get = |name: &str| values.get(name).map(str::to_owned);
         if let Some(v) = get("REDIS_URL") {
             b = b.redis_url(v);
         }
@@ -724,73 +716,6 @@ fn validate_cluster_url(raw: &str) -> Result<()> {
         ));
     }
     Ok(())
-}
-
-/// Reads a TOML file into setting strings. Unknown keys are refused: a typo should not
-/// silently leave a default in force.
-fn read_toml(path: &Path) -> Result<BTreeMap<String, String>> {
-    let file_err = |e: Box<dyn std::error::Error + Send + Sync>| Error::ConfigFile {
-        path: path.display().to_string(),
-        source: e,
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| file_err(Box::new(e)))?;
-    let table: toml::Table = text.parse().map_err(|e| file_err(Box::new(e)))?;
-    let mut out = BTreeMap::new();
-    for (key, value) in table {
-        let name = setting_name(&key);
-        if name == "unknown" {
-            // One file configures the whole crate: the client's and the vault's settings
-            // are theirs to read, not typos.
-            let others = crate::torn::CLIENT_SETTINGS
-                .iter()
-                .chain(crate::vault::VAULT_SETTINGS);
-            if others.clone().any(|s| *s == key) {
-                continue;
-            }
-            return Err(file_err(
-                format!(
-                    "unknown setting '{key}'; known settings: {}",
-                    SETTINGS
-                        .iter()
-                        .chain(others)
-                        .copied()
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-                .into(),
-            ));
-        }
-        let text = match value {
-            toml::Value::String(s) => s,
-            toml::Value::Integer(i) => i.to_string(),
-            toml::Value::Boolean(b) => b.to_string(),
-            toml::Value::Table(t) if name == "TORN_QUOTA_USER_LIMITS" => t
-                .iter()
-                .map(|(id, limit)| match limit {
-                    toml::Value::Integer(l) => Ok(format!("{id}={l}")),
-                    other => Err(invalid(
-                        name,
-                        format!("limit for {id} is not an integer: {other}"),
-                    )),
-                })
-                .collect::<Result<Vec<_>>>()?
-                .join(","),
-            toml::Value::Array(urls) if name == "REDIS_CLUSTER_URLS" => urls
-                .iter()
-                .map(|u| match u {
-                    toml::Value::String(s) => Ok(s.clone()),
-                    _ => Err(invalid(
-                        "REDIS_CLUSTER_URLS",
-                        "expected a list of URL strings".into(),
-                    )),
-                })
-                .collect::<Result<Vec<_>>>()?
-                .join(","),
-            other => return Err(invalid(name, format!("unsupported value {other}"))),
-        };
-        out.insert(key, text);
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -2,7 +2,6 @@
 //! how the client shares quota. Validated once at start, so a bad value is a clear error
 //! naming its setting, never a surprise on the first call.
 
-use std::collections::BTreeMap;
 use std::num::{NonZeroU32, NonZeroU64};
 use std::path::Path;
 use std::time::Duration;
@@ -125,16 +124,8 @@ impl TornClientConfig {
     /// limiter's and the vault's settings too (one file for the whole tool); any other name
     /// is refused, so that a typo does not silently leave a default in force.
     pub fn from_sources(file: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<Self> {
-        let mut values = match file {
-            Some(path) => read_toml(path)?,
-            None => BTreeMap::new(),
-        };
-        for name in CLIENT_SETTINGS {
-            if let Some(value) = env(name) {
-                values.insert(name, value);
-            }
-        }
-        let get = |name: &str| values.get(name).map(|v| v.trim().to_owned());
+        let values = crate::settings::Sources::read(file, env, CLIENT_SETTINGS)?;
+        let get = |name: &str| values.get(name).map(str::to_owned);
         let mut b = Self::builder();
         if let Some(v) = get("TORN_API_BASE_URL") {
             b = b.base_url(v);
@@ -421,10 +412,6 @@ fn invalid(setting: &'static str, reason: String) -> Error {
     Error::Config { setting, reason }
 }
 
-fn setting_name(name: &str) -> Option<&'static str> {
-    CLIENT_SETTINGS.iter().find(|s| **s == name).copied()
-}
-
 fn positive<T: std::str::FromStr>(raw: &str, name: &'static str) -> Result<T> {
     raw.parse()
         .map_err(|_| invalid(name, format!("expected a positive integer, got '{raw}'")))
@@ -438,48 +425,6 @@ fn millis(raw: &str, name: &'static str) -> Result<Duration> {
         )
     })?;
     Ok(Duration::from_millis(ms.get()))
-}
-
-/// Reads the client's settings from a TOML file. The limiter's and the vault's settings
-/// may share the file and are skipped here; any other name is refused.
-fn read_toml(path: &Path) -> Result<BTreeMap<&'static str, String>> {
-    let file_err = |e: Box<dyn std::error::Error + Send + Sync>| Error::ConfigFile {
-        path: path.display().to_string(),
-        source: e,
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| file_err(Box::new(e)))?;
-    let table: toml::Table = text.parse().map_err(|e| file_err(Box::new(e)))?;
-    let mut out = BTreeMap::new();
-    for (key, value) in table {
-        let Some(name) = setting_name(&key) else {
-            let shared = crate::limiter::SETTINGS
-                .iter()
-                .chain(crate::vault::VAULT_SETTINGS)
-                .any(|s| *s == key);
-            if shared || key == "TORN_QUOTA_CONFIG" {
-                continue;
-            }
-            return Err(file_err(
-                format!(
-                    "unknown setting '{key}'; the client's settings are: {}",
-                    CLIENT_SETTINGS.join(", ")
-                )
-                .into(),
-            ));
-        };
-        let text = match value {
-            toml::Value::String(s) => s,
-            toml::Value::Integer(i) => i.to_string(),
-            other => {
-                return Err(invalid(
-                    name,
-                    format!("expected a string or an integer, got {}", other.type_str()),
-                ));
-            }
-        };
-        out.insert(name, text);
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

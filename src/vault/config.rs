@@ -1,7 +1,6 @@
 //! Settings of the vault: where PostgreSQL is, how long to wait for it, and the encryption
 //! keys. Validated at start; an error names the setting and never repeats its value.
 
-use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 use std::path::Path;
 use std::str::FromStr;
@@ -256,25 +255,17 @@ impl VaultConfig {
     }
 }
 
-/// Setting values, wiped when dropped: two of them are secrets.
-struct Settings(BTreeMap<&'static str, Zeroizing<String>>);
+/// The vault's settings (wiped when dropped: two of them are secrets); an empty value
+/// counts as unset.
+struct Settings(crate::settings::Sources);
 
 impl Settings {
     fn read(file: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<Self> {
-        let mut values = match file {
-            Some(path) => read_toml(path)?,
-            None => BTreeMap::new(),
-        };
-        for name in VAULT_SETTINGS {
-            if let Some(v) = env(name) {
-                values.insert(name, Zeroizing::new(v));
-            }
-        }
-        Ok(Self(values))
+        crate::settings::Sources::read(file, env, VAULT_SETTINGS).map(Self)
     }
 
     fn get(&self, name: &str) -> Option<&str> {
-        self.0.get(name).map(|v| v.trim()).filter(|v| !v.is_empty())
+        self.0.get(name).filter(|v| !v.is_empty())
     }
 }
 
@@ -283,41 +274,6 @@ fn parse_setting<T: FromStr>(raw: &str, setting: &'static str) -> Result<T> {
         setting,
         reason: format!("expected a positive integer, got '{raw}'"),
     })
-}
-
-/// Reads the vault's keys from a TOML file. A syntax error reports its line only: the
-/// parser's own message quotes the line, which may hold a secret.
-fn read_toml(path: &Path) -> Result<BTreeMap<&'static str, Zeroizing<String>>> {
-    let file_err = |e: Box<dyn std::error::Error + Send + Sync>| Error::ConfigFile {
-        path: path.display().to_string(),
-        source: e,
-    };
-    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| file_err(Box::new(e)))?);
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-        let line = e.span().map_or(0, |s| {
-            text[..s.start.min(text.len())].lines().count().max(1)
-        });
-        file_err(format!("TOML syntax error at line {line}").into())
-    })?;
-    let mut out = BTreeMap::new();
-    for name in VAULT_SETTINGS {
-        match table.get(*name) {
-            None => {}
-            Some(toml::Value::String(s)) => {
-                out.insert(*name, Zeroizing::new(s.clone()));
-            }
-            Some(toml::Value::Integer(i)) => {
-                out.insert(*name, Zeroizing::new(i.to_string()));
-            }
-            Some(_) => {
-                return Err(Error::Config {
-                    setting: name,
-                    reason: "must be a string or an integer in the configuration file".into(),
-                });
-            }
-        }
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
