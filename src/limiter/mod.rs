@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{Error, Result};
 use backend::{Ask, RawDecision, RawStatus};
 use memory::MemoryBackend;
+pub(crate) use redis::Conn as RedisConn;
 use redis::RedisBackend;
 
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -400,6 +401,24 @@ impl Limiter {
         match &self.inner.backend {
             Backend::Memory(_) => Ok(()),
             Backend::Redis(r) => r.remember(name, value, ttl.as_millis() as u64).await,
+        }
+    }
+
+    /// Runs Redis commands of another part of the crate (the rollout's disagreement counts)
+    /// on this limiter's connections, with its timeouts and failure handling; `None` for the
+    /// in-memory backend.
+    pub(crate) async fn with_redis<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        f: F,
+    ) -> Option<Result<T>>
+    where
+        F: FnOnce(RedisConn) -> Fut,
+        Fut: Future<Output = ::redis::RedisResult<T>>,
+    {
+        match &self.inner.backend {
+            Backend::Memory(_) => None,
+            Backend::Redis(r) => Some(r.run(operation, f).await),
         }
     }
 

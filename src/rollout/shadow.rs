@@ -7,13 +7,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use redis::aio::{ConnectionLike, MultiplexedConnection};
-use redis::cluster_async::ClusterConnection;
-use redis::{AsyncConnectionConfig, Cmd, RedisFuture, Value};
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::limiter::{Limiter, RateLimitConfig, TornUserId};
+use crate::limiter::{Limiter, RateLimitConfig, RedisConn, TornUserId};
 
 /// Which side granted when the two limiters disagreed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -123,10 +120,8 @@ struct MemoryStore {
 const IDLE_EXPIRY_MS: u64 = 30 * 24 * 3600 * 1000;
 
 struct RedisStore {
-    client: Client,
-    /// One connection, opened on first use and replaced after a failure.
-    conn: tokio::sync::Mutex<Option<Conn>>,
-    bound: Duration,
+    /// The limiter whose Redis (single node or cluster) and connections hold the counts.
+    limiter: Limiter,
     totals: String,
     users: [String; 2],
     users_total: String,
@@ -146,41 +141,24 @@ impl Disagreements {
     /// set), under `<prefix>:{rollout}:disagreements`, with its timeouts. Connects on first
     /// use.
     pub fn redis(config: &RateLimitConfig) -> Result<Self> {
-        let client = if config.is_redis_cluster() {
-            let client = redis::cluster::ClusterClient::builder(config.redis_cluster_urls())
-                .connection_timeout(config.connect_timeout())
-                .response_timeout(config.command_timeout())
-                .build()
-                .map_err(|e| Error::Config {
-                    setting: "REDIS_CLUSTER_URLS",
-                    reason: format!("redis refused them: {:?}", e.kind()),
-                })?;
-            Client::Cluster(client)
-        } else {
-            let client = redis::Client::open(config.redis_url()).map_err(|e| Error::Config {
-                setting: "REDIS_URL",
-                reason: format!("redis refused it: {e}"),
-            })?;
-            Client::Single(
-                client,
-                AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(config.connect_timeout()))
-                    .set_response_timeout(Some(config.command_timeout())),
-            )
-        };
+        Ok(Self::on(Limiter::redis(config.clone())?))
+    }
+
+    /// Counts through `limiter`'s own Redis connections.
+    fn on(limiter: Limiter) -> Self {
+        let config = limiter.config();
         // One hash tag for every key: a Redis Cluster keeps them in one slot, so the
         // MULTI that records a disagreement stays legal there.
         let base = format!("{}:{{rollout}}:disagreements", config.key_prefix());
-        Ok(Self {
+        let users = Direction::ALL.map(|d| format!("{base}:users:{}", d.as_str()));
+        Self {
             store: Arc::new(Store::Redis(Box::new(RedisStore {
-                client,
-                conn: tokio::sync::Mutex::new(None),
-                bound: config.connect_timeout() + config.command_timeout(),
-                users: Direction::ALL.map(|d| format!("{base}:users:{}", d.as_str())),
+                users,
                 users_total: format!("{base}:users:total"),
                 totals: base,
+                limiter,
             }))),
-        })
+        }
     }
 
     /// Counts in this process only.
@@ -193,7 +171,7 @@ impl Disagreements {
     /// The store that goes with a limiter: Redis when it uses Redis, else in memory.
     pub fn for_limiter(limiter: &Limiter) -> Result<Self> {
         if limiter.backend_name() == "redis" {
-            Self::redis(limiter.config())
+            Ok(Self::on(limiter.clone()))
         } else {
             Ok(Self::in_memory())
         }
@@ -344,105 +322,25 @@ impl RedisStore {
         Ok(report)
     }
 
-    /// Runs one command (or pipeline) with the connection's timeouts and an overall bound;
-    /// a failed connection is dropped so the next call opens a fresh one.
+    /// Runs one command (or pipeline) on the limiter's connections.
     async fn run<T, F, Fut>(&self, operation: &'static str, f: F) -> Result<T>
     where
-        F: FnOnce(Conn) -> Fut,
+        F: FnOnce(RedisConn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        let call = async {
-            let conn = {
-                let mut slot = self.conn.lock().await;
-                if let Some(c) = slot.as_ref() {
-                    c.clone()
-                } else {
-                    let c = self
-                        .client
-                        .connect()
-                        .await
-                        .map_err(|source| Error::Unavailable { operation, source })?;
-                    *slot = Some(c.clone());
-                    c
-                }
-            };
-            match f(conn).await {
-                Ok(v) => Ok(v),
-                Err(source) if is_connectivity(&source) => {
-                    self.conn.lock().await.take();
-                    Err(Error::Unavailable { operation, source })
-                }
-                Err(source) => Err(Error::Redis { operation, source }),
-            }
-        };
-        if let Ok(r) = tokio::time::timeout(self.bound, call).await {
-            r
-        } else {
-            self.conn.lock().await.take();
-            Err(Error::Timeout {
-                operation,
-                timeout: self.bound,
-            })
-        }
+        self.limiter
+            .with_redis(operation, f)
+            .await
+            .unwrap_or_else(|| unreachable_memory(operation))
     }
 }
 
-/// How the store reaches Redis: the single Redis of `REDIS_URL`, or the cluster of
-/// `REDIS_CLUSTER_URLS` (every key of the store shares one hash tag, so one slot).
-enum Client {
-    Single(redis::Client, AsyncConnectionConfig),
-    Cluster(redis::cluster::ClusterClient),
-}
-
-impl Client {
-    async fn connect(&self) -> redis::RedisResult<Conn> {
-        match self {
-            Self::Single(client, config) => client
-                .get_multiplexed_async_connection_with_config(config)
-                .await
-                .map(Conn::Single),
-            Self::Cluster(client) => client.get_async_connection().await.map(Conn::Cluster),
-        }
-    }
-}
-
-/// A connection of either kind. Cheap to clone; clones share the connection.
-#[derive(Clone)]
-enum Conn {
-    Single(MultiplexedConnection),
-    Cluster(ClusterConnection),
-}
-
-impl ConnectionLike for Conn {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Self::Single(c) => c.req_packed_command(cmd),
-            Self::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a redis::Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Self::Single(c) => c.get_db(),
-            Self::Cluster(c) => c.get_db(),
-        }
-    }
-}
-
-fn is_connectivity(e: &redis::RedisError) -> bool {
-    e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() || e.is_timeout()
+/// A Redis store is only ever built on a Redis limiter.
+fn unreachable_memory<T>(operation: &'static str) -> Result<T> {
+    Err(Error::InvalidArgument {
+        name: "disagreements",
+        reason: format!("{operation}: the limiter keeps no redis"),
+    })
 }
 
 fn unix_ms() -> u64 {
