@@ -18,94 +18,22 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::pg::TestDb;
 use rand::Rng;
 use serde_json::Value;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
 use tokio_util::sync::CancellationToken;
 use torn_quota::rollout::{
     Direction, Disagreements, EnforcedBy, LegacyLimiter, RolloutDecision, RolloutLimiter, Route,
     Shadow, in_rollout, rollout_bucket,
 };
 use torn_quota::torn::KeyHash;
-use torn_quota::vault::migrate;
 use torn_quota::{Error, Limiter, Mode, RateLimitConfig, Request, TornUserId};
 
 // ---------------------------------------------------------------------------------------
 // Harness
 // ---------------------------------------------------------------------------------------
-
-fn admin_url() -> String {
-    std::env::var("TORN_QUOTA_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-}
-
-/// A migrated database of its own for one test, dropped when the value drops (even on a
-/// panic).
-struct TestDb {
-    name: String,
-    url: String,
-    pool: PgPool,
-}
-
-impl TestDb {
-    async fn new() -> Self {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "tq_rollout_{}_{}_{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed),
-            rand::rng().random::<u32>()
-        );
-        let admin = admin_url();
-        let mut conn = PgConnection::connect(&admin).await.unwrap_or_else(|e| {
-            panic!(
-                "PostgreSQL at {admin} does not answer ({e}). These tests need a real \
-                 PostgreSQL: start it (docker compose up -d --wait, or .ci/run) and run them again."
-            )
-        });
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut conn)
-            .await
-            .expect("create test database");
-        conn.close().await.ok();
-        let options: PgConnectOptions = admin.parse().expect("test url");
-        let url = {
-            let mut u = url::Url::parse(&admin).expect("test url");
-            u.set_path(&format!("/{name}"));
-            u.to_string()
-        };
-        let pool = PgPoolOptions::new()
-            .max_connections(24)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options.database(&name))
-            .await
-            .expect("connect to the test database");
-        migrate(&pool).await.expect("migrate");
-        Self { name, url, pool }
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        // Drop runs inside the test's runtime: a thread of its own may block on a new one.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                if let Ok(mut conn) = PgConnection::connect(&admin_url()).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .execute(&mut conn)
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
 
 /// A key hash no other test uses (a real SHA-256, as the legacy limiter receives them).
 fn key_hash(label: &str) -> String {
@@ -177,7 +105,7 @@ fn granted(decisions: &[RolloutDecision]) -> usize {
 
 #[tokio::test]
 async fn legacy_grants_50_per_key_records_the_account_and_advises_the_wait() {
-    let db = TestDb::new().await;
+    let db = TestDb::migrated("rollout").await;
     let legacy = legacy(&db);
     let (mapped, unmapped) = (key_hash("mapped"), key_hash("unmapped"));
     let account = uuid::Uuid::new_v4();
@@ -255,7 +183,7 @@ async fn legacy_grants_50_per_key_records_the_account_and_advises_the_wait() {
 
 #[tokio::test]
 async fn legacy_window_rolls_and_costs_count_as_rows() {
-    let db = TestDb::new().await;
+    let db = TestDb::migrated("rollout").await;
     let legacy = LegacyLimiter::new(
         db.pool.clone(),
         NonZeroU32::new(3).unwrap(),
@@ -289,7 +217,7 @@ async fn legacy_window_rolls_and_costs_count_as_rows() {
 
 #[tokio::test]
 async fn cleanup_deletes_only_rows_older_than_the_window_and_stops_on_shutdown() {
-    let db = TestDb::new().await;
+    let db = TestDb::migrated("rollout").await;
     let legacy = legacy(&db);
     let key = key_hash("cleanup");
     let insert_old = |n: i32| {
@@ -331,7 +259,7 @@ async fn cleanup_deletes_only_rows_older_than_the_window_and_stops_on_shutdown()
 
 #[tokio::test]
 async fn one_user_with_three_keys_and_150_calls_in_each_mode() {
-    let db = TestDb::new().await;
+    let db = TestDb::migrated("rollout").await;
     let user = TornUserId::new(3_000_001);
     let keys = |mode: &str| {
         (0..3)
@@ -442,7 +370,7 @@ async fn legacy_pattern(
 
 #[tokio::test]
 async fn shadow_never_changes_what_legacy_enforces() {
-    let db = TestDb::new().await;
+    let db = TestDb::migrated("rollout").await;
     let user = TornUserId::new(3_000_002);
     let keys = || (key_hash("a"), key_hash("b"));
 
@@ -510,7 +438,7 @@ async fn shadow_never_changes_what_legacy_enforces() {
 
 #[tokio::test]
 async fn a_shadow_that_hangs_costs_one_timeout_then_steps_aside() {
-    let db = TestDb::new().await;
+    let db = TestDb::migrated("rollout").await;
     // A listener that accepts and never answers: Redis hung, not down.
     let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = hung.local_addr().unwrap().port();
@@ -549,7 +477,7 @@ async fn a_shadow_that_hangs_costs_one_timeout_then_steps_aside() {
 
 #[tokio::test]
 async fn percent_routes_a_stable_share_to_per_user_and_the_rest_to_legacy() {
-    let db = TestDb::new().await;
+    let db = TestDb::migrated("rollout").await;
     let config = common::config("percent", 100, 60_000)
         .mode(Mode::PerUser)
         .rollout_percent(30)
@@ -703,7 +631,7 @@ async fn race_worker() {
 
 #[tokio::test]
 async fn two_processes_racing_the_legacy_limiter_never_grant_more_than_50_per_key() {
-    let db = TestDb::new().await;
+    let db = TestDb::migrated("rollout").await;
     // 2 processes x 8 tasks x 8 calls = 128 calls over 2 keys: 64 asks for 50 slots each.
     let keys = [key_hash("race-0"), key_hash("race-1")];
     let start_ms = std::time::SystemTime::now()
@@ -759,7 +687,7 @@ async fn two_processes_racing_the_legacy_limiter_never_grant_more_than_50_per_ke
 #[test]
 fn cli_processes_racing_the_legacy_limiter_never_grant_more_than_50() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let db = rt.block_on(TestDb::new());
+    let db = rt.block_on(TestDb::migrated("rollout"));
     let key = key_hash("cli-race");
     let prefix = common::unique_prefix("cli-race");
     let granted = Arc::new(AtomicU32::new(0));
@@ -800,7 +728,7 @@ fn median_us(mut samples: Vec<Duration>) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn legacy_lock_cost() {
     const GRANTS: usize = 200;
-    let db = TestDb::new().await;
+    let db = TestDb::migrated("rollout").await;
     let limiters = [legacy(&db), legacy(&db).without_lock()];
     let names = ["with lock", "without lock"];
     // Warm the pool and the plan caches.
@@ -960,7 +888,7 @@ fn metrics_count_decisions_disagreements_and_shadow_errors() {
             .build()
             .unwrap();
         rt.block_on(async {
-            let db = TestDb::new().await;
+            let db = TestDb::migrated("rollout").await;
             let user = TornUserId::new(3_000_004);
             let key = key_hash("metrics");
             let shadow = router(&db, "metrics", Mode::Shadow);
@@ -1118,7 +1046,7 @@ fn last_json(out: &Output) -> Value {
 
 #[tokio::test]
 async fn cli_acquire_in_each_mode() {
-    let db = TestDb::new().await;
+    let db = TestDb::migrated("rollout").await;
     let prefix = common::unique_prefix("cli-rollout");
     let key = key_hash("cli");
     let legacy2 = [("TORN_QUOTA_LEGACY_LIMIT", "2")];
@@ -1206,7 +1134,7 @@ async fn cli_acquire_in_each_mode() {
 
 #[tokio::test]
 async fn cli_rollout_report_route_reset_and_cleanup() {
-    let db = TestDb::new().await;
+    let db = TestDb::migrated("rollout").await;
     let prefix = common::unique_prefix("cli-report");
     let key = key_hash("cli-report");
     let run = |env: &[(&str, &str)], args: &[&str]| {

@@ -5,18 +5,21 @@
 //! PostgreSQL: `TORN_QUOTA_TEST_DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/test`
 //! (a role that may create databases).
 
+mod common;
+
 use std::borrow::Cow;
+
+use common::pg::TestDb;
 use std::collections::HashMap;
 use std::num::{NonZeroU32, NonZeroU64};
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
 use serde_json::Value;
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::io::AsyncWriteExt;
 use torn_quota::torn::{AccessLevel, ApiKey, TornErrorCode};
@@ -29,85 +32,6 @@ use torn_quota::{Error, TornUserId};
 // ---------------------------------------------------------------------------------------
 // Harness
 // ---------------------------------------------------------------------------------------
-
-fn admin_url() -> String {
-    std::env::var("TORN_QUOTA_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-}
-
-/// A database of its own for one test, dropped when the value drops (even on a panic).
-struct TestDb {
-    name: String,
-    url: String,
-    pool: PgPool,
-}
-
-impl TestDb {
-    async fn new() -> Self {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "tq_vault_{}_{}_{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed),
-            rand::rng().random::<u32>()
-        );
-        let admin = admin_url();
-        let mut conn = PgConnection::connect(&admin).await.unwrap_or_else(|e| {
-            panic!(
-                "PostgreSQL at {admin} does not answer ({e}). These tests need a real \
-                 PostgreSQL: start it (docker compose up -d --wait, or .ci/run) and run them again."
-            )
-        });
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut conn)
-            .await
-            .expect("create test database");
-        conn.close().await.ok();
-        let options: PgConnectOptions = admin.parse().expect("test url");
-        let options = options.database(&name);
-        let url = {
-            let mut u = url::Url::parse(&admin).expect("test url");
-            u.set_path(&format!("/{name}"));
-            u.to_string()
-        };
-        let pool = PgPoolOptions::new()
-            .max_connections(20)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
-            .await
-            .expect("connect to the test database");
-        Self { name, url, pool }
-    }
-
-    async fn migrated() -> Self {
-        let db = Self::new().await;
-        migrate(&db.pool).await.expect("migrate");
-        db
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        // Drop runs inside the test's runtime: a thread of its own may block on a new one.
-        // The pool's connections belong to the blocked runtime, so FORCE ends them instead
-        // of a close that would wait on it.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                if let Ok(mut conn) = PgConnection::connect(&admin_url()).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .execute(&mut conn)
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
 
 const KEY_A: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 const KEY_B: &str = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
@@ -208,7 +132,7 @@ async fn schema(pool: &PgPool) -> Vec<String> {
 
 #[tokio::test]
 async fn migrations_build_an_empty_database_and_a_second_run_is_a_no_op() {
-    let db = TestDb::new().await;
+    let db = TestDb::new("vault").await;
     let first = migrate(&db.pool).await.unwrap();
     let versions: Vec<i64> = first.applied.iter().map(|m| m.version).collect();
     assert_eq!(versions, [1, 2, 3, 4, 5]);
@@ -247,7 +171,7 @@ async fn migrations_build_an_empty_database_and_a_second_run_is_a_no_op() {
 
 #[tokio::test]
 async fn migrations_adopt_a_legacy_table_keep_every_row_and_backfill() {
-    let db = TestDb::new().await;
+    let db = TestDb::new("vault").await;
     // The legacy limiter's table as production has it, with a column of its own.
     sqlx::raw_sql(
         "CREATE TABLE sentinel_rate_limit_requests_per_user (
@@ -352,7 +276,7 @@ async fn migrations_adopt_a_legacy_table_keep_every_row_and_backfill() {
 
 #[tokio::test]
 async fn migrations_are_safe_where_the_rename_already_happened() {
-    let db = TestDb::new().await;
+    let db = TestDb::new("vault").await;
     sqlx::raw_sql(
         "CREATE TABLE sentinel_rate_limit_requests (
              id bigserial PRIMARY KEY,
@@ -388,7 +312,7 @@ async fn migrations_are_safe_where_the_rename_already_happened() {
 
 #[tokio::test]
 async fn migrations_merge_a_recreated_legacy_table_without_losing_rows() {
-    let db = TestDb::new().await;
+    let db = TestDb::new("vault").await;
     sqlx::raw_sql(
         "CREATE TABLE sentinel_rate_limit_requests (
              id bigserial PRIMARY KEY, api_key_hash text NOT NULL,
@@ -425,7 +349,7 @@ async fn migrations_merge_a_recreated_legacy_table_without_losing_rows() {
 
 #[tokio::test]
 async fn concurrent_migrations_apply_each_migration_once() {
-    let db = TestDb::new().await;
+    let db = TestDb::new("vault").await;
     let runs = (0..4).map(|_| {
         let pool = db.pool.clone();
         tokio::spawn(async move { migrate(&pool).await.unwrap() })
@@ -523,7 +447,7 @@ fn base64_encode(b: &[u8]) -> String {
 
 #[tokio::test]
 async fn a_ciphertext_copied_onto_another_accounts_row_does_not_decrypt() {
-    let db = TestDb::migrated().await;
+    let db = TestDb::migrated("vault").await;
     let vault = Vault::new(db.pool.clone(), keyring(KEY_A));
     let key = random_key();
     let resolver = MapResolver::with(&[(&key, 4)]);
@@ -555,7 +479,7 @@ async fn a_ciphertext_copied_onto_another_accounts_row_does_not_decrypt() {
 
 #[tokio::test]
 async fn rotation_reads_old_rows_reencrypts_all_and_then_the_old_key_can_go() {
-    let db = TestDb::migrated().await;
+    let db = TestDb::migrated("vault").await;
     let old = Vault::new(db.pool.clone(), keyring(&format!("old:{KEY_A}")));
     let (u1, u2) = (new_user(&db.pool).await, new_user(&db.pool).await);
     let keys: Vec<ApiKey> = (0..5).map(|_| random_key()).collect();
@@ -635,7 +559,7 @@ async fn rotation_reads_old_rows_reencrypts_all_and_then_the_old_key_can_go() {
 
 #[tokio::test]
 async fn adding_a_key_twice_is_a_no_op_that_returns_the_existing_row() {
-    let db = TestDb::migrated().await;
+    let db = TestDb::migrated("vault").await;
     let vault = Vault::new(db.pool.clone(), keyring(KEY_A));
     let key = random_key();
     let resolver = MapResolver::with(&[(&key, 4)]);
@@ -691,7 +615,7 @@ async fn adding_a_key_twice_is_a_no_op_that_returns_the_existing_row() {
 
 #[tokio::test]
 async fn concurrent_adds_of_one_key_make_one_row() {
-    let db = TestDb::migrated().await;
+    let db = TestDb::migrated("vault").await;
     let vault = Vault::new(db.pool.clone(), keyring(KEY_A));
     let key = random_key();
     // A slow Torn widens the window in which every add has checked and none has written.
@@ -730,7 +654,7 @@ async fn concurrent_adds_of_one_key_make_one_row() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_adds_of_different_keys_leave_exactly_one_primary() {
-    let db = TestDb::migrated().await;
+    let db = TestDb::migrated("vault").await;
     let vault = Vault::new(db.pool.clone(), keyring(KEY_A));
     let keys: Vec<ApiKey> = (0..8).map(|_| random_key()).collect();
     let resolver = Arc::new(MapResolver::with(
@@ -756,7 +680,7 @@ async fn concurrent_adds_of_different_keys_leave_exactly_one_primary() {
 
 #[tokio::test]
 async fn an_incorrect_key_or_an_unknown_account_leaves_nothing_behind() {
-    let db = TestDb::migrated().await;
+    let db = TestDb::migrated("vault").await;
     let vault = Vault::new(db.pool.clone(), keyring(KEY_A));
     let user = new_user(&db.pool).await;
     let resolver = MapResolver::default();
@@ -787,7 +711,7 @@ async fn an_incorrect_key_or_an_unknown_account_leaves_nothing_behind() {
 #[allow(clippy::too_many_lines)]
 #[tokio::test]
 async fn list_remove_primary_disable_and_live_keys() {
-    let db = TestDb::migrated().await;
+    let db = TestDb::migrated("vault").await;
     let vault = Vault::new(db.pool.clone(), keyring(KEY_A));
     let (alice, bob) = (new_user(&db.pool).await, new_user(&db.pool).await);
     let (k1, k2, k3, k4) = (random_key(), random_key(), random_key(), random_key());
@@ -948,7 +872,7 @@ async fn a2_live_last_used(
 
 #[tokio::test]
 async fn import_legacy_stores_the_key_and_claims_its_rate_limit_rows() {
-    let db = TestDb::migrated().await;
+    let db = TestDb::migrated("vault").await;
     let vault = Vault::new(db.pool.clone(), keyring(KEY_A));
     let user = new_user(&db.pool).await;
     let key = random_key();
@@ -1009,7 +933,7 @@ async fn import_legacy_stores_the_key_and_claims_its_rate_limit_rows() {
 
 #[tokio::test]
 async fn a_full_dump_of_the_database_holds_no_plaintext_key() {
-    let db = TestDb::migrated().await;
+    let db = TestDb::migrated("vault").await;
     let vault = Vault::new(db.pool.clone(), keyring(KEY_A));
     let keys: Vec<ApiKey> = (0..4).map(|_| random_key()).collect();
     let resolver = MapResolver::with(&keys.iter().map(|k| (k, 11)).collect::<Vec<_>>());
@@ -1067,7 +991,7 @@ async fn a_full_dump_of_the_database_holds_no_plaintext_key() {
 
 #[tokio::test]
 async fn user_id_for_key_uses_the_mapping_then_torn_and_remembers() {
-    let db = TestDb::migrated().await;
+    let db = TestDb::migrated("vault").await;
     let key = random_key();
     let resolver = MapResolver::with(&[(&key, 42)]);
     let vault = Vault::new(db.pool.clone(), keyring(KEY_A));
@@ -1110,7 +1034,7 @@ async fn user_id_for_key_uses_the_mapping_then_torn_and_remembers() {
 
 #[tokio::test]
 async fn the_owner_cache_answers_while_postgres_is_unavailable() {
-    let db = TestDb::migrated().await;
+    let db = TestDb::migrated("vault").await;
     let (cached, unknown) = (random_key(), random_key());
     let resolver = MapResolver::with(&[(&cached, 5), (&unknown, 6)]);
     // A vault of its own pool, with short waits, on a database this test then drops.
@@ -1123,7 +1047,9 @@ async fn the_owner_cache_answers_while_postgres_is_unavailable() {
         TornUserId::new(5)
     );
 
-    let mut admin = PgConnection::connect(&admin_url()).await.unwrap();
+    let mut admin = PgConnection::connect(&common::pg::admin_url())
+        .await
+        .unwrap();
     sqlx::query(&format!("DROP DATABASE {} WITH (FORCE)", db.name))
         .execute(&mut admin)
         .await
@@ -1278,7 +1204,7 @@ impl Cli {
 #[allow(clippy::too_many_lines)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_migrates_adds_lists_removes_rotates_and_imports() {
-    let db = TestDb::new().await;
+    let db = TestDb::new("vault").await;
     let (good, second, legacy, wrong) = (random_key(), random_key(), random_key(), random_key());
     let torn = torn_stub(&[(&good, 4, 4), (&second, 4, 3), (&legacy, 9, 2)]).await;
     let cli = Cli {
