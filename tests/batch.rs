@@ -405,3 +405,55 @@ fn tempdir(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owners_pooled_share_is_respected() {
+    let owner = TornUserId::new(60);
+    let k = SimKey::new(key(60, 1), owner, AccessLevel::Full);
+    let sim = sim(vec![k.clone()]).await;
+    let h = handler(&sim, limiter_config("batch-share"));
+    let cap = NonZeroU32::new(4).unwrap();
+    let pool = vec![torn_quota::batch::PoolKey::new(ApiKey::new(&k.key).unwrap()).share_cap(cap)];
+    let outcome = h.run(basic(6000..6012), pool).await.unwrap();
+    assert_in_order(&outcome, 6000);
+    // The lookup is the owner's own unit, not pooled work: at most the cap plus it.
+    let c = sim.counters();
+    let busiest = c.max_in_window_by_owner.get(&owner).copied().unwrap_or(0);
+    assert!(
+        busiest <= cap.get() + 1,
+        "Torn saw {busiest} in a window, share {cap}"
+    );
+    // 12 requests at 4 per window need three windows' worth.
+    assert!(
+        outcome.stats.duration >= 2 * WINDOW,
+        "the share was not applied: {:?}",
+        outcome.stats.duration
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_batch_answers_every_request_and_stops_sending() {
+    let k = SimKey::new(key(61, 1), TornUserId::new(61), AccessLevel::Full);
+    let sim = sim(vec![k.clone()]).await;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let on_progress = cancel.clone();
+    let h = handler(&sim, limiter_config("batch-cancel"))
+        .cancel_on(cancel)
+        // The first answer cancels: everything not yet sent must come back cancelled.
+        .on_progress(move |_| on_progress.cancel());
+    let n = 5 * u64::from(LIMIT);
+    let outcome = tokio::time::timeout(WINDOW * 2, h.run(basic(7000..7000 + n), api_keys(&[&k])))
+        .await
+        .expect("a cancelled batch returns without waiting for the quota")
+        .unwrap();
+    assert_eq!(outcome.results.len(), n as usize);
+    let cancelled = outcome
+        .results
+        .iter()
+        .filter(|r| matches!(r, Err(e) if e.message.contains("cancelled")))
+        .count();
+    let ok = outcome.results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(ok + cancelled, n as usize, "every request answered");
+    assert!(ok >= 1 && ok < LIMIT as usize, "sent {ok}");
+    assert_eq!(u64::try_from(ok).unwrap(), outcome.stats.sent);
+}
