@@ -427,10 +427,14 @@ impl RolloutLimiter {
             shadow_granted = Empty,
             agree = Empty,
         );
-        let result = self
-            .decide(route, user, key_hash, request)
-            .instrument(span.clone())
-            .await;
+        // Boxed: the decision's future nests sqlx, Redis and the shadow's join deeply
+        // enough that a caller's async fn around it overflows rustc's layout depth in
+        // release builds. One allocation per decision caps it here.
+        let result = Box::pin(
+            self.decide(route, user, key_hash, request)
+                .instrument(span.clone()),
+        )
+        .await;
         let outcome = match &result {
             Ok(d) => {
                 span.record("granted", d.granted);
