@@ -71,7 +71,13 @@ enum Command {
 /// chain on stderr.
 pub(crate) fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // The demo tells its own story (dropped keys, the summary); its warnings would repeat
+    // it in log form. RUST_LOG still wins.
+    init_tracing(if matches!(cli.command, Command::Demo(_)) {
+        "error"
+    } else {
+        "warn"
+    });
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -164,9 +170,9 @@ fn report(e: &(dyn std::error::Error + 'static)) {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(default: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
