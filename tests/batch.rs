@@ -457,3 +457,30 @@ async fn a_cancelled_batch_answers_every_request_and_stops_sending() {
     assert!(ok >= 1 && ok < LIMIT as usize, "sent {ok}");
     assert_eq!(u64::try_from(ok).unwrap(), outcome.stats.sent);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_batch_is_served_from_recent_answers() {
+    let k = SimKey::new(key(62, 1), TornUserId::new(62), AccessLevel::Full);
+    let sim = sim(vec![k.clone()]).await;
+    let h = handler(&sim, limiter_config("batch-cache"));
+    let first = h.run(basic(8000..8005), api_keys(&[&k])).await.unwrap();
+    assert_eq!(first.stats.cached, 0);
+    let sent = sim.counters().requests;
+    // Three of the five again, and one new: only the new one is sent.
+    let second = h.run(basic(8002..8006), api_keys(&[&k])).await.unwrap();
+    assert_in_order(&second, 8002);
+    assert_eq!(second.stats.cached, 3);
+    assert_eq!(second.stats.sent, 1);
+    assert_eq!(sim.counters().requests, sent + 1);
+
+    // Turned off, everything goes to Torn again.
+    let uncached = BatchHandler::new(
+        h.client().clone(),
+        BatchConfig::default().cache_for(Duration::ZERO),
+    );
+    let third = uncached
+        .run(basic(8000..8003), api_keys(&[&k]))
+        .await
+        .unwrap();
+    assert_eq!((third.stats.cached, third.stats.sent), (0, 3));
+}

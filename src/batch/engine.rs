@@ -91,6 +91,7 @@ pub(super) struct Engine<'h> {
     sent: u64,
     rate_limited: u64,
     keys_dropped: usize,
+    cached: usize,
     started: Instant,
     first_send: Option<Instant>,
     last_send: Option<Instant>,
@@ -118,6 +119,7 @@ impl<'h> Engine<'h> {
             sent: 0,
             rate_limited: 0,
             keys_dropped: 0,
+            cached: 0,
             started,
             first_send: None,
             last_send: None,
@@ -154,7 +156,16 @@ impl<'h> Engine<'h> {
         let mut order: Vec<usize> = (0..self.fetches.len()).collect();
         order.sort_by_key(|&f| (self.fetches[f].priority == Priority::Low, f));
         for f in order {
-            self.pending[self.fetches[f].min_access as usize].push_back(f);
+            let cached = self.handler.cache.as_ref().and_then(|c| {
+                let fetch = &self.fetches[f];
+                c.get(&(fetch.path.clone(), fetch.min_access))
+            });
+            if let Some(data) = cached {
+                self.cached += 1;
+                self.answer(f, Ok(data));
+            } else {
+                self.pending[self.fetches[f].min_access as usize].push_back(f);
+            }
         }
     }
 
@@ -428,7 +439,13 @@ impl<'h> Engine<'h> {
             result,
         } = sent;
         let err = match result {
-            Ok(data) => return self.answer(fetch, Ok(data)),
+            Ok(data) => {
+                if let Some(cache) = &self.handler.cache {
+                    let f = &self.fetches[fetch];
+                    cache.insert((f.path.clone(), f.min_access), data.clone());
+                }
+                return self.answer(fetch, Ok(data));
+            }
             Err(e) => e,
         };
         self.owners[o].stats.errored += 1;
@@ -572,6 +589,7 @@ impl<'h> Engine<'h> {
             succeeded: results.iter().filter(|r| r.is_ok()).count(),
             failed: results.iter().filter(|r| r.is_err()).count(),
             fetches: self.fetches.len(),
+            cached: self.cached,
             sent: self.sent,
             rate_limited: self.rate_limited,
             keys_dropped: self.keys_dropped,
