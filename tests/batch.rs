@@ -251,7 +251,11 @@ async fn a_request_no_key_can_serve_fails_alone_and_at_once() {
     let outcome = h.run(requests, api_keys(&[&public])).await.unwrap();
     assert_eq!(outcome.results[0].as_ref().unwrap()["profile"]["id"], 700);
     let err = outcome.results[1].as_ref().unwrap_err();
-    assert_eq!(err.code, None);
+    assert_eq!(
+        err.code,
+        Some(16),
+        "what Torn would answer every key of the pool"
+    );
     assert!(err.message.contains("access level"), "{err}");
     assert_eq!(outcome.results[2].as_ref().unwrap()["profile"]["id"], 702);
     assert!(

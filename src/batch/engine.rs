@@ -516,14 +516,19 @@ impl<'h> Engine<'h> {
         let from = best.map_or(0, |b| b as usize + 1);
         for level in from..LEVELS {
             while let Some(fetch) = self.pending[level].pop_front() {
-                let message = match best {
-                    Some(b) => format!(
-                        "no usable key in the pool has access level {} or more (the best has {b})",
-                        AccessLevel::from_number(level as u8).unwrap_or(AccessLevel::Full)
-                    ),
-                    None => "no usable key is left in the pool".to_owned(),
+                let error = match best {
+                    // What Torn would answer every key of the pool: code 16.
+                    Some(b) => RequestError {
+                        code: Some(TornErrorCode::ACCESS_TOO_LOW.get()),
+                        message: format!(
+                            "no usable key in the pool has access level {} or more (the best \
+                             has {b}); not sent",
+                            AccessLevel::from_number(level as u8).unwrap_or(AccessLevel::Full)
+                        ),
+                    },
+                    None => RequestError::ours("no usable key is left in the pool"),
                 };
-                self.answer(fetch, Err(RequestError::ours(message)));
+                self.answer(fetch, Err(error));
             }
         }
     }

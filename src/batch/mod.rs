@@ -154,8 +154,9 @@ impl From<LiveKey> for PoolKey {
 /// Why one request of a batch has no data.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RequestError {
-    /// Torn's error code, when Torn refused it; `None` for failures of our own (no key with
-    /// enough access, the network, cancellation).
+    /// Torn's error code: the one Torn answered, or 16 for a request no key of the pool has
+    /// the access for (what Torn would answer every key; it was not sent). `None` for
+    /// failures of our own: the network after retries, cancellation, no usable key left.
     pub code: Option<u16>,
     /// What happened, for a person. Never carries a key.
     pub message: String,
