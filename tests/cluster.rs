@@ -445,7 +445,7 @@ async fn a_burst_over_many_slots_is_decided_exactly() {
             (user, l.try_acquire_with(user, &request).await.unwrap())
         }
     });
-    let decisions = futures_join_all(calls).await;
+    let decisions = common::join_all(calls).await;
     assert_eq!(decisions.len(), 300);
     for user in &users {
         let granted = decisions
@@ -645,27 +645,4 @@ async fn batch_over_two_owners_on_the_cluster() {
         counters.max_in_window
     );
     assert_eq!(outcome.stats.owners.len(), 2);
-}
-
-/// Polls every future together on this task, so that they reach the limiter in one burst.
-async fn futures_join_all<F: Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
-    let mut pending: Vec<_> = futures.map(|f| Some(Box::pin(f))).collect();
-    let mut results: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        for (slot, result) in pending.iter_mut().zip(results.iter_mut()) {
-            if let Some(f) = slot
-                && let std::task::Poll::Ready(v) = f.as_mut().poll(cx)
-            {
-                *result = Some(v);
-                *slot = None;
-            }
-        }
-        if pending.iter().all(Option::is_none) {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-    results.into_iter().flatten().collect()
 }

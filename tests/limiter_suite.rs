@@ -318,7 +318,7 @@ async fn simultaneous_burst_is_decided_exactly(kind: Kind) {
         let user = TornUserId::new(users[i % users.len()]);
         async move { (user, l.try_acquire(user, 1).await.unwrap()) }
     });
-    let decisions = futures_join_all(calls).await;
+    let decisions = common::join_all(calls).await;
     assert_eq!(decisions.len(), 150);
     for user in users {
         let granted = decisions
@@ -327,29 +327,6 @@ async fn simultaneous_burst_is_decided_exactly(kind: Kind) {
             .count();
         assert_eq!(granted, 10, "user {user}");
     }
-}
-
-/// Polls every future together on this task, so that they reach the limiter in one burst.
-async fn futures_join_all<F: Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
-    let mut pending: Vec<_> = futures.map(|f| Some(Box::pin(f))).collect();
-    let mut results: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        for (slot, result) in pending.iter_mut().zip(results.iter_mut()) {
-            if let Some(f) = slot
-                && let std::task::Poll::Ready(v) = f.as_mut().poll(cx)
-            {
-                *result = Some(v);
-                *slot = None;
-            }
-        }
-        if pending.iter().all(Option::is_none) {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-    results.into_iter().flatten().collect()
 }
 
 async fn idle_bucket_leaves_nothing(kind: Kind) {
