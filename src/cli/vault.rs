@@ -186,6 +186,8 @@ pub(crate) async fn run_import_legacy(config: Option<&Path>, args: ImportLegacyA
         "{} {} for {} (Torn player {}); {} legacy rate-limit row(s) now belong to the account",
         if imported.added.created {
             "stored"
+        } else if imported.added.reenabled {
+            "re-enabled"
         } else {
             "already stored:"
         },
@@ -196,6 +198,7 @@ pub(crate) async fn run_import_legacy(config: Option<&Path>, args: ImportLegacyA
     );
     let mut out = key_json(k);
     out["created"] = json!(imported.added.created);
+    out["reenabled"] = json!(imported.added.reenabled);
     out["rate_limit_rows"] = json!(imported.rate_limit_rows);
     emit(&out);
     Ok(ExitCode::SUCCESS)
@@ -232,16 +235,29 @@ async fn add(vault: &Vault, args: AddArgs, config: Option<&Path>) -> CliResult {
             k.owner,
             k.access
         );
-    } else {
+    } else if added.reenabled {
         eprintln!(
-            "{} is already stored for {} (key {}): nothing changed",
+            "{} is stored for {} (key {}) and torn accepts it again: re-enabled \
+             (Torn player {}, access {})",
             key.masked(),
             k.user,
-            k.id
+            k.id,
+            k.owner,
+            k.access
+        );
+    } else {
+        eprintln!(
+            "{} is already stored for {} (key {}); torn confirms it: Torn player {}, access {}",
+            key.masked(),
+            k.user,
+            k.id,
+            k.owner,
+            k.access
         );
     }
     let mut out = key_json(k);
     out["created"] = json!(added.created);
+    out["reenabled"] = json!(added.reenabled);
     emit(&out);
     Ok(ExitCode::SUCCESS)
 }
@@ -381,7 +397,8 @@ fn refused(e: &Error) -> ExitCode {
     ExitCode::from(1)
 }
 
-/// The owner resolver the key commands use: the Torn client, so the key-info call is
+/// The owner resolver the key commands use: the Torn client, which the vault asks now
+/// ([`TornClient::key_info`]) for every key it stores or re-enables, so the call is
 /// counted on the owner's quota like every other call (on Redis when it answers; else in
 /// this process only, which is said on stderr).
 async fn resolver(config: Option<&Path>) -> Result<TornClient, Error> {

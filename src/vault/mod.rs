@@ -131,6 +131,13 @@ impl ResolveOwner for crate::torn::TornClient {
     async fn resolve(&self, key: &ApiKey) -> Result<KeyInfo> {
         self.owner_of(key).await
     }
+
+    /// [`TornClient::key_info`](crate::torn::TornClient::key_info): one counted call to
+    /// `/v2/key/info` now. The owner memo (up to an hour old) says who owns a key, not
+    /// whether Torn still serves it.
+    async fn verify(&self, key: &ApiKey) -> Result<KeyInfo> {
+        self.key_info(key).await
+    }
 }
 
 /// Finds a key's owner and access level, normally with one call to Torn's `/v2/key/info`.
@@ -153,12 +160,25 @@ impl ResolveOwner for crate::torn::TornClient {
 /// }
 /// ```
 pub trait ResolveOwner: Sync {
-    /// The key's owner and access level, or why it cannot be used.
+    /// The key's owner and access level, or why it cannot be used. May answer from a cache:
+    /// a key's owner never changes.
     fn resolve(&self, key: &ApiKey) -> impl Future<Output = Result<KeyInfo>> + Send;
+
+    /// Asks Torn now, never a cache: whether the key works today, its owner and its access
+    /// level. The vault calls this before it stores or re-enables a key, because a key
+    /// remembered as fine may since have been paused, jailed or deleted. The default is
+    /// [`resolve`](Self::resolve), right for a resolver that keeps no cache.
+    fn verify(&self, key: &ApiKey) -> impl Future<Output = Result<KeyInfo>> + Send {
+        self.resolve(key)
+    }
 }
 
 impl<R: ResolveOwner + ?Sized> ResolveOwner for &R {
     fn resolve(&self, key: &ApiKey) -> impl Future<Output = Result<KeyInfo>> + Send {
         (**self).resolve(key)
+    }
+
+    fn verify(&self, key: &ApiKey) -> impl Future<Output = Result<KeyInfo>> + Send {
+        (**self).verify(key)
     }
 }

@@ -9,7 +9,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 
 use crate::error::{Error, Result};
 use crate::limiter::TornUserId;
-use crate::torn::{AccessLevel, ApiKey, KeyHash, TornErrorCode};
+use crate::torn::{AccessLevel, ApiKey, ErrorClass, KeyHash, TornErrorCode};
 use crate::vault::config::VaultConfig;
 use crate::vault::crypto::{EncryptionKeyId, Keyring};
 use crate::vault::{AppUserId, KeyInfo, ResolveOwner, StoredKeyId};
@@ -54,6 +54,9 @@ pub struct Added {
     /// False when the account already held the key: the add was a no-op (or re-enabled a
     /// disabled key, see [`Vault::add_key`]).
     pub created: bool,
+    /// True when the account held the key disabled and Torn accepted it again, so this add
+    /// put it back in use.
+    pub reenabled: bool,
 }
 
 /// The result of [`Vault::import_legacy`].
@@ -252,15 +255,18 @@ impl Vault {
         &self.keyring
     }
 
-    /// Stores `key` for `user`: checks it with the resolver (owner and access level),
-    /// encrypts it, and writes the key row and the owner mapping in one transaction.
+    /// Stores `key` for `user`: checks it with Torn now ([`ResolveOwner::verify`], one call
+    /// every time, whatever a cache says), encrypts it, and writes the key row and the
+    /// owner mapping in one transaction.
     ///
-    /// - A key the resolver refuses (incorrect, paused, ...) is an error and leaves nothing
-    ///   behind.
-    /// - Adding a key the account already holds is a no-op that returns the existing row
-    ///   with `created: false`, without calling the resolver, however many adds race.
-    /// - Adding a key the account holds but that is disabled re-checks it with the resolver
-    ///   and, if Torn accepts it again, enables it (still `created: false`).
+    /// - A key Torn refuses (incorrect, paused, jailed, inactive, ...) is an error and leaves
+    ///   no new row. When the account already holds it, its row is disabled with Torn's
+    ///   code (2, 10, 13 or 18), or stays disabled.
+    /// - Adding a key the account already holds returns the existing row with
+    ///   `created: false`, however many adds race; its owner and access level take Torn's
+    ///   fresh answer.
+    /// - Adding a key the account holds but that is disabled enables it when Torn accepts
+    ///   it again (`created: false`, `reenabled: true`).
     /// - An account's first key becomes its primary.
     /// - An account unknown to `auth.users` is an [`Error::InvalidArgument`] naming `user`.
     pub async fn add_key<R: ResolveOwner>(
@@ -313,85 +319,99 @@ impl Vault {
     ) -> Result<(Added, u64)> {
         const OP: &str = "add key";
         let hash = key.hash();
-        // The common repeat add answers from one read, without spending a call to Torn.
-        let mut known_live = self
-            .live_row(user, &hash)
-            .await?
-            .is_some_and(|r| r.disabled_at.is_none());
-        loop {
-            let info = if known_live {
-                None
-            } else {
-                Some(resolver.resolve(key).await?)
-            };
-            let sealed = if info.is_some() {
-                Some(self.keyring.seal(key, user, &hash)?)
-            } else {
-                None
-            };
+        // Torn is asked every time, before anything is written: a row or a memo saying the
+        // key was fine an hour ago says nothing about whether Torn serves it now.
+        let info = match resolver.verify(key).await {
+            Ok(info) => info,
+            Err(e) => {
+                if let Error::Torn { code, .. } = &e
+                    && matches!(code.class(), ErrorClass::DisableKey { .. })
+                {
+                    self.disable_held(user, &hash, *code).await?;
+                }
+                return Err(e);
+            }
+        };
+        let sealed = self.keyring.seal(key, user, &hash)?;
 
-            let mut tx = self.pool.begin().await.map_err(db(OP))?;
-            lock_account(&mut tx, user, OP).await?;
-            let current: Option<KeyRow> = sqlx::query_as(&format!(
-                "SELECT {COLUMNS} FROM sentinel_user_keys \
-                 WHERE user_id = $1 AND api_key_hash = $2 AND deleted_at IS NULL FOR UPDATE"
-            ))
+        let mut tx = self.pool.begin().await.map_err(db(OP))?;
+        lock_account(&mut tx, user, OP).await?;
+        let current: Option<KeyRow> = sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM sentinel_user_keys \
+             WHERE user_id = $1 AND api_key_hash = $2 AND deleted_at IS NULL FOR UPDATE"
+        ))
+        .bind(user.get())
+        .bind(hash.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db(OP))?;
+
+        let (row, created, reenabled) = match current {
+            Some(row) => {
+                let reenabled = row.disabled_at.is_some();
+                (refresh(&mut tx, &row, info).await?, false, reenabled)
+            }
+            None => {
+                let new = NewRow {
+                    user,
+                    sealed: &sealed,
+                    hash: &hash,
+                    key_version: self.keyring.current_id(),
+                    info,
+                    options,
+                };
+                (insert(&mut tx, &new).await?, true, false)
+            }
+        };
+        upsert_mapping(&mut tx, user, &hash, info.owner).await?;
+
+        let legacy_rows = if import {
+            sqlx::query(
+                "UPDATE sentinel_rate_limit_requests SET user_id = $1 \
+                 WHERE api_key_hash = $2 AND user_id IS NULL",
+            )
             .bind(user.get())
             .bind(hash.as_str())
-            .fetch_optional(&mut *tx)
+            .execute(&mut *tx)
             .await
-            .map_err(db(OP))?;
+            .map_err(db("import legacy rate-limit rows"))?
+            .rows_affected()
+        } else {
+            0
+        };
+        tx.commit().await.map_err(db(OP))?;
+        self.owners.insert(hash.clone(), info.owner).await;
+        let key = row.stored(Some(key.masked()))?;
+        Ok((
+            Added {
+                key,
+                created,
+                reenabled,
+            },
+            legacy_rows,
+        ))
+    }
 
-            let (row, created) = match (current, info, sealed) {
-                (Some(row), _, _) if row.disabled_at.is_none() => (row, false),
-                (Some(row), Some(info), Some(_)) => {
-                    let row = reenable(&mut tx, &row, info).await?;
-                    upsert_mapping(&mut tx, user, &hash, info.owner).await?;
-                    (row, false)
-                }
-                (None, Some(info), Some(sealed)) => {
-                    let new = NewRow {
-                        user,
-                        sealed: &sealed,
-                        hash: &hash,
-                        key_version: self.keyring.current_id(),
-                        info,
-                        options,
-                    };
-                    let row = insert(&mut tx, &new).await?;
-                    upsert_mapping(&mut tx, user, &hash, info.owner).await?;
-                    (row, true)
-                }
-                // The state changed between the first read and the lock (the key was
-                // removed or disabled meanwhile): check it with the resolver after all.
-                _ => {
-                    tx.rollback().await.map_err(db(OP))?;
-                    known_live = false;
-                    continue;
-                }
-            };
-
-            let legacy_rows = if import {
-                sqlx::query(
-                    "UPDATE sentinel_rate_limit_requests SET user_id = $1 \
-                     WHERE api_key_hash = $2 AND user_id IS NULL",
-                )
-                .bind(user.get())
-                .bind(hash.as_str())
-                .execute(&mut *tx)
-                .await
-                .map_err(db("import legacy rate-limit rows"))?
-                .rows_affected()
-            } else {
-                0
-            };
-            tx.commit().await.map_err(db(OP))?;
-            if let Some(info) = info {
-                self.owners.insert(hash.clone(), info.owner).await;
-            }
-            let key = row.stored(Some(key.masked()))?;
-            return Ok((Added { key, created }, legacy_rows));
-        }
+    /// Torn refused a key the account may already hold: its row goes (or stays) out of
+    /// use with Torn's code, so a re-add can never leave a refused key live.
+    async fn disable_held(
+        &self,
+        user: AppUserId,
+        hash: &KeyHash,
+        code: TornErrorCode,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE sentinel_user_keys SET disabled_at = COALESCE(disabled_at, now()), \
+             disabled_reason = $3 \
+             WHERE user_id = $1 AND api_key_hash = $2 AND deleted_at IS NULL",
+        )
+        .bind(user.get())
+        .bind(hash.as_str())
+        .bind(torn_code(code))
+        .execute(&self.pool)
+        .await
+        .map_err(db("disable key"))?;
+        Ok(())
     }
 
     async fn live_row(&self, user: AppUserId, hash: &KeyHash) -> Result<Option<KeyRow>> {
@@ -848,8 +868,9 @@ async fn insert(tx: &mut Transaction<'_, Postgres>, new: &NewRow<'_>) -> Result<
     .map_err(|e| unknown_account(e, new.user, OP))
 }
 
-/// Enables a disabled row again with Torn's fresh answer about it.
-async fn reenable(
+/// Brings a held row up to Torn's fresh answer: in use (Torn accepted the key), with the
+/// owner and access level Torn reports now.
+async fn refresh(
     tx: &mut Transaction<'_, Postgres>,
     row: &KeyRow,
     info: KeyInfo,
