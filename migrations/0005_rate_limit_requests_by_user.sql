@@ -16,7 +16,10 @@ BEGIN
                 RENAME TO sentinel_rate_limit_requests_key_idx;
         ELSE
             -- Both exist: a legacy writer recreated the old table after a rename by hand.
-            -- Its rows move across, so none is lost, and the emptied table goes.
+            -- Its rows move across, so none is lost, and the emptied table goes. The lock
+            -- comes first: a writer whose insert commits between the copy and the drop
+            -- would otherwise lose its row with the table.
+            LOCK TABLE sentinel_rate_limit_requests_per_user IN ACCESS EXCLUSIVE MODE;
             INSERT INTO sentinel_rate_limit_requests (api_key_hash, requested_at)
                 SELECT api_key_hash, requested_at FROM sentinel_rate_limit_requests_per_user;
             DROP TABLE sentinel_rate_limit_requests_per_user;

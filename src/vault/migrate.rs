@@ -8,13 +8,24 @@ use sqlx::migrate::{Migrate, MigrateError, Migrator};
 
 use crate::error::{Error, Result};
 
-/// The migrations, embedded at build time. Versions 1 to 5 belong to torn-quota; a database
+/// The migrations, embedded at build time. Versions 1 to 7 belong to torn-quota; a database
 /// that also holds a program's own sqlx migrations keeps working, because versions this set
 /// does not know are left alone.
 pub static MIGRATOR: Migrator = Migrator {
     ignore_missing: true,
     ..sqlx::migrate!()
 };
+
+/// Checksums (SHA-384, hex) of migrations as an earlier release shipped them, accepted as
+/// applied. 0005 learnt to lock the old table before its copy-and-drop: a database that ran
+/// the earlier text has done that copy already (the race the lock closes cannot happen there
+/// again), so it must neither run it twice nor be refused. Its record is brought up to the
+/// embedded checksum, so that sqlx's own [`Migrator`] agrees with [`migrate`].
+const SUPERSEDED: &[(i64, &str)] = &[(
+    5,
+    "1389c3365026d05ff3b6317f30c3934c52fbe142ffe03d48191dea93575a1944\
+     c8a626ffbafdb580115dc0ff5446ad23",
+)];
 
 /// One migration, by version and description.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,6 +95,18 @@ async fn run(conn: &mut sqlx::PgConnection) -> Result<MigrationReport, MigrateEr
         }
         match done.get(&migration.version) {
             Some(checksum) if *checksum == migration.checksum => report.already_applied += 1,
+            Some(checksum) if superseded(migration.version, checksum) => {
+                sqlx::query("UPDATE _sqlx_migrations SET checksum = $1 WHERE version = $2")
+                    .bind(migration.checksum.as_ref())
+                    .bind(migration.version)
+                    .execute(&mut *conn)
+                    .await?;
+                tracing::info!(
+                    version = migration.version,
+                    "migration applied in an earlier release's form; its record now names this one"
+                );
+                report.already_applied += 1;
+            }
             Some(_) => return Err(MigrateError::VersionMismatch(migration.version)),
             None => {
                 conn.apply(migration).await?;
@@ -101,4 +124,11 @@ async fn run(conn: &mut sqlx::PgConnection) -> Result<MigrationReport, MigrateEr
     }
     conn.unlock().await?;
     Ok(report)
+}
+
+fn superseded(version: i64, checksum: &[u8]) -> bool {
+    let hex: String = checksum.iter().map(|b| format!("{b:02x}")).collect();
+    SUPERSEDED
+        .iter()
+        .any(|(v, old)| *v == version && *old == hex)
 }

@@ -153,7 +153,8 @@ pub struct RotateReport {
 struct KeyRow {
     id: uuid::Uuid,
     user_id: uuid::Uuid,
-    api_key_encrypted: String,
+    /// `None` on a removed row (a tombstone).
+    api_key_encrypted: Option<String>,
     api_key_hash: String,
     key_version: String,
     torn_user_id: i64,
@@ -414,18 +415,6 @@ impl Vault {
         Ok(())
     }
 
-    async fn live_row(&self, user: AppUserId, hash: &KeyHash) -> Result<Option<KeyRow>> {
-        sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM sentinel_user_keys \
-             WHERE user_id = $1 AND api_key_hash = $2 AND deleted_at IS NULL"
-        ))
-        .bind(user.get())
-        .bind(hash.as_str())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db("read key"))
-    }
-
     /// The account's keys that are not removed (disabled ones included), primary first,
     /// then oldest first. Keys are masked; a row the keyring cannot open is listed with
     /// `masked: None`.
@@ -453,7 +442,8 @@ impl Vault {
             .collect()
     }
 
-    /// Removes a key (soft delete: the row stays, marked `deleted_at`). Returns false when
+    /// Removes a key (soft delete: the row stays as a tombstone, marked `deleted_at`, with
+    /// its hash and owner for history and its ciphertext destroyed). Returns false when
     /// the account holds no such live key. Removing the primary makes the account's oldest
     /// remaining key primary; removing the last holder of a key marks its mapping deleted.
     pub async fn remove_key(&self, user: AppUserId, id: StoredKeyId) -> Result<bool> {
@@ -464,7 +454,8 @@ impl Vault {
             "WITH old AS (\
                SELECT id, is_primary, api_key_hash FROM sentinel_user_keys \
                WHERE id = $1 AND user_id = $2 AND deleted_at IS NULL FOR UPDATE) \
-             UPDATE sentinel_user_keys k SET deleted_at = now(), is_primary = false \
+             UPDATE sentinel_user_keys k SET deleted_at = now(), is_primary = false, \
+               api_key_encrypted = NULL \
              FROM old WHERE k.id = old.id \
              RETURNING old.is_primary, old.api_key_hash",
         )
@@ -702,8 +693,8 @@ impl Vault {
         Ok(owner)
     }
 
-    /// Re-encrypts every row (removed ones too) not yet sealed with the newest encryption
-    /// key, `batch_size` rows per transaction, calling `progress` after each batch. Rows the
+    /// Re-encrypts every live row (removed ones hold no ciphertext) not yet sealed with the
+    /// newest encryption key, `batch_size` rows per transaction, calling `progress` after each batch. Rows the
     /// keyring cannot open are skipped and listed in the report; everything else is done.
     /// Safe to interrupt and run again: it resumes where rows still name an old key.
     pub async fn rotate(
@@ -713,12 +704,14 @@ impl Vault {
     ) -> Result<RotateReport> {
         const OP: &str = "rotate keys";
         let current = self.keyring.current_id().clone();
-        let (total,): (i64,) =
-            sqlx::query_as("SELECT count(*) FROM sentinel_user_keys WHERE key_version <> $1")
-                .bind(current.as_str())
-                .fetch_one(&self.pool)
-                .await
-                .map_err(db(OP))?;
+        let (total,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM sentinel_user_keys \
+                 WHERE key_version <> $1 AND deleted_at IS NULL",
+        )
+        .bind(current.as_str())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db(OP))?;
         let mut state = RotateProgress {
             done: 0,
             failed: 0,
@@ -730,7 +723,8 @@ impl Vault {
             let mut tx = self.pool.begin().await.map_err(db(OP))?;
             let rows: Vec<KeyRow> = sqlx::query_as(&format!(
                 "SELECT {COLUMNS} FROM sentinel_user_keys \
-                 WHERE key_version <> $1 AND id > $2 ORDER BY id LIMIT $3 FOR UPDATE"
+                 WHERE key_version <> $1 AND id > $2 AND deleted_at IS NULL \
+                 ORDER BY id LIMIT $3 FOR UPDATE"
             ))
             .bind(current.as_str())
             .bind(after)
@@ -759,7 +753,8 @@ impl Vault {
             }
             let done = sqlx::query(
                 "UPDATE sentinel_user_keys k SET api_key_encrypted = u.sealed, key_version = $3 \
-                 FROM UNNEST($1::uuid[], $2::text[]) AS u(id, sealed) WHERE k.id = u.id",
+                 FROM UNNEST($1::uuid[], $2::text[]) AS u(id, sealed) \
+                 WHERE k.id = u.id AND k.deleted_at IS NULL",
             )
             .bind(&ids)
             .bind(&sealed)
@@ -779,8 +774,13 @@ impl Vault {
     }
 
     fn open_row(&self, row: &KeyRow) -> Result<ApiKey> {
-        self.keyring
-            .open_hex(&row.api_key_encrypted, row.user(), &row.api_key_hash)
+        let sealed = row
+            .api_key_encrypted
+            .as_deref()
+            .ok_or_else(|| Error::Crypto {
+                reason: "the key was removed and its ciphertext destroyed".into(),
+            })?;
+        self.keyring.open_hex(sealed, row.user(), &row.api_key_hash)
     }
 }
 
