@@ -102,6 +102,17 @@ pub enum Error {
         source: sqlx::Error,
     },
 
+    /// PostgreSQL could not be reached, or refused the connection. `target` is its
+    /// `host:port` (or socket path), never the password.
+    #[error("cannot connect to PostgreSQL at {target}")]
+    DatabaseConnect {
+        /// `host:port`, or the Unix socket's path.
+        target: String,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+
     /// A stored key could not be decrypted or encrypted. The reason says which check failed
     /// and never carries key material.
     #[error("key vault crypto failure: {reason}")]

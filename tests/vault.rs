@@ -1410,7 +1410,11 @@ async fn connecting_to_an_unreachable_server_fails_within_the_timeout_without_th
     let started = Instant::now();
     let err = config.connect().await.unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(5));
-    assert!(matches!(err, Error::Database { .. }), "{err:?}");
+    assert!(matches!(err, Error::DatabaseConnect { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("127.0.0.1:9"),
+        "the error names host and port: {err}"
+    );
     let mut chain = format!("{err} {err:?}");
     let mut source = std::error::Error::source(&err);
     while let Some(s) = source {
@@ -1700,7 +1704,7 @@ async fn the_cli_refuses_bad_settings_naming_them_without_echoing_secrets() {
         encryption_key: KEY_A.into(),
     };
     let user = uuid::Uuid::new_v4().to_string();
-    let cases: [Case<'_>; 4] = [
+    let cases: [Case<'_>; 6] = [
         (
             &["migrate"],
             &[("DATABASE_URL", "mysql://app:hunter2secret@h/db")],
@@ -1719,7 +1723,31 @@ async fn the_cli_refuses_bad_settings_naming_them_without_echoing_secrets() {
         (
             &["migrate"],
             &[("TORN_QUOTA_DATABASE_ACQUIRE_TIMEOUT_MS", "300")],
-            "database failure during connect",
+            "cannot connect to PostgreSQL at 127.0.0.1:9",
+        ),
+        // The driver would log an unknown parameter's value at WARN, and ignore it.
+        (
+            &["migrate"],
+            &[
+                (
+                    "DATABASE_URL",
+                    "postgres://app@127.0.0.1:9/nowhere?sslpassword=hunter2secret",
+                ),
+                ("RUST_LOG", "trace"),
+            ],
+            "sslpassword",
+        ),
+        (
+            &["migrate"],
+            &[
+                (
+                    "DATABASE_URL",
+                    "postgres://app@127.0.0.1:9/nowhere?sslmode=disable&options=-c%20x%3Dhunter2secret",
+                ),
+                ("TORN_QUOTA_DATABASE_ACQUIRE_TIMEOUT_MS", "300"),
+                ("RUST_LOG", "trace"),
+            ],
+            "127.0.0.1:9",
         ),
     ];
     for (args, env, needle) in cases {

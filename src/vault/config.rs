@@ -21,13 +21,67 @@ pub const VAULT_SETTINGS: &[&str] = &[
     "TORN_QUOTA_DATABASE_STATEMENT_TIMEOUT_MS",
 ];
 
+/// The query parameters of `DATABASE_URL` the PostgreSQL driver understands (besides
+/// `options[NAME]`); any other is refused.
+const KNOWN_PARAMETERS: &[&str] = &[
+    "sslmode",
+    "ssl-mode",
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "sslkey",
+    "ssl-key",
+    "statement-cache-capacity",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "application_name",
+    "options",
+];
+
+/// The query parameters whose values [`DatabaseUrl::redacted`] shows; every other value
+/// (`password`, `options`, ...) prints as `***`.
+const SHOWN_PARAMETERS: &[&str] = &[
+    "sslmode",
+    "ssl-mode",
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "sslkey",
+    "ssl-key",
+    "statement-cache-capacity",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "application_name",
+];
+
+fn is_known_parameter(name: &str) -> bool {
+    KNOWN_PARAMETERS.contains(&name)
+        || name
+            .strip_prefix("options[")
+            .is_some_and(|rest| rest.len() > 1 && rest.ends_with(']'))
+}
+
 /// A PostgreSQL URL whose `Debug` hides the password.
 #[derive(Clone)]
 pub struct DatabaseUrl(Zeroizing<String>);
 
 impl DatabaseUrl {
-    /// Validates a URL: `postgres://` or `postgresql://`, usable by the driver. The error
-    /// never repeats the URL (it may carry a password).
+    /// Validates a URL: `postgres://` or `postgresql://`, usable by the driver, with only
+    /// parameters the driver knows in its query (`sslmode`, `sslrootcert`, `sslcert`,
+    /// `sslkey`, `application_name`, `options`, `host`, `port`, `dbname`, `user`,
+    /// `password`, `statement-cache-capacity`, ...). The error never repeats the URL or a value (they
+    /// may carry a password).
     pub fn new(url: &str) -> Result<Self> {
         let invalid = |reason: &str| Error::Config {
             setting: "DATABASE_URL",
@@ -40,6 +94,48 @@ impl DatabaseUrl {
         })?;
         if !matches!(parsed.scheme(), "postgres" | "postgresql") {
             return Err(invalid("scheme must be postgres:// or postgresql://"));
+        }
+        // The driver logs a parameter it does not know, value and all, at WARN and then
+        // ignores it: `sslpassword=` would reach the logs and protect nothing.
+        for pair in parsed.query().unwrap_or_default().split('&') {
+            let (raw_name, has_value) = match pair.split_once('=') {
+                Some((name, _)) => (name, true),
+                None => (pair, false),
+            };
+            if raw_name.is_empty() && !has_value {
+                continue;
+            }
+            let name = url::form_urlencoded::parse(raw_name.as_bytes())
+                .next()
+                .map(|(k, _)| k.into_owned())
+                .unwrap_or_default();
+            if is_known_parameter(&name) {
+                continue;
+            }
+            if name == "connect_timeout" {
+                return Err(invalid(
+                    "parameter connect_timeout is not supported by the driver; \
+                     set TORN_QUOTA_DATABASE_ACQUIRE_TIMEOUT_MS instead",
+                ));
+            }
+            // A name is shown only when it looks like one: `?s3cret` may be a pasted value.
+            let shown = has_value
+                && name.len() <= 40
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+            return Err(invalid(&if shown {
+                format!(
+                    "has an unknown query parameter '{name}' (its value is not shown); \
+                     known: {}",
+                    KNOWN_PARAMETERS.join(", ")
+                )
+            } else {
+                format!(
+                    "has a query part that is not a known parameter (not shown); known: {}",
+                    KNOWN_PARAMETERS.join(", ")
+                )
+            }));
         }
         // The driver's own message may quote query parameters, a password among them.
         PgConnectOptions::from_str(url).map_err(|_| {
@@ -55,7 +151,9 @@ impl DatabaseUrl {
         &self.0
     }
 
-    /// The URL with any password replaced by `***`: the form to print or log.
+    /// The URL with the password and every query value but a few harmless ones
+    /// (`sslmode`, `application_name`, host, port, certificate paths, ...) replaced by
+    /// `***`: the form to print or log.
     pub fn redacted(&self) -> String {
         match url::Url::parse(&self.0) {
             Ok(mut u) => {
@@ -65,10 +163,10 @@ impl DatabaseUrl {
                 let pairs: Vec<(String, String)> = u
                     .query_pairs()
                     .map(|(k, v)| {
-                        let v = if k.eq_ignore_ascii_case("password") {
-                            "***".into()
-                        } else {
+                        let v = if SHOWN_PARAMETERS.contains(&&*k) {
                             v.into_owned()
+                        } else {
+                            "***".into()
                         };
                         (k.into_owned(), v)
                     })
@@ -184,13 +282,30 @@ impl DatabaseConfig {
     /// Opens a pool and one connection now, so that a wrong URL or an unreachable server is
     /// an error at start rather than at the first key lookup.
     pub async fn connect(&self) -> Result<PgPool> {
+        let options = self.connect_options()?;
+        let target = match options.get_socket() {
+            Some(socket) => socket.display().to_string(),
+            None => format!("{}:{}", options.get_host(), options.get_port()),
+        };
         let pool = self
             .pool_options()
-            .connect_with(self.connect_options()?)
+            .connect_with(options)
             .await
-            .map_err(|source| Error::Database {
-                operation: "connect",
-                source,
+            .map_err(|source| Error::DatabaseConnect {
+                target,
+                // The pool retries a refused connection until the deadline, then reports
+                // only that it waited: say what that means.
+                source: match source {
+                    sqlx::Error::PoolTimedOut => sqlx::Error::Io(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!(
+                            "no connection within {} ms: the server refused, is unreachable \
+                             or did not answer",
+                            self.acquire_timeout.as_millis()
+                        ),
+                    )),
+                    other => other,
+                },
             })?;
         Ok(pool)
     }
@@ -207,7 +322,14 @@ impl DatabaseConfig {
             setting: "DATABASE_URL",
             reason: "is not usable by the PostgreSQL driver".into(),
         })?;
-        Ok(options.application_name("torn-quota"))
+        // An application_name in the URL is the operator's choice; else say who we are.
+        let named = url::Url::parse(self.url.expose())
+            .is_ok_and(|u| u.query_pairs().any(|(k, _)| k == "application_name"));
+        Ok(if named {
+            options
+        } else {
+            options.application_name("torn-quota")
+        })
     }
 
     fn pool_options(&self) -> PgPoolOptions {
@@ -325,6 +447,51 @@ mod tests {
                 .redacted()
                 .starts_with("postgres://app:***@db:5432/x")
         );
+    }
+
+    #[test]
+    fn unknown_query_parameters_are_refused_by_name_never_by_value() {
+        for (url, name) in [
+            ("postgres://h/db?sslpassword=hunter2pass", "sslpassword"),
+            (
+                "postgres://h/db?sslmode=require&passwd=hunter2pass",
+                "passwd",
+            ),
+            ("postgres://h/db?connect_timeout=5", "connect_timeout"),
+        ] {
+            let (setting, reason) = setting(DatabaseUrl::new(url).map(|_| ()).unwrap_err());
+            assert_eq!(setting, "DATABASE_URL");
+            assert!(reason.contains(name), "{url}: {reason}");
+            assert!(!reason.contains("hunter2pass"), "{reason}");
+        }
+        let (_, reason) = setting(
+            DatabaseUrl::new("postgres://h/db?hunter2pass")
+                .map(|_| ())
+                .unwrap_err(),
+        );
+        assert!(!reason.contains("hunter2pass"), "{reason}");
+    }
+
+    #[test]
+    fn every_query_value_but_the_allow_list_is_masked() {
+        let url = DatabaseUrl::new(
+            "postgres://app:hunter2pass@db:5432/x?sslmode=verify-full&application_name=bot\
+             &password=hunter2pass&options=-c%20search_path%3Dhunter2pass\
+             &sslrootcert=/etc/ca.pem",
+        )
+        .unwrap();
+        let shown = url.redacted();
+        assert!(!shown.contains("hunter2pass"), "{shown}");
+        for kept in [
+            "sslmode=verify-full",
+            "application_name=bot",
+            "sslrootcert=%2Fetc%2Fca.pem",
+        ] {
+            assert!(shown.contains(kept), "{kept}: {shown}");
+        }
+        for masked in ["password=***", "options=***"] {
+            assert!(shown.contains(masked), "{masked}: {shown}");
+        }
     }
 
     #[test]
