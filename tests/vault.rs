@@ -2014,3 +2014,50 @@ async fn the_cli_asks_torn_now_refuses_paused_jailed_inactive_and_incorrect_keys
     assert_eq!(key_info_requests(&sim, &keys.ok), 3);
     sim.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------------------
+// Secrets in memory
+// ---------------------------------------------------------------------------------------
+
+/// The cipher's key schedule (`aes`) and the GHASH key (`ghash`, `polyval`) are wiped on drop
+/// only when those crates are built with their `zeroize` features; `aes-gcm`'s own feature
+/// does not turn them on. Asked of cargo's resolved build (host platform), so the test
+/// follows Cargo.toml and Cargo.lock.
+#[test]
+fn the_cipher_crates_are_built_to_wipe_their_keys() {
+    for name in ["aes", "ghash", "polyval", "aes-gcm"] {
+        let out = std::process::Command::new(env!("CARGO"))
+            .args([
+                "tree",
+                "--offline",
+                "--all-features",
+                "--invert",
+                name,
+                "--depth",
+                "0",
+                "--prefix",
+                "none",
+                "--format",
+                "{p}|{f}",
+                "--manifest-path",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"),
+            ])
+            .output()
+            .expect("run cargo tree");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert!(!lines.is_empty(), "{name} is not in the build");
+        for line in lines {
+            let (package, features) = line.split_once('|').unwrap_or((line, ""));
+            assert!(
+                features.split(',').any(|f| f == "zeroize"),
+                "{package} is built without zeroize: [{features}]"
+            );
+        }
+    }
+}

@@ -31,6 +31,19 @@
 //! | `TORN_QUOTA_DATABASE_ACQUIRE_TIMEOUT_MS` | wait for a connection (connecting included), default 5000 |
 //! | `TORN_QUOTA_DATABASE_STATEMENT_TIMEOUT_MS` | PostgreSQL's `statement_timeout`, default 30000, 0 for none |
 
+//!
+//! # Secrets in memory: best effort
+//!
+//! Keys are wiped when the values holding them drop: [`ApiKey`], the settings holding
+//! `DATABASE_URL` and `TORN_QUOTA_ENCRYPTION_KEY`, the keyring, and the cipher state itself
+//! (`aes`, `ghash` and `polyval` are built with their `zeroize` features). That is the most a
+//! library can promise, not a guarantee: a plain key also passes through buffers it does not
+//! own — the `Authorization` header inside reqwest and hyper, their connection buffers,
+//! sqlx's buffers for `DATABASE_URL`, stdin's buffer in `keys add` — and the allocator may
+//! keep copies from before a buffer grew. Those are freed, not wiped. A removed key's
+//! ciphertext is destroyed in the table; PostgreSQL keeps the old row version until VACUUM,
+//! and backups keep theirs.
+
 mod config;
 mod crypto;
 mod migrate;
