@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 
+/// The most attempts `TORN_API_MAX_ATTEMPTS` allows.
+const MAX_ATTEMPTS: u32 = 10;
+
 /// Every setting the Torn client reads, in the environment and in the TOML file.
 pub const CLIENT_SETTINGS: &[&str] = &[
     "TORN_API_BASE_URL",
@@ -31,11 +34,11 @@ pub const CLIENT_SETTINGS: &[&str] = &[
 ///
 /// | setting | default | what |
 /// |---|---|---|
-/// | `TORN_API_BASE_URL` | `https://api.torn.com` | Torn's address (http or https); v2 paths go under `/v2/` |
+/// | `TORN_API_BASE_URL` | `https://api.torn.com` | Torn's address: https, or http to a loopback host only (127.0.0.0/8, ::1, localhost); v2 paths go under `/v2/` |
 /// | `TORN_API_USER_AGENT` | `torn-quota/<version>` | the `User-Agent` of every request |
 /// | `TORN_API_TIMEOUT_MS` | 10 000 | one HTTP exchange, from connect to the last body byte |
 /// | `TORN_API_CONNECT_TIMEOUT_MS` | 3 000 | opening a connection |
-/// | `TORN_API_MAX_ATTEMPTS` | 3 | attempts of a call that fails transiently (codes 0, 11, 12, 17, transport failures) |
+/// | `TORN_API_MAX_ATTEMPTS` | 3 | attempts of a call that fails transiently (codes 0, 11, 12, 17, transport failures), 1 to 10 |
 /// | `TORN_API_RETRY_MIN_DELAY_MS` | 250 | the first back-off delay (exponential, with jitter) |
 /// | `TORN_API_RETRY_MAX_DELAY_MS` | 5 000 | the longest back-off delay |
 /// | `TORN_API_PAUSE_MS` | 60 000 | how long codes 8 (IP block) and 9 (API disabled) pause every call |
@@ -248,8 +251,9 @@ pub struct TornClientConfigBuilder {
 }
 
 impl TornClientConfigBuilder {
-    /// Torn's address (default `https://api.torn.com`): `http://` or `https://`, a host, no
-    /// credentials, query or fragment. A path is kept (for a proxy that serves Torn under
+    /// Torn's address (default `https://api.torn.com`): `https://`, or `http://` to a
+    /// loopback host only (keys travel in the header); a host, no credentials, query or
+    /// fragment. A path is kept (for a proxy that serves Torn under
     /// one); v2 paths go under `<base>/v2/`.
     pub fn base_url(mut self, url: impl Into<String>) -> Self {
         self.base_url = Some(url.into());
@@ -271,7 +275,7 @@ impl TornClientConfigBuilder {
         self
     }
     /// Attempts of a call that fails transiently, the first included (default 3; 1 turns
-    /// retries off). Each attempt takes its own unit of the owner's quota.
+    /// retries off; at most 10). Each attempt takes its own unit of the owner's quota.
     pub fn max_attempts(mut self, attempts: u32) -> Self {
         self.max_attempts = attempts;
         self
@@ -336,6 +340,14 @@ impl TornClientConfigBuilder {
                 "must be at least 1 (1 turns retries off)".into(),
             )
         })?;
+        // Each attempt may spend a unit of the owner's quota and keeps the caller waiting;
+        // past a few, Torn is down rather than flaky.
+        if c.max_attempts.get() > MAX_ATTEMPTS {
+            return Err(invalid(
+                "TORN_API_MAX_ATTEMPTS",
+                format!("must be at most {MAX_ATTEMPTS}, got {}", c.max_attempts),
+            ));
+        }
         if c.user_agent.trim().is_empty()
             || !c
                 .user_agent
@@ -392,8 +404,23 @@ fn parse_base_url(raw: &str) -> Result<url::Url> {
             ),
         ));
     }
-    if url.host().is_none() {
+    let Some(host) = url.host() else {
         return Err(invalid(SETTING, "has no host".into()));
+    };
+    // Every request carries a key in its Authorization header: in clear only to this
+    // machine (the simulator, a local gateway), never across a network.
+    let loopback = match host {
+        url::Host::Domain(name) => name.eq_ignore_ascii_case("localhost"),
+        url::Host::Ipv4(ip) => ip.is_loopback(),
+        url::Host::Ipv6(ip) => ip.is_loopback(),
+    };
+    if url.scheme() == "http" && !loopback {
+        return Err(invalid(
+            SETTING,
+            "http:// sends keys in clear: use https://, or http:// to a loopback host \
+             (127.0.0.1, ::1, localhost) only"
+                .into(),
+        ));
     }
     // Credentials in the URL would travel to every log line that prints it.
     if !url.username().is_empty() || url.password().is_some() {
@@ -509,6 +536,12 @@ mod tests {
             ("TORN_API_BASE_URL", "ftp://api.torn.com"),
             ("TORN_API_BASE_URL", "https://user:pw@api.torn.com"),
             ("TORN_API_BASE_URL", "https://api.torn.com/?key=x"),
+            // Plain http would carry every key in clear across the network.
+            ("TORN_API_BASE_URL", "http://api.torn.com"),
+            ("TORN_API_BASE_URL", "http://10.0.0.5:8080"),
+            ("TORN_API_BASE_URL", "http://127.0.0.1.example.com"),
+            ("TORN_API_MAX_ATTEMPTS", "11"),
+            ("TORN_API_MAX_ATTEMPTS", "4294967295"),
             ("TORN_API_USER_AGENT", " "),
             ("TORN_API_USER_AGENT", "bot\n2"),
             ("TORN_API_TIMEOUT_MS", "0"),
@@ -541,6 +574,37 @@ mod tests {
             .build()
             .unwrap_err();
         assert_eq!(setting_of(&err), "TORN_API_MAX_ATTEMPTS");
+    }
+
+    #[test]
+    fn plain_http_is_for_loopback_only_and_attempts_stop_at_ten() {
+        for url in [
+            "http://127.0.0.1:8080",
+            "http://127.9.9.9",
+            "http://localhost:9",
+            "http://[::1]:8100",
+            "https://api.torn.com",
+            "https://10.0.0.5",
+        ] {
+            let c = TornClientConfig::builder().base_url(url).build();
+            assert!(c.is_ok(), "{url}: {c:?}");
+        }
+        let err = TornClientConfig::builder()
+            .base_url("http://api.torn.com")
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("https"), "{err}");
+        let c = TornClientConfig::builder()
+            .max_attempts(10)
+            .build()
+            .unwrap();
+        assert_eq!(c.max_attempts().get(), 10);
+        let err = TornClientConfig::builder()
+            .max_attempts(11)
+            .build()
+            .unwrap_err();
+        assert_eq!(setting_of(&err), "TORN_API_MAX_ATTEMPTS");
+        assert!(err.to_string().contains("10"), "{err}");
     }
 
     #[test]
