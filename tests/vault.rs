@@ -1563,6 +1563,20 @@ async fn the_cli_migrates_adds_lists_removes_rotates_and_imports() {
             &format!("{} {}\n", good.expose(), second.expose()),
             "more than one",
         ),
+        // A second key far down the input is still a second key: stdin is read to its end.
+        (
+            &format!(
+                "{}\n{}{}\n",
+                good.expose(),
+                " ".repeat(4090),
+                second.expose()
+            ),
+            "more than",
+        ),
+        (
+            &format!("{}\n{}", good.expose(), "\n".repeat(5000)),
+            "4096 bytes",
+        ),
         (&add(&wrong), "incorrect"),
     ] {
         let refused = cli.run(&["keys", "add", "--user", &user], input, &[]).await;

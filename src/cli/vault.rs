@@ -336,21 +336,43 @@ fn key_json(k: &StoredKey) -> Value {
     })
 }
 
-/// Reads exactly one key from stdin. On a terminal it prompts (on stderr) and reads one line.
+/// The most stdin `keys add` reads: a key is 16 characters, so anything this long is not
+/// one key, and reading on would let a runaway pipe fill memory.
+const STDIN_LIMIT: u64 = 4096;
+
+/// Reads exactly one key from stdin. On a terminal it prompts (on stderr) and reads one line;
+/// otherwise it reads to the end, refusing more than [`STDIN_LIMIT`] bytes, so a second key
+/// anywhere in the input is seen and refused rather than silently dropped.
 fn read_key() -> Result<ApiKey, Error> {
     let stdin = std::io::stdin();
-    let mut text = Zeroizing::new(String::new());
-    let read = if stdin.is_terminal() {
+    if stdin.is_terminal() {
         eprint!("paste the Torn API key, then Enter: ");
-        stdin.read_line(&mut text)
-    } else {
-        // A key is 16 characters: anything much longer is not one key.
-        stdin.lock().take(4096).read_to_string(&mut text)
-    };
-    read.map_err(|_| Error::InvalidArgument {
-        name: "api key",
-        reason: "stdin could not be read as text".into(),
-    })?;
+        let mut line = Zeroizing::new(String::new());
+        stdin.read_line(&mut line).map_err(|_| unreadable())?;
+        return one_key(&line);
+    }
+    key_from(stdin.lock())
+}
+
+fn key_from(input: impl Read) -> Result<ApiKey, Error> {
+    let mut bytes = Zeroizing::new(Vec::new());
+    input
+        .take(STDIN_LIMIT + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|_| unreadable())?;
+    if bytes.len() as u64 > STDIN_LIMIT {
+        return Err(Error::InvalidArgument {
+            name: "api key",
+            reason: format!(
+                "stdin holds more than {STDIN_LIMIT} bytes; pipe exactly one key into the command"
+            ),
+        });
+    }
+    let text = std::str::from_utf8(&bytes).map_err(|_| unreadable())?;
+    one_key(text)
+}
+
+fn one_key(text: &str) -> Result<ApiKey, Error> {
     let mut words = text.split_whitespace();
     match (words.next(), words.next()) {
         (Some(key), None) => ApiKey::new(key),
@@ -362,6 +384,13 @@ fn read_key() -> Result<ApiKey, Error> {
             name: "api key",
             reason: "stdin holds more than one word; pipe exactly one key into the command".into(),
         }),
+    }
+}
+
+fn unreadable() -> Error {
+    Error::InvalidArgument {
+        name: "api key",
+        reason: "stdin could not be read as text".into(),
     }
 }
 
