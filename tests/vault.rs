@@ -1947,7 +1947,7 @@ async fn the_cli_asks_torn_now_refuses_paused_jailed_inactive_and_incorrect_keys
     let sim = Simulator::start(keys.sim_keys(), SimConfig::default())
         .await
         .unwrap();
-    let (_limiter, prefix) = limiter_with_stale_memos("vault-cli-memo", &keys.all()).await;
+    let (limiter, prefix) = limiter_with_stale_memos("vault-cli-memo", &keys.all()).await;
     let cli = Cli {
         database_url: db.url.clone(),
         torn: sim.base_url(),
@@ -1992,6 +1992,11 @@ async fn the_cli_asks_torn_now_refuses_paused_jailed_inactive_and_incorrect_keys
     assert_eq!(added.code, Some(0), "{}", added.stderr);
     assert_eq!(added.json()[0]["owner"], 41, "torn's owner, not the memo's");
     assert_eq!(key_info_requests(&sim, &keys.ok), 1);
+    assert_eq!(
+        limiter.status(TornUserId::new(41)).await.unwrap().used,
+        1,
+        "the key-info call is counted on its owner's shared bucket"
+    );
     sqlx::query("UPDATE sentinel_user_keys SET disabled_at = now(), disabled_reason = 2")
         .execute(&db.pool)
         .await
