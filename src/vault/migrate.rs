@@ -127,7 +127,11 @@ async fn run(conn: &mut sqlx::PgConnection) -> Result<MigrationReport, MigrateEr
 }
 
 fn superseded(version: i64, checksum: &[u8]) -> bool {
-    let hex: String = checksum.iter().map(|b| format!("{b:02x}")).collect();
+    use std::fmt::Write as _;
+    let hex = checksum.iter().fold(String::new(), |mut hex, b| {
+        let _ = write!(hex, "{b:02x}");
+        hex
+    });
     SUPERSEDED
         .iter()
         .any(|(v, old)| *v == version && *old == hex)

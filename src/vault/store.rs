@@ -347,22 +347,19 @@ impl Vault {
         .await
         .map_err(db(OP))?;
 
-        let (row, created, reenabled) = match current {
-            Some(row) => {
-                let reenabled = row.disabled_at.is_some();
-                (refresh(&mut tx, &row, info).await?, false, reenabled)
-            }
-            None => {
-                let new = NewRow {
-                    user,
-                    sealed: &sealed,
-                    hash: &hash,
-                    key_version: self.keyring.current_id(),
-                    info,
-                    options,
-                };
-                (insert(&mut tx, &new).await?, true, false)
-            }
+        let (row, created, reenabled) = if let Some(row) = current {
+            let reenabled = row.disabled_at.is_some();
+            (refresh(&mut tx, &row, info).await?, false, reenabled)
+        } else {
+            let new = NewRow {
+                user,
+                sealed: &sealed,
+                hash: &hash,
+                key_version: self.keyring.current_id(),
+                info,
+                options,
+            };
+            (insert(&mut tx, &new).await?, true, false)
         };
         upsert_mapping(&mut tx, user, &hash, info.owner).await?;
 
