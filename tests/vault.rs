@@ -504,6 +504,41 @@ async fn anon_and_authenticated_cannot_touch_legacy_rows_on_fresh_or_adopted_dat
     }
 }
 
+#[tokio::test]
+async fn keys_removed_before_the_upgrade_lose_their_ciphertext_too() {
+    let db = TestDb::new("vault").await;
+    let first_six = Migrator {
+        migrations: Cow::Owned(MIGRATOR.migrations[..6].to_vec()),
+        ..Migrator::DEFAULT
+    };
+    first_six.run(&db.pool).await.unwrap();
+    let user = new_user(&db.pool).await;
+    sqlx::query(
+        "INSERT INTO sentinel_user_keys (user_id, api_key_encrypted, api_key_hash, key_version, \
+           torn_user_id, access_level, deleted_at) \
+         VALUES ($1, 'v1:old:sealed', repeat('a', 64), 'old', 4, 3, now()), \
+                ($1, 'v1:old:sealed', repeat('b', 64), 'old', 4, 3, NULL)",
+    )
+    .bind(user.get())
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    migrate(&db.pool).await.unwrap();
+    let rows: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT left(api_key_hash, 1), api_key_encrypted FROM sentinel_user_keys ORDER BY 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        [
+            ("a".to_owned(), None),
+            ("b".to_owned(), Some("v1:old:sealed".to_owned()))
+        ]
+    );
+}
+
 /// The checksum sqlx recorded for 0005 before it learnt to lock the old table.
 const OLD_0005_CHECKSUM: &str = "1389c3365026d05ff3b6317f30c3934c52fbe142ffe03d48191dea93575a1944\
                                  c8a626ffbafdb580115dc0ff5446ad23";
