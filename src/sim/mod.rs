@@ -46,7 +46,7 @@ use tokio_util::sync::CancellationToken;
 pub use config::{RandomFaults, SimConfig, SimConfigBuilder};
 pub use fault::Fault;
 pub use keys::{KeyState, KeysFileError, SimKey, parse_keys_file};
-pub use state::SimCounters;
+pub use state::{SimCounters, UNKNOWN_KEYS_TRACKED};
 
 use server::Shared;
 
