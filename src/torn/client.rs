@@ -517,14 +517,33 @@ fn bad_path(reason: &str) -> Error {
 /// The key goes only in the header: a path that carries one is refused, and the refusal
 /// never repeats the path.
 fn checked_path<'a>(raw: &'a str, key: &ApiKey) -> Result<&'a str> {
-    let path = raw.trim().trim_start_matches('/');
-    if path.is_empty() {
-        return Err(bad_path("is empty"));
-    }
+    let path = check_path(raw)?;
     if path.contains(key.expose()) {
         return Err(bad_path(
             "carries the api key; the key goes only in the Authorization header",
         ));
+    }
+    Ok(path)
+}
+
+/// Checks a Torn path as [`TornClient::get`] does before it sends anything, and returns
+/// it without a leading `/`: not empty, no whitespace, control characters, `#` or `\`, not
+/// a URL, no `.` or `..` segment, no `key=` parameter (the key goes only in the
+/// `Authorization` header). The error is [`Error::InvalidArgument`] named `path`, and
+/// never repeats the path (it may carry a key). A caller with many requests (a batch)
+/// checks them all up front with it, so a bad one fails alone and spends no quota.
+///
+/// ```
+/// use torn_quota::torn::check_path;
+///
+/// assert_eq!(check_path("/user/4/basic").unwrap(), "user/4/basic");
+/// assert!(check_path("user/basic?key=AbCdEfGh12345678").is_err());
+/// assert!(check_path("user/../key/info").is_err());
+/// ```
+pub fn check_path(raw: &str) -> Result<&str> {
+    let path = raw.trim().trim_start_matches('/');
+    if path.is_empty() {
+        return Err(bad_path("is empty"));
     }
     if path
         .chars()
