@@ -66,11 +66,7 @@ fn read_toml(path: &Path) -> Result<BTreeMap<&'static str, Zeroizing<String>>> {
         // at the very start of a line belongs to that line, not to the one before).
         let line = e.span().map_or(0, |s| {
             let start = s.start.min(text.len());
-            text.as_bytes()[..start]
-                .iter()
-                .filter(|&&b| b == b'\n')
-                .count()
-                + 1
+            text[..start].matches('\n').count() + 1
         });
         // The parser's own message may quote a value (a secret); a duplicate key's names
         // only the key, which is worth saying.

@@ -144,20 +144,19 @@ fn spawn_signal_handler(
 /// Refused when it is one of `inputs`, however spelled (relative, through a link): the run
 /// would destroy what it reads.
 fn output_target(output: &Path, inputs: &[&Path]) -> Result<PathBuf, String> {
-    let target = match std::fs::canonicalize(output) {
-        Ok(existing) => existing,
-        Err(_) => {
-            let name = output
-                .file_name()
-                .ok_or_else(|| format!("--output {} names no file", output.display()))?;
-            let dir = match output.parent() {
-                Some(d) if !d.as_os_str().is_empty() => d,
-                _ => Path::new("."),
-            };
-            std::fs::canonicalize(dir)
-                .map_err(|e| format!("cannot use --output {}: {e}", output.display()))?
-                .join(name)
-        }
+    let target = if let Ok(existing) = std::fs::canonicalize(output) {
+        existing
+    } else {
+        let name = output
+            .file_name()
+            .ok_or_else(|| format!("--output {} names no file", output.display()))?;
+        let dir = match output.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        std::fs::canonicalize(dir)
+            .map_err(|e| format!("cannot use --output {}: {e}", output.display()))?
+            .join(name)
     };
     for input in inputs {
         if std::fs::canonicalize(input).is_ok_and(|i| i == target) {

@@ -878,15 +878,14 @@ impl TornClient {
         let url = self.url("v2/key/info")?;
         let body = self.call(key, owner, &url, "torn key info", opts).await?;
         let (named, access) = parse_key_info(&body)?;
-        let (resolved, calls) = match named {
-            Some(id) => (id, 1),
-            None => {
-                // Torn's key info does not always name the owner; the key's own profile
-                // does, for one more counted call.
-                let url = self.url("v2/user/basic")?;
-                let body = self.call(key, owner, &url, "torn user basic", opts).await?;
-                (parse_profile_id(&body)?, 2)
-            }
+        let (resolved, calls) = if let Some(id) = named {
+            (id, 1)
+        } else {
+            // Torn's key info does not always name the owner; the key's own profile does,
+            // for one more counted call.
+            let url = self.url("v2/user/basic")?;
+            let body = self.call(key, owner, &url, "torn user basic", opts).await?;
+            (parse_profile_id(&body)?, 2)
         };
         let info = KeyInfo {
             owner: resolved,
@@ -1439,7 +1438,7 @@ impl TornClient {
                     key_hash = short(&hash),
                     code = code.get(),
                     permanent,
-                    recheck_after_ms = parked.then(|| recheck.as_millis() as u64),
+                    recheck_after_ms = parked.then_some(recheck.as_millis() as u64),
                     "torn refused the key: it is not sent again until torn accepts it"
                 );
                 self.inner.blocks.insert(hash.clone(), block);
