@@ -135,6 +135,27 @@ impl SimHandle {
         self.shared.lock().set_key_state(key, state)
     }
 
+    /// Changes a key's state once `after` has passed (the simulator keeps serving in
+    /// the meantime), as when an owner unpauses a key or comes back from inactivity: a
+    /// key that goes from paused back to ok at run time. Returns false (and schedules
+    /// nothing) when the simulator does not know the key. Needs a Tokio runtime.
+    pub fn set_key_state_after(&self, key: &str, state: KeyState, after: Duration) -> bool {
+        if !self.shared.lock().knows(key) {
+            return false;
+        }
+        let shared = Arc::clone(&self.shared);
+        let key = key.to_owned();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep(after) => {
+                    shared.lock().set_key_state(&key, state);
+                }
+                () = shared.stop.cancelled() => {}
+            }
+        });
+        true
+    }
+
     /// Adds a key, or replaces the one with the same key string. The owner's window is kept.
     pub fn add_key(&self, key: SimKey) {
         self.shared.lock().add_key(key);

@@ -173,6 +173,11 @@ impl State {
         self.keys.insert(key.key.clone(), Entry { key, hash });
     }
 
+    /// Whether the simulator knows `key`.
+    pub(crate) fn knows(&self, key: &str) -> bool {
+        self.keys.contains_key(key)
+    }
+
     /// Sets a key's state; false when the key is unknown.
     pub(crate) fn set_key_state(&mut self, key: &str, state: super::KeyState) -> bool {
         match self.keys.get_mut(key) {
