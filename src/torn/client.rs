@@ -182,12 +182,12 @@ struct Pause {
 /// | `DisableKey` | 13, 18 | parks the key for [`key_recheck`](TornClientConfig::key_recheck); its next use after that asks `/v2/key/info` once and sends it again when Torn accepts it |
 /// | — | HTTP 429 | pauses every call, as for code 8, returns [`Error::Http`] |
 /// | — | HTTP 403 with `cf-mitigated: challenge` | returns [`Error::Challenge`], never retried |
+/// | `HoldKey` | 14 | holds the key back until the next UTC day, returns the error |
+/// | `Reroute`, `FailRequest` | 16; 1, 3, 4, 6, 7, 19+ | returns the error |
 ///
 /// Codes 2, 10, 13 and 18 also delete the key's owner memo shared through Redis, so no
 /// process resolves the key from it. The map of refused keys is bounded by the owner
 /// cache's capacity and forgets a key two days after its refusal at most.
-/// | `HoldKey` | 14 | holds the key back until the next UTC day, returns the error |
-/// | `Reroute`, `FailRequest` | 16; 1, 3, 4, 6, 7, 19+ | returns the error |
 ///
 /// A call with a disabled or held key, or one that would wait past its deadline while the
 /// client is paused, fails at once with [`Error::Torn`] carrying the code that caused it,
