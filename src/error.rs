@@ -92,6 +92,19 @@ pub enum Error {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
 
+    /// Cloudflare, in front of Torn, answered with a challenge (HTTP 403 with
+    /// `cf-mitigated: challenge`) instead of passing the request on: often a default or
+    /// missing `User-Agent`. Not retried: a challenge asks for a person (or another
+    /// `TORN_API_USER_AGENT`), and sending more only prolongs it.
+    #[error(
+        "cloudflare challenged {operation} (http 403, cf-mitigated: challenge); \
+         not retried: check TORN_API_USER_AGENT"
+    )]
+    Challenge {
+        /// What the client was doing.
+        operation: &'static str,
+    },
+
     /// PostgreSQL failed or refused a statement.
     #[error("database failure during {operation}")]
     Database {

@@ -62,10 +62,20 @@ fn read_toml(path: &Path) -> Result<BTreeMap<&'static str, Zeroizing<String>>> {
     };
     let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| file_err(Box::new(e)))?);
     let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        // The line the error starts on: one more than the line breaks before it (a span
+        // at the very start of a line belongs to that line, not to the one before).
         let line = e.span().map_or(0, |s| {
-            text[..s.start.min(text.len())].lines().count().max(1)
+            let start = s.start.min(text.len());
+            text[..start].matches('\n').count() + 1
         });
-        file_err(format!("TOML syntax error at line {line}").into())
+        // The parser's own message may quote a value (a secret); a duplicate key's names
+        // only the key, which is worth saying.
+        let what = if e.message().starts_with("duplicate key") {
+            "duplicate key"
+        } else {
+            "TOML syntax error"
+        };
+        file_err(format!("{what} at line {line}").into())
     })?;
     let mut out = BTreeMap::new();
     for (key, value) in table {
@@ -182,6 +192,26 @@ mod tests {
             chain.contains("unknown setting 'TORN_QUOTA_LIMTI'"),
             "{chain}"
         );
+    }
+
+    #[test]
+    fn a_duplicate_key_is_reported_at_its_own_line() {
+        for (text, line) in [
+            (
+                "TORN_QUOTA_LIMIT = 7\nTORN_QUOTA_WINDOW_MS = 1000\n\nTORN_QUOTA_LIMIT = 8\n",
+                4,
+            ),
+            ("TORN_QUOTA_LIMIT = 7\nTORN_QUOTA_LIMIT = 8", 2),
+            ("[TORN_QUOTA_USER_LIMITS]\n4 = 50\n5 = 1\n4 = 60\n", 4),
+        ] {
+            let f = file(text);
+            let err = Sources::read(Some(f.get()), |_| None, &[]).err().unwrap();
+            let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+            assert!(
+                chain.contains(&format!("duplicate key at line {line}")),
+                "{text:?}: {chain}"
+            );
+        }
     }
 
     #[test]

@@ -171,3 +171,131 @@ fn demo_without_redis_runs_in_memory_and_says_so() {
     assert!(stderr.contains("backend: in-memory"), "{stderr}");
     assert_eq!(json(&out)["code5_answers"], 0);
 }
+
+#[test]
+fn user_0_is_refused_by_every_command_taking_a_torn_user() {
+    for args in [
+        &["acquire", "--user", "0"][..],
+        &["status", "--user", "0"],
+        &["set-limit", "--user", "0", "--limit", "3"],
+        &["rollout", "route", "--user", "0"],
+    ] {
+        let out = run("tq-cli-user0", args, &[]);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("not a Torn user id"), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+}
+
+#[test]
+fn an_error_chain_shows_each_cause_once() {
+    // Redis's error shows its I/O cause in its own text and as its source too.
+    let out = run(
+        "tq-cli-chain",
+        &["status", "--user", "1"],
+        &[("REDIS_URL", "redis://127.0.0.1:1")],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("error:") || l.trim_start().starts_with("caused by:"))
+        .collect();
+    assert!(lines[0].contains("redis unavailable"), "{stderr}");
+    let causes: Vec<&str> = lines
+        .iter()
+        .map(|l| l.trim_start().trim_start_matches("caused by: "))
+        .collect();
+    for (i, a) in causes.iter().enumerate() {
+        for b in &causes[i + 1..] {
+            assert!(!a.contains(b), "a cause repeats: {stderr}");
+        }
+    }
+}
+
+/// A `redis-server` of this test alone, on a free port, so freezing it disturbs no other.
+struct PrivateRedis {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl PrivateRedis {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH");
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while client
+            .get_connection()
+            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+            .is_err()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Self { port, child }
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.signal("-CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn acquire_wait_timeout_is_the_whole_calls_deadline() {
+    let redis = PrivateRedis::start();
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    // A working call first, so the frozen one below is a slow answer, not a refused
+    // connection.
+    let env = [
+        ("REDIS_URL", url.as_str()),
+        ("TORN_QUOTA_REDIS_COMMAND_TIMEOUT_MS", "5000"),
+        ("TORN_QUOTA_REDIS_CONNECT_TIMEOUT_MS", "5000"),
+    ];
+    let out = run("tq-cli-deadline", &["acquire", "--user", "3"], &env);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    redis.signal("-STOP");
+    let started = std::time::Instant::now();
+    let out = run(
+        "tq-cli-deadline",
+        &["acquire", "--user", "3", "--wait", "--timeout-ms", "300"],
+        &env,
+    );
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_millis(2500),
+        "took {took:?} for a 300 ms deadline"
+    );
+    assert_eq!(out.status.code(), Some(1), "not granted: {out:?}");
+    let v = json(&out);
+    assert_eq!(v["granted"], false);
+    assert_eq!(v["timed_out"], true);
+}

@@ -380,6 +380,81 @@ async fn queued_faults_reach_admitted_requests_in_order() {
 }
 
 #[tokio::test]
+async fn front_faults_and_a_key_info_without_its_owner() {
+    let sim = start(SimConfig::default()).await;
+    let c = client();
+    let ask = |path: &str| {
+        c.get(format!("{}{path}", sim.base_url()))
+            .header("Authorization", format!("ApiKey {FULL_4}"))
+    };
+    sim.inject(Fault::Http(429));
+    sim.inject(Fault::Challenge);
+    sim.inject(Fault::KeyInfoWithoutUser);
+
+    let resp = ask("/v2/user/basic").send().await.unwrap();
+    assert_eq!(resp.status(), 429);
+
+    let resp = ask("/v2/user/basic").send().await.unwrap();
+    assert_eq!(resp.status(), 403);
+    assert_eq!(resp.headers()["cf-mitigated"], "challenge");
+    assert!(resp.text().await.unwrap().contains("<title>"));
+
+    let info: Value = ask("/v2/key/info")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(info["info"].get("user").is_none(), "{info}");
+    assert_eq!(info["info"]["access"]["level"], 4);
+    let me: Value = ask("/v2/user/basic")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["profile"]["id"], 4, "the profile still names the owner");
+    let info: Value = ask("/v2/key/info")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["info"]["user"]["id"], 4, "one answer only");
+
+    let n = sim.counters();
+    assert_eq!((n.faults_served, n.admitted, n.ok), (3, 5, 3));
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_paused_key_comes_back_at_run_time() {
+    let sim = start(SimConfig::default()).await;
+    let c = client();
+    assert!(sim.set_key_state_after(PAUSED, KeyState::Ok, Duration::from_millis(300)));
+    assert!(!sim.set_key_state_after(UNKNOWN, KeyState::Ok, Duration::ZERO));
+    assert_eq!(
+        code(&get(&c, &sim, "/v2/user/basic", Some(PAUSED)).await),
+        Some(18)
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match code(&get(&c, &sim, "/v2/user/basic", Some(PAUSED)).await) {
+            None => break,
+            Some(18) => {
+                assert!(Instant::now() < deadline, "never unpaused");
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    sim.shutdown().await;
+}
+
+#[tokio::test]
 async fn random_faults_follow_their_rates() {
     let config = SimConfig::builder()
         .random_faults(RandomFaults {

@@ -26,7 +26,8 @@ pub(crate) struct Args {
     /// Wait until granted instead of answering at once.
     #[arg(long)]
     wait: bool,
-    /// With --wait: give up after this many milliseconds (exit 1).
+    /// With --wait: give up after this many milliseconds (exit 1), counted from the
+    /// command's start: the deadline bounds the whole call, slow Redis answers included.
     #[arg(long, requires = "wait")]
     timeout_ms: Option<u64>,
 }
@@ -41,16 +42,24 @@ fn key_hash(raw: &str) -> Result<String, String> {
 }
 
 pub(crate) async fn run(file: Option<&Path>, config: RateLimitConfig, args: Args) -> CliResult {
+    let deadline = args
+        .timeout_ms
+        .map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
     let rollout = super::rollout::open(file, config)?;
     let request = Request::new(args.cost);
     let key = args.key_hash.as_deref();
     let decision = if args.wait {
-        let deadline = args
-            .timeout_ms
-            .map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
-        rollout
-            .acquire_until(args.user, key, &request, deadline)
-            .await?
+        let waiting = rollout.acquire_until(args.user, key, &request, deadline);
+        match deadline {
+            None => waiting.await?,
+            // The wait between tries stops at the deadline, but a try itself (Redis slow
+            // or frozen, each command within its own timeout) may run past it: bound
+            // the whole call.
+            Some(d) => match tokio::time::timeout_at(d, waiting).await {
+                Ok(decision) => decision?,
+                Err(_) => return Ok(timed_out(args.timeout_ms.unwrap_or_default())),
+            },
+        }
     } else {
         rollout.try_acquire(args.user, key, &request).await?
     };
@@ -76,4 +85,17 @@ pub(crate) async fn run(file: Option<&Path>, config: RateLimitConfig, args: Args
     } else {
         ExitCode::from(1)
     })
+}
+
+/// No decision before the deadline: not granted (exit 1), nothing known about the bucket.
+fn timed_out(timeout_ms: u64) -> ExitCode {
+    eprintln!("no decision within --timeout-ms {timeout_ms}: not granted");
+    emit(&json!({
+        "granted": false,
+        "remaining": null,
+        "retry_after_ms": null,
+        "enforced_by": null,
+        "timed_out": true,
+    }));
+    ExitCode::from(1)
 }

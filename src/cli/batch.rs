@@ -8,8 +8,8 @@ use std::process::ExitCode;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
-use torn_quota::batch::{BatchConfig, BatchHandler, BatchOutcome, BatchRequest};
-use torn_quota::torn::{ApiKey, TornClient, TornClientConfig};
+use torn_quota::batch::{BatchConfig, BatchHandler, BatchOutcome, BatchRequest, RequestError};
+use torn_quota::torn::{ApiKey, TornClient, TornClientConfig, check_path};
 use torn_quota::{Limiter, RateLimitConfig};
 
 use super::{CliResult, emit};
@@ -23,7 +23,9 @@ pub(crate) struct Args {
     /// comments are skipped; `index` counts the requests from 0).
     #[arg(long)]
     input: PathBuf,
-    /// Where the results go: one JSON object a line, in input order.
+    /// Where the results go: one JSON object a line, in input order. Written to a
+    /// temporary file beside it and renamed at the end, so a run that fails leaves the
+    /// previous file as it was. Must not be --input or --keys.
     #[arg(long)]
     output: PathBuf,
     /// Requests in flight at once.
@@ -32,13 +34,18 @@ pub(crate) struct Args {
 }
 
 pub(crate) async fn run(file: Option<&Path>, args: Args) -> CliResult {
+    // Before anything reads a file: a signal from now on ends the batch cleanly, with
+    // every line written.
+    let cancel = tokio_util::sync::CancellationToken::new();
+    spawn_signal_handler(cancel.clone())?;
     let config = super::load_config(file)?;
     let torn = TornClientConfig::from_sources(file, |n| std::env::var(n).ok())?;
+    let target = output_target(&args.output, &[&args.input, &args.keys])?;
     let keys = read_keys(&args.keys)?;
-    let requests = read_requests(&args.input)?;
-    // Fail before any request rather than after the batch.
-    let mut out = std::fs::File::create(&args.output)
-        .map_err(|e| format!("cannot create {}: {e}", args.output.display()))?;
+    let lines = read_requests(&args.input, &keys)?;
+    // Fail before any request rather than after the batch; the previous output stays.
+    let mut out = PendingOutput::create(&target)?;
+    let (requests, refused) = split_lines(lines);
 
     let limiter = limiter(config).await?;
     let client = TornClient::new(limiter, torn)?;
@@ -48,13 +55,6 @@ pub(crate) async fn run(file: Option<&Path>, args: Args) -> CliResult {
             .progress_chars("=> "),
     );
     let progress = bar.clone();
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let on_signal = cancel.clone();
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            on_signal.cancel();
-        }
-    });
     let handler = BatchHandler::new(client, BatchConfig::default().concurrency(args.concurrency))
         .cancel_on(cancel)
         .on_progress(move |p| {
@@ -63,9 +63,11 @@ pub(crate) async fn run(file: Option<&Path>, args: Args) -> CliResult {
                 progress.set_message(format!("{} failed", p.failed));
             }
         });
-    let outcome = handler.run(requests, keys).await?;
+    let mut outcome = handler.run(requests, keys).await?;
     bar.finish_and_clear();
-    write_results(&mut out, &outcome)
+    merge_refused(&mut outcome, refused);
+    write_results(out.file(), &outcome)
+        .and_then(|()| out.commit())
         .map_err(|e| format!("cannot write {}: {e}", args.output.display()))?;
     summarize(&outcome);
     Ok(if outcome.stats.failed == 0 {
@@ -115,28 +117,182 @@ pub(crate) fn read_keys(path: &Path) -> Result<Vec<ApiKey>, String> {
     Ok(keys)
 }
 
-/// One Torn v2 path a line.
-fn read_requests(path: &Path) -> Result<Vec<BatchRequest>, String> {
+/// Ends the batch on Ctrl-C or SIGTERM (what `kill`, systemd and container runtimes send)
+/// alike: unsent requests fail as cancelled and every line is written.
+fn spawn_signal_handler(
+    cancel: tokio_util::sync::CancellationToken,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    #[cfg(unix)]
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("cannot listen for SIGTERM: {e}"))?;
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        let terminated = term.recv();
+        #[cfg(not(unix))]
+        let terminated = std::future::pending::<Option<()>>();
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => if r.is_err() { return },
+            _ = terminated => {}
+        }
+        eprintln!("signal received: finishing the requests in flight, failing the rest");
+        cancel.cancel();
+    });
+    Ok(())
+}
+
+/// The file the results replace: `--output` itself, or what it links to (the link stays).
+/// Refused when it is one of `inputs`, however spelled (relative, through a link): the run
+/// would destroy what it reads.
+fn output_target(output: &Path, inputs: &[&Path]) -> Result<PathBuf, String> {
+    let target = if let Ok(existing) = std::fs::canonicalize(output) {
+        existing
+    } else {
+        let name = output
+            .file_name()
+            .ok_or_else(|| format!("--output {} names no file", output.display()))?;
+        let dir = match output.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        std::fs::canonicalize(dir)
+            .map_err(|e| format!("cannot use --output {}: {e}", output.display()))?
+            .join(name)
+    };
+    for input in inputs {
+        if std::fs::canonicalize(input).is_ok_and(|i| i == target) {
+            return Err(format!(
+                "--output {} is the same file as {}: refusing to overwrite what the batch reads",
+                output.display(),
+                input.display()
+            ));
+        }
+    }
+    Ok(target)
+}
+
+/// The results on their way: a temporary file beside the target, renamed over it by
+/// [`commit`](Self::commit); removed when dropped before that.
+struct PendingOutput {
+    file: std::fs::File,
+    temp: PathBuf,
+    target: PathBuf,
+    committed: bool,
+}
+
+impl PendingOutput {
+    fn create(target: &Path) -> Result<Self, String> {
+        let name = target.file_name().unwrap_or_default().to_string_lossy();
+        let temp = target.with_file_name(format!(
+            ".{name}.{}.{:08x}.tmp",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp)
+            .map_err(|e| format!("cannot create a file beside {}: {e}", target.display()))?;
+        // The replacement keeps the previous file's permissions.
+        if let Ok(meta) = std::fs::metadata(target) {
+            let _ = file.set_permissions(meta.permissions());
+        }
+        Ok(Self {
+            file,
+            temp,
+            target: target.to_owned(),
+            committed: false,
+        })
+    }
+
+    fn file(&mut self) -> &mut std::fs::File {
+        &mut self.file
+    }
+
+    /// Makes the results durable, then puts them in the target's place in one step.
+    fn commit(mut self) -> std::io::Result<()> {
+        self.file.sync_all()?;
+        std::fs::rename(&self.temp, &self.target)?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for PendingOutput {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.temp);
+        }
+    }
+}
+
+/// One request line: the request, or why it is refused without being sent.
+type Line = Result<BatchRequest, RequestError>;
+
+/// One Torn v2 path a line, each checked as the client checks it before sending: a bad
+/// line is refused alone (its result says why, never repeating it), and spends no quota.
+fn read_requests(path: &Path, keys: &[ApiKey]) -> Result<Vec<Line>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read input {}: {e}", path.display()))?;
-    let mut requests = Vec::new();
+    let mut lines = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        if line.contains("key=") {
-            return Err(format!(
-                "input {} line {}: a request must not carry a key (keys come from --keys)",
-                path.display(),
-                n + 1
-            ));
-        }
-        let path_only = line.trim_start_matches('/');
-        let path_only = path_only.strip_prefix("v2/").unwrap_or(path_only);
-        requests.push(BatchRequest::new(path_only));
+        let refuse = |why: String| RequestError {
+            code: None,
+            message: format!("input line {}: not sent: {why}", n + 1),
+        };
+        let checked = match check_path(line) {
+            Ok(_) if keys.iter().any(|k| line.contains(k.expose())) => Err(refuse(
+                "the path carries an api key; keys come from --keys".into(),
+            )),
+            Ok(p) => Ok(BatchRequest::new(p.strip_prefix("v2/").unwrap_or(p))),
+            Err(e) => Err(refuse(e.to_string())),
+        };
+        lines.push(checked);
     }
-    Ok(requests)
+    Ok(lines)
+}
+
+/// The requests to run, and the refused lines with their place among all lines.
+fn split_lines(lines: Vec<Line>) -> (Vec<BatchRequest>, Vec<(usize, RequestError)>) {
+    let mut requests = Vec::with_capacity(lines.len());
+    let mut refused = Vec::new();
+    for (i, line) in lines.into_iter().enumerate() {
+        match line {
+            Ok(r) => requests.push(r),
+            Err(e) => refused.push((i, e)),
+        }
+    }
+    (requests, refused)
+}
+
+/// Puts the refused lines back in their places among the batch's results, and counts them.
+fn merge_refused(outcome: &mut BatchOutcome, refused: Vec<(usize, RequestError)>) {
+    if refused.is_empty() {
+        return;
+    }
+    let n = refused.len();
+    let ran = std::mem::take(&mut outcome.results);
+    let mut ran = ran.into_iter();
+    let mut refused = refused.into_iter().peekable();
+    let mut all = Vec::with_capacity(ran.len() + n);
+    loop {
+        if refused.peek().is_some_and(|(i, _)| *i == all.len()) {
+            let (_, e) = refused.next().expect("peeked");
+            all.push(Err(e));
+        } else if let Some(r) = ran.next() {
+            all.push(r);
+        } else if let Some((_, e)) = refused.next() {
+            all.push(Err(e));
+        } else {
+            break;
+        }
+    }
+    outcome.results = all;
+    outcome.stats.requests += n;
+    outcome.stats.failed += n;
 }
 
 pub(crate) fn write_results(

@@ -162,12 +162,30 @@ fn start_metrics(
 
 /// Prints an error and its causes, one per line, on stderr.
 fn report(e: &(dyn std::error::Error + 'static)) {
-    eprintln!("error: {e}");
+    for (i, line) in chain_lines(e).iter().enumerate() {
+        if i == 0 {
+            eprintln!("error: {line}");
+        } else {
+            eprintln!("  caused by: {line}");
+        }
+    }
+}
+
+/// An error and its causes, each once. Some errors (Redis's, I/O wrappers) already show
+/// their source in their own text and return it as `source()` too: a cause whose text the
+/// line before already holds adds nothing and is skipped.
+fn chain_lines(e: &(dyn std::error::Error + 'static)) -> Vec<String> {
+    let mut lines = vec![e.to_string()];
     let mut source = e.source();
     while let Some(cause) = source {
-        eprintln!("  caused by: {cause}");
+        let text = cause.to_string();
+        let last = lines.last().expect("the error itself is the first line");
+        if !text.is_empty() && !last.contains(&text) {
+            lines.push(text);
+        }
         source = cause.source();
     }
+    lines
 }
 
 fn init_tracing(default: &str) {
@@ -179,10 +197,15 @@ fn init_tracing(default: &str) {
         .try_init();
 }
 
-/// Parses a Torn user id argument.
+/// Parses a Torn user id argument. Torn numbers players from 1: a 0 is a mistake (an unset
+/// variable, say), and would name a bucket no player has.
 pub(crate) fn user_id(raw: &str) -> Result<TornUserId, String> {
-    raw.parse()
-        .map_err(|_| format!("'{raw}' is not a Torn user id (a positive integer)"))
+    match raw.trim().parse::<u64>() {
+        Ok(id) if id >= 1 => Ok(TornUserId::new(id)),
+        _ => Err(format!(
+            "'{raw}' is not a Torn user id (a positive integer)"
+        )),
+    }
 }
 
 /// Writes one JSON object as a line on stdout.

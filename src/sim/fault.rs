@@ -26,6 +26,12 @@ pub enum Fault {
     MalformedJson,
     /// Close the connection without a complete response: the client's request fails.
     DropConnection,
+    /// Answer as Cloudflare does when it challenges a client: HTTP 403 with
+    /// `cf-mitigated: challenge` and an HTML page.
+    Challenge,
+    /// Answer normally, but without `info.user` in a `/v2/key/info` answer, as Torn's
+    /// answer sometimes is (other paths answer as usual).
+    KeyInfoWithoutUser,
 }
 
 /// A body that fails on its first read: hyper then aborts the connection, and the client

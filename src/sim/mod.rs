@@ -46,7 +46,7 @@ use tokio_util::sync::CancellationToken;
 pub use config::{RandomFaults, SimConfig, SimConfigBuilder};
 pub use fault::Fault;
 pub use keys::{KeyState, KeysFileError, SimKey, parse_keys_file};
-pub use state::SimCounters;
+pub use state::{SimCounters, UNKNOWN_KEYS_TRACKED};
 
 use server::Shared;
 
@@ -133,6 +133,27 @@ impl SimHandle {
     /// when the simulator does not know the key.
     pub fn set_key_state(&self, key: &str, state: KeyState) -> bool {
         self.shared.lock().set_key_state(key, state)
+    }
+
+    /// Changes a key's state once `after` has passed (the simulator keeps serving in
+    /// the meantime), as when an owner unpauses a key or comes back from inactivity: a
+    /// key that goes from paused back to ok at run time. Returns false (and schedules
+    /// nothing) when the simulator does not know the key. Needs a Tokio runtime.
+    pub fn set_key_state_after(&self, key: &str, state: KeyState, after: Duration) -> bool {
+        if !self.shared.lock().knows(key) {
+            return false;
+        }
+        let shared = Arc::clone(&self.shared);
+        let key = key.to_owned();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep(after) => {
+                    shared.lock().set_key_state(&key, state);
+                }
+                () = shared.stop.cancelled() => {}
+            }
+        });
+        true
     }
 
     /// Adds a key, or replaces the one with the same key string. The owner's window is kept.

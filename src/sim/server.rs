@@ -128,6 +128,7 @@ async fn handle(
         Verdict::Admitted { key, fault } => (key, fault),
     };
     let mut malformed = false;
+    let mut no_user = false;
     match fault {
         None => {}
         Some(Fault::Code(n)) => {
@@ -148,9 +149,27 @@ async fn handle(
             sim.lock().record_answer(Answer::Broken);
             return json_response(dropped_body());
         }
+        Some(Fault::Challenge) => {
+            sim.lock().record_answer(Answer::Broken);
+            let mut response = (
+                StatusCode::FORBIDDEN,
+                "<!DOCTYPE html><title>Just a moment...</title>",
+            )
+                .into_response();
+            response
+                .headers_mut()
+                .insert("cf-mitigated", HeaderValue::from_static("challenge"));
+            return response;
+        }
+        Some(Fault::KeyInfoWithoutUser) => no_user = true,
     }
     let (body, answer) = match route(&path, &query, &key) {
-        Ok(data) => (data, Answer::Ok),
+        Ok(mut data) => {
+            if no_user && let Some(info) = data.get_mut("info").and_then(Value::as_object_mut) {
+                info.remove("user");
+            }
+            (data, Answer::Ok)
+        }
         Err(code) => (error_body(code), Answer::Error(code.get())),
     };
     if malformed {

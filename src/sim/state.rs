@@ -17,6 +17,9 @@ use super::keys::SimKey;
 use crate::limiter::TornUserId;
 use crate::torn::{KeyHash, TornErrorCode};
 
+/// How many distinct unknown keys [`SimCounters::requests_by_key`] tracks at most.
+pub const UNKNOWN_KEYS_TRACKED: usize = 4096;
+
 /// What the simulator has served since it started or since
 /// [`reset_counters`](crate::sim::SimHandle::reset_counters). A snapshot: it does not change
 /// as more requests arrive.
@@ -35,9 +38,15 @@ pub struct SimCounters {
     #[serde(serialize_with = "display_keys")]
     pub requests_by_owner: BTreeMap<TornUserId, u64>,
     /// Requests per key presented (by hash, never the key), known to the simulator or not,
-    /// whatever their answer: how a test proves an invalid key was sent only once.
+    /// whatever their answer: how a test proves an invalid key was sent only once. Keys the
+    /// simulator does not know are tracked up to [`UNKNOWN_KEYS_TRACKED`] distinct ones
+    /// (a client sending random keys must not grow it without bound); requests with
+    /// further unknown keys count in [`requests_untracked_keys`](Self::requests_untracked_keys).
     #[serde(serialize_with = "display_keys")]
     pub requests_by_key: BTreeMap<KeyHash, u64>,
+    /// Requests with an unknown key beyond the [`UNKNOWN_KEYS_TRACKED`] that
+    /// [`requests_by_key`](Self::requests_by_key) tracks.
+    pub requests_untracked_keys: u64,
     /// Requests recorded in an owner's window: those that passed every check, so Torn
     /// counted them against the owner's quota.
     pub admitted: u64,
@@ -135,6 +144,8 @@ pub(crate) struct State {
     ips: HashMap<IpAddr, Window>,
     faults: VecDeque<Fault>,
     counters: SimCounters,
+    /// Distinct unknown keys in `counters.requests_by_key`.
+    unknown_tracked: usize,
 }
 
 // By hand: the keys map is keyed by the keys themselves, which must never be printed.
@@ -162,6 +173,11 @@ impl State {
         self.keys.insert(key.key.clone(), Entry { key, hash });
     }
 
+    /// Whether the simulator knows `key`.
+    pub(crate) fn knows(&self, key: &str) -> bool {
+        self.keys.contains_key(key)
+    }
+
     /// Sets a key's state; false when the key is unknown.
     pub(crate) fn set_key_state(&mut self, key: &str, state: super::KeyState) -> bool {
         match self.keys.get_mut(key) {
@@ -183,6 +199,7 @@ impl State {
 
     pub(crate) fn reset_counters(&mut self) {
         self.counters = SimCounters::default();
+        self.unknown_tracked = 0;
     }
 
     /// Runs the checks in Torn's order and records what they decided, at `now`.
@@ -207,7 +224,15 @@ impl State {
             *c.requests_by_owner.entry(entry.key.owner).or_default() += 1;
             *c.requests_by_key.entry(entry.hash.clone()).or_default() += 1;
         } else if let Some(k) = key.filter(|k| !k.is_empty()) {
-            *c.requests_by_key.entry(KeyHash::of(k)).or_default() += 1;
+            let hash = KeyHash::of(k);
+            if let Some(n) = c.requests_by_key.get_mut(&hash) {
+                *n += 1;
+            } else if self.unknown_tracked < UNKNOWN_KEYS_TRACKED {
+                self.unknown_tracked += 1;
+                c.requests_by_key.insert(hash, 1);
+            } else {
+                c.requests_untracked_keys += 1;
+            }
         }
 
         // Every request counts toward its IP, refused or not: an IP that keeps hammering
@@ -348,6 +373,26 @@ mod tests {
         assert_eq!(c.admitted_by_owner[&owner], 3);
         assert_eq!(c.requests_by_owner[&owner], 4);
         assert_eq!(c.requests_by_key[&KeyHash::of("B")], 2);
+    }
+
+    #[test]
+    fn unknown_keys_are_tracked_up_to_a_bound() {
+        let config = config(1, 1000);
+        let mut state = State::new([SimKey::new("K1", TornUserId::new(1), AccessLevel::Full)]);
+        let now = Instant::now();
+        let extra = 10;
+        for i in 0..UNKNOWN_KEYS_TRACKED + extra {
+            state.decide(&config, LOCAL, Some(&format!("random{i}")), false, now);
+        }
+        // A known key, and an unknown one already tracked, are still counted.
+        state.decide(&config, LOCAL, Some("K1"), false, now);
+        state.decide(&config, LOCAL, Some("random0"), false, now);
+        let c = state.counters();
+        assert_eq!(c.requests_by_key.len(), UNKNOWN_KEYS_TRACKED + 1);
+        assert_eq!(c.requests_untracked_keys, extra as u64);
+        assert_eq!(c.requests_by_key[&KeyHash::of("K1")], 1);
+        assert_eq!(c.requests_by_key[&KeyHash::of("random0")], 2);
+        assert_eq!(c.requests, (UNKNOWN_KEYS_TRACKED + extra + 2) as u64);
     }
 
     #[test]

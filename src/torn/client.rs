@@ -3,7 +3,6 @@
 //! [`code`](super::TornErrorCode), retries happen only where they help, and the limiter is
 //! consulted for the key's owner (and for the IP) before every request.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -116,11 +115,20 @@ impl CallOptions {
 pub enum KeyStatus {
     /// The client sends it.
     Usable,
-    /// Torn said the key cannot be used (codes 2, 10, 13, 18): the client never sends it
-    /// again until [`TornClient::reinstate`].
+    /// Torn said the key cannot be used (codes 2, 10): the client never sends it again
+    /// until [`TornClient::reinstate`].
     Disabled {
         /// Torn's code.
         code: TornErrorCode,
+    },
+    /// Torn refused the key for now (code 13, owner inactive; 18, paused by its owner): it
+    /// is parked until `recheck_at`, and its next use after that first asks
+    /// `/v2/key/info` once; the key is used again when Torn accepts it.
+    Parked {
+        /// Torn's code.
+        code: TornErrorCode,
+        /// When the next use re-checks it.
+        recheck_at: SystemTime,
     },
     /// The key hit its daily read limit (code 14): held back until the next UTC day.
     Held {
@@ -131,12 +139,23 @@ pub enum KeyStatus {
     },
 }
 
-/// A key this client no longer sends: disabled (`until` is `None`) or held until a time.
+/// A key this client no longer sends: disabled (`until` is `None`), held until a time, or
+/// parked until a re-check (`recheck`).
 #[derive(Debug, Clone, Copy)]
 struct Block {
     code: TornErrorCode,
     until: Option<SystemTime>,
+    /// Once `until` passes, one `/v2/key/info` call decides whether the key comes back;
+    /// until then it stays refused.
+    recheck: bool,
+    /// The key's owner when Torn refused it, so the re-check takes that owner's unit.
+    owner: Option<TornUserId>,
 }
+
+/// How long a refused key is remembered at most: a day past the longest hold or re-check
+/// time (both at most a day). A key evicted earlier (the map is bounded by the owner cache's
+/// capacity) costs one more request, which Torn refuses again.
+const BLOCK_TTL: Duration = Duration::from_secs(2 * 86_400);
 
 /// Every call of the client waits until `until` (codes 8, 9).
 #[derive(Debug, Clone, Copy)]
@@ -159,9 +178,16 @@ struct Pause {
 /// | `Retry` | 0, 11, 12, 17 | retries with back-off, each attempt with its own grant, up to `max_attempts` (so do HTTP 5xx, timeouts, dropped connections and malformed JSON) |
 /// | `HoldOwner` | 5 | [penalizes](Limiter::penalize) the owner's bucket for every process, returns the error |
 /// | `PauseAll` | 8, 9 | pauses every call of this client for the configured time, returns the error |
-/// | `DisableKey` | 2, 10, 13, 18 | never sends the key again (until [`reinstate`](Self::reinstate)), returns the error |
+/// | `DisableKey` | 2, 10 | never sends the key again (until [`reinstate`](Self::reinstate)), returns the error |
+/// | `DisableKey` | 13, 18 | parks the key for [`key_recheck`](TornClientConfig::key_recheck); its next use after that asks `/v2/key/info` once and sends it again when Torn accepts it |
+/// | — | HTTP 429 | pauses every call, as for code 8, returns [`Error::Http`] |
+/// | — | HTTP 403 with `cf-mitigated: challenge` | returns [`Error::Challenge`], never retried |
 /// | `HoldKey` | 14 | holds the key back until the next UTC day, returns the error |
 /// | `Reroute`, `FailRequest` | 16; 1, 3, 4, 6, 7, 19+ | returns the error |
+///
+/// Codes 2, 10, 13 and 18 also delete the key's owner memo shared through Redis, so no
+/// process resolves the key from it. The map of refused keys is bounded by the owner
+/// cache's capacity and forgets a key two days after its refusal at most.
 ///
 /// A call with a disabled or held key, or one that would wait past its deadline while the
 /// client is paused, fails at once with [`Error::Torn`] carrying the code that caused it,
@@ -194,7 +220,10 @@ struct Inner {
     limiter: Limiter,
     ip: Limiter,
     owners: moka::future::Cache<KeyHash, KeyInfo>,
-    blocks: Mutex<HashMap<KeyHash, Block>>,
+    /// Refused keys: bounded, so a flood of bad keys cannot grow it without end.
+    blocks: moka::sync::Cache<KeyHash, Block>,
+    /// Re-checks in flight, so concurrent uses of a parked key share one call.
+    rechecks: moka::future::Cache<KeyHash, KeyInfo>,
     pause: Mutex<Option<Pause>>,
     wall: Arc<dyn WallClock>,
     shutdown: CancellationToken,
@@ -209,7 +238,7 @@ impl fmt::Debug for TornClient {
             .field("base_url", &i.base)
             .field("limiter", &i.limiter.backend_name())
             .field("owners_cached", &i.owners.entry_count())
-            .field("keys_blocked", &lock(&i.blocks).len())
+            .field("keys_blocked", &i.blocks.entry_count())
             .field("paused", &self.paused_for())
             .finish_non_exhaustive()
     }
@@ -293,7 +322,13 @@ impl TornClientBuilder {
                 limiter: self.limiter,
                 ip,
                 owners,
-                blocks: Mutex::new(HashMap::new()),
+                blocks: moka::sync::Cache::builder()
+                    .max_capacity(config.owner_cache_capacity().get())
+                    .time_to_live(BLOCK_TTL)
+                    .build(),
+                rechecks: moka::future::Cache::builder()
+                    .max_capacity(config.owner_cache_capacity().get())
+                    .build(),
                 pause: Mutex::new(None),
                 wall: self.wall.unwrap_or_else(|| Arc::new(SystemWallClock)),
                 shutdown: self.shutdown.unwrap_or_default(),
@@ -426,6 +461,7 @@ fn unshare(shared: Arc<Error>) -> Error {
             message: message.clone(),
         },
         Error::Cancelled => Error::Cancelled,
+        Error::Challenge { operation } => Error::Challenge { operation },
         Error::InvalidArgument { name, reason } => Error::InvalidArgument {
             name,
             reason: reason.clone(),
@@ -481,14 +517,33 @@ fn bad_path(reason: &str) -> Error {
 /// The key goes only in the header: a path that carries one is refused, and the refusal
 /// never repeats the path.
 fn checked_path<'a>(raw: &'a str, key: &ApiKey) -> Result<&'a str> {
-    let path = raw.trim().trim_start_matches('/');
-    if path.is_empty() {
-        return Err(bad_path("is empty"));
-    }
+    let path = check_path(raw)?;
     if path.contains(key.expose()) {
         return Err(bad_path(
             "carries the api key; the key goes only in the Authorization header",
         ));
+    }
+    Ok(path)
+}
+
+/// Checks a Torn path as [`TornClient::get`] does before it sends anything, and returns
+/// it without a leading `/`: not empty, no whitespace, control characters, `#` or `\`, not
+/// a URL, no `.` or `..` segment, no `key=` parameter (the key goes only in the
+/// `Authorization` header). The error is [`Error::InvalidArgument`] named `path`, and
+/// never repeats the path (it may carry a key). A caller with many requests (a batch)
+/// checks them all up front with it, so a bad one fails alone and spends no quota.
+///
+/// ```
+/// use torn_quota::torn::check_path;
+///
+/// assert_eq!(check_path("/user/4/basic").unwrap(), "user/4/basic");
+/// assert!(check_path("user/basic?key=AbCdEfGh12345678").is_err());
+/// assert!(check_path("user/../key/info").is_err());
+/// ```
+pub fn check_path(raw: &str) -> Result<&str> {
+    let path = raw.trim().trim_start_matches('/');
+    if path.is_empty() {
+        return Err(bad_path("is empty"));
     }
     if path
         .chars()
@@ -559,7 +614,7 @@ impl TornClient {
     pub async fn get_with(&self, key: &ApiKey, path: &str, opts: &CallOptions) -> Result<Value> {
         let url = self.v2_url(key, path)?;
         self.guarded(opts, async {
-            self.check_key(key)?;
+            self.admit_key(key, opts).await?;
             let owner = self.resolve(key, opts).await?.owner;
             self.call(key, Some(owner), &url, "torn request", opts)
                 .await
@@ -606,7 +661,7 @@ impl TornClient {
                 .append_pair("selections", &selections.join(","));
         }
         self.guarded(opts, async {
-            self.check_key(key)?;
+            self.admit_key(key, opts).await?;
             let owner = self.resolve(key, opts).await?.owner;
             self.call(key, Some(owner), &url, "torn request", opts)
                 .await
@@ -631,7 +686,7 @@ impl TornClient {
         let opts = CallOptions::new();
         // Boxed: the limiter's futures inside would make every caller's future large.
         let call: Boxed<'_, Result<Value>> = Box::pin(async {
-            self.check_key(key)?;
+            self.admit_key(key, &opts).await?;
             let now = CallOptions::new().deadline(Instant::now());
             self.wait_out_pause(Some(owner), &now).await?;
             let ip_request = Request::new(1).margin(self.inner.config.safety_margin());
@@ -662,7 +717,10 @@ impl TornClient {
     pub async fn key_info(&self, key: &ApiKey) -> Result<KeyInfo> {
         let opts = CallOptions::new();
         self.guarded(&opts, async {
-            self.check_key(key)?;
+            if let Some(info) = self.admit_key(key, &opts).await? {
+                // The re-check was the call this asks for.
+                return Ok(info);
+            }
             let hash = key.hash();
             let known = self.inner.owners.get(&hash).await.map(|i| i.owner);
             let info = self.fetch_key_info(key, known, &opts).await?;
@@ -697,17 +755,23 @@ impl TornClient {
     /// Whether the client still sends `key`.
     pub fn key_status(&self, key: &ApiKey) -> KeyStatus {
         let now = self.inner.wall.now();
-        match lock(&self.inner.blocks).get(&key.hash()) {
+        match self.inner.blocks.get(&key.hash()) {
             None => KeyStatus::Usable,
-            Some(Block { until: Some(u), .. }) if *u <= now => KeyStatus::Usable,
+            Some(Block {
+                code,
+                until: Some(recheck_at),
+                recheck: true,
+                ..
+            }) => KeyStatus::Parked { code, recheck_at },
+            Some(Block { until: Some(u), .. }) if u <= now => KeyStatus::Usable,
             Some(Block {
                 code,
                 until: Some(until),
-            }) => KeyStatus::Held {
-                code: *code,
-                until: *until,
-            },
-            Some(Block { code, until: None }) => KeyStatus::Disabled { code: *code },
+                ..
+            }) => KeyStatus::Held { code, until },
+            Some(Block {
+                code, until: None, ..
+            }) => KeyStatus::Disabled { code },
         }
     }
 
@@ -715,7 +779,7 @@ impl TornClient {
     /// owner out of jail). Returns whether it was blocked.
     pub fn reinstate(&self, key: &ApiKey) -> bool {
         let hash = key.hash();
-        let was = lock(&self.inner.blocks).remove(&hash).is_some();
+        let was = self.inner.blocks.remove(&hash).is_some();
         if was {
             tracing::info!(key_hash = short(&hash), "torn key reinstated");
         }
@@ -769,7 +833,7 @@ impl TornClient {
 
     /// The cached owner, or one shared call to Torn.
     async fn resolve(&self, key: &ApiKey, opts: &CallOptions) -> Result<KeyInfo> {
-        self.check_key(key)?;
+        self.admit_key(key, opts).await?;
         self.inner
             .owners
             .try_get_with(key.hash(), Box::pin(self.lookup(key, opts)))
@@ -813,9 +877,24 @@ impl TornClient {
     ) -> Result<KeyInfo> {
         let url = self.url("v2/key/info")?;
         let body = self.call(key, owner, &url, "torn key info", opts).await?;
-        let info = parse_key_info(&body)?;
+        let (named, access) = parse_key_info(&body)?;
+        let (resolved, calls) = if let Some(id) = named {
+            (id, 1)
+        } else {
+            // Torn's key info does not always name the owner; the key's own profile does,
+            // for one more counted call.
+            let url = self.url("v2/user/basic")?;
+            let body = self.call(key, owner, &url, "torn user basic", opts).await?;
+            (parse_profile_id(&body)?, 2)
+        };
+        let info = KeyInfo {
+            owner: resolved,
+            access,
+        };
         if owner.is_none() {
-            self.record_resolution(info.owner).await;
+            for _ in 0..calls {
+                self.record_resolution(info.owner).await;
+            }
         }
         tracing::debug!(
             owner = info.owner.get(),
@@ -844,17 +923,82 @@ impl TornClient {
         }
     }
 
-    /// Fails at once when the key is disabled or held; forgets holds that have ended.
+    /// [`check_key`](Self::check_key), after re-checking a parked key whose time has come:
+    /// one `/v2/key/info` call (shared by concurrent callers) that brings the key back when
+    /// Torn accepts it. Returns what the re-check learnt, when one ran.
+    async fn admit_key(&self, key: &ApiKey, opts: &CallOptions) -> Result<Option<KeyInfo>> {
+        let hash = key.hash();
+        let now = self.inner.wall.now();
+        let due = self
+            .inner
+            .blocks
+            .get(&hash)
+            .filter(|b| b.recheck && b.until.is_some_and(|u| u <= now));
+        let Some(block) = due else {
+            self.check_key(key)?;
+            return Ok(None);
+        };
+        let recheck = self
+            .inner
+            .rechecks
+            .try_get_with(hash.clone(), Box::pin(self.recheck(key, block, opts)))
+            .await;
+        // Only concurrent callers share a re-check: the next one, after another refusal,
+        // must call again.
+        self.inner.rechecks.invalidate(&hash).await;
+        let info = recheck.map_err(unshare)?;
+        self.check_key(key)?;
+        Ok(Some(info))
+    }
+
+    /// The one call that decides whether a parked key comes back.
+    async fn recheck(&self, key: &ApiKey, block: Block, opts: &CallOptions) -> Result<KeyInfo> {
+        let hash = key.hash();
+        // The call itself must pass `check_key`. Should Torn refuse the key again, its
+        // answer parks (or disables) the key anew.
+        self.inner.blocks.invalidate(&hash);
+        match self.fetch_key_info(key, block.owner, opts).await {
+            Ok(info) => {
+                tracing::info!(
+                    owner = info.owner.get(),
+                    key_hash = short(&hash),
+                    code = block.code.get(),
+                    "torn accepts the parked key again: it is used again"
+                );
+                self.inner.owners.insert(hash, info).await;
+                Ok(info)
+            }
+            Err(e) => {
+                let refused = matches!(&e, Error::Torn { code, .. }
+                    if matches!(code.class(), ErrorClass::DisableKey { .. } | ErrorClass::HoldKey));
+                // Not an answer about the key (the network, a pause): it stays parked and
+                // due, so its next use re-checks again.
+                if !refused && !self.inner.blocks.contains_key(&hash) {
+                    self.inner.blocks.insert(hash, block);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Fails at once when the key is disabled, held or parked; forgets holds that have
+    /// ended.
     fn check_key(&self, key: &ApiKey) -> Result<()> {
         let hash = key.hash();
         let now = self.inner.wall.now();
-        let mut blocks = lock(&self.inner.blocks);
-        let Some(block) = blocks.get(&hash).copied() else {
+        let Some(block) = self.inner.blocks.get(&hash) else {
             return Ok(());
         };
         match block.until {
+            Some(_) if block.recheck => Err(Error::Torn {
+                code: block.code,
+                message: format!(
+                    "{} (the key is parked until a re-check finds torn accepts it; not sent)",
+                    block.code.text()
+                ),
+            }),
             Some(until) if until <= now => {
-                blocks.remove(&hash);
+                self.inner.blocks.invalidate(&hash);
                 Ok(())
             }
             Some(_) => Err(Error::Torn {
@@ -1133,14 +1277,28 @@ impl TornClient {
             }
         };
         let status = response.status();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            // Torn's front refuses this address: the same as code 8, for every call.
+            self.pause_all(TornErrorCode::IP_BLOCK, owner);
+            return Err(Failure::fatal(Error::Http {
+                operation,
+                source: Box::new(HttpStatus(status)),
+            }));
+        }
+        if status == StatusCode::FORBIDDEN && is_challenge(response.headers()) {
+            tracing::warn!(
+                owner = owner.map(TornUserId::get),
+                operation,
+                "cloudflare challenged the request: not retried (check TORN_API_USER_AGENT)"
+            );
+            return Err(Failure::fatal(Error::Challenge { operation }));
+        }
         if !status.is_success() {
             let error = Error::Http {
                 operation,
                 source: Box::new(HttpStatus(status)),
             };
-            let transient = status.is_server_error()
-                || status == StatusCode::TOO_MANY_REQUESTS
-                || status == StatusCode::REQUEST_TIMEOUT;
+            let transient = status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT;
             return Err(Failure {
                 error,
                 retry: transient,
@@ -1195,6 +1353,46 @@ impl TornClient {
         }
     }
 
+    /// Pauses every call of this client (codes 8, 9, and HTTP 429, which is code 8 from
+    /// Torn's front) for the configured time.
+    fn pause_all(&self, code: TornErrorCode, owner: Option<TornUserId>) {
+        let pause = self.inner.config.pause();
+        let until = Instant::now() + pause;
+        {
+            let mut current = lock(&self.inner.pause);
+            if current.is_none_or(|p| p.until < until) {
+                *current = Some(Pause { code, until });
+            }
+        }
+        tracing::warn!(
+            owner = owner.map(TornUserId::get),
+            code = code.get(),
+            pause_ms = pause.as_millis() as u64,
+            "torn blocked this ip or the api: pausing every call"
+        );
+    }
+
+    /// Deletes the key's owner memo that every process shares through Redis, so that no
+    /// process resolves a key Torn refused from it (the memo lives up to the owner cache's
+    /// TTL). A failure is logged only: the memo expires on its own.
+    async fn forget_shared_owner(&self, hash: &KeyHash) {
+        let memo = self.inner.limiter.keys().memo(&owner_memo_name(hash));
+        let deleted = self
+            .inner
+            .limiter
+            .with_redis("forget owner memo", |mut c| async move {
+                ::redis::cmd("DEL").arg(&memo).exec_async(&mut c).await
+            })
+            .await;
+        if let Some(Err(e)) = deleted {
+            tracing::debug!(
+                key_hash = short(hash),
+                error = %e,
+                "cannot delete the shared owner mapping of a refused key"
+            );
+        }
+    }
+
     /// Does what Torn's code asks of the client, and returns the error for the caller.
     async fn on_torn_error(
         &self,
@@ -1217,33 +1415,35 @@ impl TornClient {
                     );
                 }
             }
-            ErrorClass::PauseAll => {
-                let pause = self.inner.config.pause();
-                let until = Instant::now() + pause;
-                {
-                    let mut current = lock(&self.inner.pause);
-                    if current.is_none_or(|p| p.until < until) {
-                        *current = Some(Pause { code, until });
-                    }
-                }
-                tracing::warn!(
-                    owner = owner_id,
-                    code = code.get(),
-                    pause_ms = pause.as_millis() as u64,
-                    "torn blocked this ip or the api: pausing every call"
-                );
-            }
+            ErrorClass::PauseAll => self.pause_all(code, owner),
             ErrorClass::DisableKey { permanent } => {
                 let hash = key.hash();
+                // Torn gives no time at which an inactive owner's or a paused key comes
+                // back; jail (10) and an incorrect key (2) wait for a re-check from outside.
+                let parked = matches!(
+                    code,
+                    TornErrorCode::OWNER_INACTIVE | TornErrorCode::KEY_PAUSED
+                );
+                let recheck = self.inner.config.key_recheck();
+                let block = Block {
+                    code,
+                    until: parked
+                        .then(|| self.inner.wall.now().checked_add(recheck))
+                        .flatten(),
+                    recheck: parked,
+                    owner,
+                };
                 tracing::warn!(
                     owner = owner_id,
                     key_hash = short(&hash),
                     code = code.get(),
                     permanent,
-                    "torn refused the key: it is not sent again"
+                    recheck_after_ms = parked.then_some(recheck.as_millis() as u64),
+                    "torn refused the key: it is not sent again until torn accepts it"
                 );
-                lock(&self.inner.blocks).insert(hash.clone(), Block { code, until: None });
+                self.inner.blocks.insert(hash.clone(), block);
                 self.inner.owners.invalidate(&hash).await;
+                self.forget_shared_owner(&hash).await;
             }
             ErrorClass::HoldKey => {
                 let hash = key.hash();
@@ -1254,11 +1454,13 @@ impl TornClient {
                     code = code.get(),
                     "torn daily read limit: the key is held until the next UTC day"
                 );
-                lock(&self.inner.blocks).insert(
+                self.inner.blocks.insert(
                     hash,
                     Block {
                         code,
                         until: Some(until),
+                        recheck: false,
+                        owner,
                     },
                 );
             }
@@ -1270,6 +1472,19 @@ impl TornClient {
         }
         Failure::fatal(error)
     }
+}
+
+/// Whether Cloudflare marked the answer as a challenge (`cf-mitigated: challenge`).
+fn is_challenge(headers: &reqwest::header::HeaderMap) -> bool {
+    headers
+        .get_all("cf-mitigated")
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"challenge"))
+}
+
+/// The name of a key's owner memo, as [`TornClient::lookup`] shares it.
+fn owner_memo_name(hash: &KeyHash) -> String {
+    format!("owner:{hash}")
 }
 
 /// Torn's error in an answer, if it is one: `{"error":{"code":N,"error":"text"}}`.
@@ -1288,24 +1503,36 @@ fn torn_error(body: &Value) -> Option<(TornErrorCode, String)> {
     Some((code, message))
 }
 
-/// `{"info":{"user":{"id":N},"access":{"level":L}}}`.
-fn parse_key_info(body: &Value) -> Result<KeyInfo> {
-    let owner = body.pointer("/info/user/id").and_then(Value::as_u64);
+/// `{"info":{"user":{"id":N},"access":{"level":L}}}`: the access level, and the owner when
+/// the answer names one (Torn's answer does not always carry `info.user.id`).
+fn parse_key_info(body: &Value) -> Result<(Option<TornUserId>, AccessLevel)> {
+    let owner = body
+        .pointer("/info/user/id")
+        .and_then(Value::as_u64)
+        .filter(|&id| id > 0)
+        .map(TornUserId::new);
     let access = body
         .pointer("/info/access/level")
         .and_then(Value::as_u64)
         .and_then(|l| u8::try_from(l).ok())
-        .and_then(AccessLevel::from_number);
-    match (owner, access) {
-        (Some(owner), Some(access)) if owner > 0 => Ok(KeyInfo {
-            owner: TornUserId::new(owner),
-            access,
-        }),
-        _ => Err(Error::Http {
+        .and_then(AccessLevel::from_number)
+        .ok_or_else(|| Error::Http {
             operation: "torn key info",
-            source: "the answer has no info.user.id or no known info.access.level".into(),
-        }),
-    }
+            source: "the answer has no known info.access.level".into(),
+        })?;
+    Ok((owner, access))
+}
+
+/// `{"profile":{"id":N,...}}` from `/v2/user/basic`: the key's owner.
+fn parse_profile_id(body: &Value) -> Result<TornUserId> {
+    body.pointer("/profile/id")
+        .and_then(Value::as_u64)
+        .filter(|&id| id > 0)
+        .map(TornUserId::new)
+        .ok_or_else(|| Error::Http {
+            operation: "torn user basic",
+            source: "the answer has no profile.id".into(),
+        })
 }
 
 /// Reads `owner:access` as [`TornClient::lookup`] shares it.
@@ -1378,10 +1605,44 @@ mod tests {
         assert!(torn_error(&serde_json::json!({"profile": {}})).is_none());
 
         let info = serde_json::json!({"info": {"user": {"id": 4}, "access": {"level": 3}}});
-        let info = parse_key_info(&info).unwrap();
-        assert_eq!(info.owner, TornUserId::new(4));
-        assert_eq!(info.access, AccessLevel::Limited);
+        let (owner, access) = parse_key_info(&info).unwrap();
+        assert_eq!(owner, Some(TornUserId::new(4)));
+        assert_eq!(access, AccessLevel::Limited);
         assert!(parse_key_info(&serde_json::json!({"info": {"user": {"id": 4}}})).is_err());
+        let no_user = serde_json::json!({"info": {"access": {"level": 1}}});
+        assert_eq!(
+            parse_key_info(&no_user).unwrap(),
+            (None, AccessLevel::Public)
+        );
+        let me = serde_json::json!({"profile": {"id": 7, "name": "x"}});
+        assert_eq!(parse_profile_id(&me).unwrap(), TornUserId::new(7));
+        assert!(parse_profile_id(&serde_json::json!({"profile": {"id": 0}})).is_err());
+    }
+
+    #[tokio::test]
+    async fn the_map_of_refused_keys_is_bounded() {
+        use crate::sim::{SimConfig, Simulator};
+        let sim = Simulator::start([], SimConfig::default()).await.unwrap();
+        let limiter = Limiter::in_memory(crate::RateLimitConfig::builder().build().unwrap());
+        let cap = 8;
+        let config = TornClientConfig::builder()
+            .base_url(sim.base_url())
+            .owner_cache_capacity(std::num::NonZeroU64::new(cap).unwrap())
+            .build()
+            .unwrap();
+        let client = TornClient::new(limiter, config).unwrap();
+        // An attacker's random keys: each answered code 2, each refused for good.
+        for i in 0..100 {
+            let k = ApiKey::new(&format!("RandomKey{i:07}")).unwrap();
+            assert!(client.owner_of(&k).await.is_err());
+        }
+        assert_eq!(sim.counters().requests, 100);
+        client.inner.blocks.run_pending_tasks();
+        assert!(
+            client.inner.blocks.entry_count() <= cap,
+            "{} refused keys kept",
+            client.inner.blocks.entry_count()
+        );
     }
 
     #[test]

@@ -104,6 +104,23 @@ const TABLE: &[(u16, &str, ErrorClass)] = &[
         ErrorClass::FailRequest,
     ),
     (24, "Closed temporarily", ErrorClass::FailRequest),
+    (25, "Invalid stat requested", ErrorClass::FailRequest),
+    (
+        26,
+        "Only category or stats are allowed",
+        ErrorClass::FailRequest,
+    ),
+    (
+        27,
+        "Must be migrated to organized crimes 2.0",
+        ErrorClass::FailRequest,
+    ),
+    (28, "Incorrect log ID", ErrorClass::FailRequest),
+    (
+        29,
+        "Category selection unavailable for interaction logs",
+        ErrorClass::FailRequest,
+    ),
 ];
 
 impl TornErrorCode {
@@ -196,5 +213,21 @@ mod tests {
         assert_eq!(class(9), ErrorClass::PauseAll);
         assert_eq!(class(14), ErrorClass::HoldKey);
         assert_eq!(class(16), ErrorClass::Reroute);
+    }
+
+    #[test]
+    fn codes_25_to_29_carry_their_own_text() {
+        for (c, words) in [
+            (25, "stat"),
+            (26, "category or stats"),
+            (27, "organized crimes 2.0"),
+            (28, "log"),
+            (29, "interaction logs"),
+        ] {
+            let code = TornErrorCode::new(c);
+            assert!(TornErrorCode::known().any(|k| k == code), "code {c}");
+            assert!(code.text().contains(words), "code {c}: {}", code.text());
+            assert_eq!(code.class(), ErrorClass::FailRequest, "code {c}");
+        }
     }
 }

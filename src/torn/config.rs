@@ -10,6 +10,8 @@ use crate::error::{Error, Result};
 
 /// The most attempts `TORN_API_MAX_ATTEMPTS` allows.
 const MAX_ATTEMPTS: u32 = 10;
+/// The longest a refused key stays parked before its re-check: one day.
+const MAX_KEY_RECHECK: Duration = Duration::from_secs(86_400);
 
 /// Every setting the Torn client reads, in the environment and in the TOML file.
 pub const CLIENT_SETTINGS: &[&str] = &[
@@ -27,6 +29,7 @@ pub const CLIENT_SETTINGS: &[&str] = &[
     "TORN_QUOTA_IP_LIMIT",
     "TORN_QUOTA_IP_WINDOW_MS",
     "TORN_QUOTA_OWNER_HOLD_MS",
+    "TORN_API_KEY_RECHECK_MS",
 ];
 
 /// The Torn client's configuration. Build it with [`TornClientConfig::builder`] or read it
@@ -48,6 +51,7 @@ pub const CLIENT_SETTINGS: &[&str] = &[
 /// | `TORN_QUOTA_IP_LIMIT` | 1 000 | requests per IP window, Torn's per-IP cap |
 /// | `TORN_QUOTA_IP_WINDOW_MS` | 60 000 | the IP window |
 /// | `TORN_QUOTA_OWNER_HOLD_MS` | 10 000 | how long a code 5 holds the owner back, in every process |
+/// | `TORN_API_KEY_RECHECK_MS` | 86 400 000 | how long a key refused with code 13 or 18 is parked before one `/v2/key/info` call re-checks it (at most one day) |
 ///
 /// ```
 /// use std::time::Duration;
@@ -78,6 +82,7 @@ pub struct TornClientConfig {
     ip_limit: NonZeroU32,
     ip_window: Duration,
     owner_hold: Duration,
+    key_recheck: Duration,
 }
 
 impl Default for TornClientConfig {
@@ -98,6 +103,7 @@ impl Default for TornClientConfig {
             ip_limit: NonZeroU32::new(1000).expect("1000 is not zero"),
             ip_window: Duration::from_secs(60),
             owner_hold: Duration::from_secs(10),
+            key_recheck: MAX_KEY_RECHECK,
         }
     }
 }
@@ -178,6 +184,9 @@ impl TornClientConfig {
         if let Some(v) = get("TORN_QUOTA_OWNER_HOLD_MS") {
             b = b.owner_hold(millis(&v, "TORN_QUOTA_OWNER_HOLD_MS")?);
         }
+        if let Some(v) = get("TORN_API_KEY_RECHECK_MS") {
+            b = b.key_recheck(millis(&v, "TORN_API_KEY_RECHECK_MS")?);
+        }
         b.build()
     }
 
@@ -236,6 +245,10 @@ impl TornClientConfig {
     /// How long a code 5 holds the owner back.
     pub fn owner_hold(&self) -> Duration {
         self.owner_hold
+    }
+    /// How long a key refused with code 13 or 18 is parked before it is re-checked.
+    pub fn key_recheck(&self) -> Duration {
+        self.key_recheck
     }
 }
 
@@ -327,6 +340,13 @@ impl TornClientConfigBuilder {
         self.config.owner_hold = hold;
         self
     }
+    /// How long a key refused with code 13 (owner inactive) or 18 (paused) is parked before
+    /// one `/v2/key/info` call re-checks it (default 24 h; 1 ms to 1 day). Torn gives no
+    /// time at which such a key comes back, and a day keeps the re-checks rare.
+    pub fn key_recheck(mut self, after: Duration) -> Self {
+        self.config.key_recheck = after;
+        self
+    }
 
     /// Validates and returns the configuration.
     pub fn build(self) -> Result<TornClientConfig> {
@@ -368,10 +388,21 @@ impl TornClientConfigBuilder {
             ("TORN_API_OWNER_CACHE_TTL_MS", c.owner_cache_ttl),
             ("TORN_QUOTA_IP_WINDOW_MS", c.ip_window),
             ("TORN_QUOTA_OWNER_HOLD_MS", c.owner_hold),
+            ("TORN_API_KEY_RECHECK_MS", c.key_recheck),
         ] {
             if d < Duration::from_millis(1) {
                 return Err(invalid(name, "must be at least 1 millisecond".into()));
             }
+        }
+        if c.key_recheck > MAX_KEY_RECHECK {
+            return Err(invalid(
+                "TORN_API_KEY_RECHECK_MS",
+                format!(
+                    "must be at most one day ({} ms), got {} ms",
+                    MAX_KEY_RECHECK.as_millis(),
+                    c.key_recheck.as_millis()
+                ),
+            ));
         }
         if c.retry_max_delay < c.retry_min_delay {
             return Err(invalid(
@@ -628,5 +659,20 @@ mod tests {
         let source = std::error::Error::source(&err).unwrap().to_string();
         assert!(source.contains("TORN_API_MAX_ATEMPTS"), "{source}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_key_recheck_defaults_to_a_day_and_is_bounded_by_one() {
+        let c = TornClientConfig::from_sources(None, env(&[])).unwrap();
+        assert_eq!(c.key_recheck(), Duration::from_secs(86_400));
+        let c = TornClientConfig::from_sources(None, env(&[("TORN_API_KEY_RECHECK_MS", "500")]))
+            .unwrap();
+        assert_eq!(c.key_recheck(), Duration::from_millis(500));
+        for bad in ["0", "86400001", "soon"] {
+            let err =
+                TornClientConfig::from_sources(None, env(&[("TORN_API_KEY_RECHECK_MS", bad)]))
+                    .unwrap_err();
+            assert_eq!(setting_of(&err), "TORN_API_KEY_RECHECK_MS", "{bad}");
+        }
     }
 }

@@ -9,7 +9,7 @@ mod key;
 
 pub use access::AccessLevel;
 pub use client::{
-    CallOptions, KeyStatus, SystemWallClock, TornClient, TornClientBuilder, WallClock,
+    CallOptions, KeyStatus, SystemWallClock, TornClient, TornClientBuilder, WallClock, check_path,
 };
 pub use code::{ErrorClass, TornErrorCode};
 pub use config::{CLIENT_SETTINGS, TornClientConfig, TornClientConfigBuilder};
