@@ -5,6 +5,11 @@ when the units granted in the last `window` milliseconds plus `cost` fit under t
 so in every interval of one window's length at most `limit` units are granted. Time comes
 from Redis TIME: workers' clocks may disagree, Redis has one clock.
 
+Exact in real time, not just in Redis milliseconds: TIME is floored to the millisecond, so
+a record stamped t was made somewhere in [t, t + 1) ms. It leaves the window only once
+t + window < now (not <=), so two grants `limit` apart are always more than one real
+window apart.
+
 KEYS[1]  the bucket's state: a string of 6-byte big-endian grant times (Redis ms), one per
          granted unit, oldest first (600 bytes for 100 grants). It expires one window after
          the last grant, so an idle bucket costs no memory.
@@ -96,7 +101,8 @@ local function decide(k1, k2, k4, a1, a2, a3, a4, a5, a6, now, v1, v2, v3, v4, w
 
   -- Records are 6 bytes; record i (0-based) starts at byte i * 6 + 1.
   local n = #state / 6
-  local horizon = now - window -- a grant at or before the horizon has left the window
+  -- A record at or before the horizon has left the window: stamp + window < now.
+  local horizon = now - window - 1
   if n > 0 and struct.unpack(">I6", state) <= horizon then
     -- Bisect for the first live record: O(log n) reads, one cut.
     local lo, hi = 0, n -- record lo has expired; records from hi on are live
@@ -130,7 +136,7 @@ local function decide(k1, k2, k4, a1, a2, a3, a4, a5, a6, now, v1, v2, v3, v4, w
       end
     end
     -- The log lives as long as its newest record counts.
-    write(k1, last + window - now, state .. stamp)
+    write(k1, last + window + 1 - now, state .. stamp)
     granted, remaining, retry = 1, effective - n - cost, 0
   else
     -- A denial records nothing; the expired records it skipped are cut by the next grant.
@@ -138,14 +144,14 @@ local function decide(k1, k2, k4, a1, a2, a3, a4, a5, a6, now, v1, v2, v3, v4, w
     local excess = n + cost - effective
     if excess > 0 then
       -- The call fits once the `excess` oldest units have left the window.
-      retry = math.max(retry, struct.unpack(">I6", state, (excess - 1) * 6 + 1) + window - now)
+      retry = math.max(retry, struct.unpack(">I6", state, (excess - 1) * 6 + 1) + window + 1 - now)
     end
     granted, retry = 0, math.max(retry, 1)
     if penalty > 0 then remaining = 0 else remaining = math.max(0, effective - n) end
   end
 
   if k4 then
-    local ttl = window + hold
+    local ttl = window + 1 + hold
     if granted == 0 then ttl = retry end
     write(k4, ttl, string.format("%d:%d:%d:%d", granted, remaining, retry, now))
   end

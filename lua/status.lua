@@ -47,7 +47,8 @@ if KEYS[3] then
   if pen_until then penalty = math.max(0, (tonumber(pen_until) or 0) - now) end
 end
 
-local horizon = now - window
+-- A record leaves the window once stamp + window < now (see acquire.lua).
+local horizon = now - window - 1
 local state = redis.call("GET", KEYS[1]) or ""
 local used, newest = 0, nil
 for i = 0, math.floor(#state / 6) - 1 do
@@ -59,7 +60,7 @@ for i = 0, math.floor(#state / 6) - 1 do
 end
 
 local reset = penalty
-if newest then reset = math.max(reset, newest + window - now) end
+if newest then reset = math.max(reset, newest + window + 1 - now) end
 local remaining = math.max(0, limit - used)
 if penalty > 0 then remaining = 0 end
 return {used, limit, remaining, reset, penalty}

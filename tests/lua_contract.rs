@@ -40,7 +40,7 @@ async fn minimal_call_keeps_the_contract() {
     assert_eq!(denied.len(), 3);
     assert_eq!(&denied[..2], &[0, 0]);
     assert!(
-        denied[2] > 1_500 && denied[2] <= 2_000,
+        denied[2] > 1_500 && denied[2] <= 2_001,
         "retry_after_ms {}",
         denied[2]
     );
@@ -50,7 +50,7 @@ async fn minimal_call_keeps_the_contract() {
         .query_async(&mut c)
         .await
         .unwrap();
-    assert!(ttl > 1_500 && ttl <= 2_000, "pttl {ttl}");
+    assert!(ttl > 1_500 && ttl <= 2_001, "pttl {ttl}");
     // status consumes nothing.
     let s = eval(&mut c, lua::STATUS, &k, &["3", "2000"]).await.unwrap();
     assert_eq!(&s[..3], &[3, 3, 0]);
@@ -172,11 +172,11 @@ async fn optional_keys_extend_the_call() {
     }
 }
 
-/// One `acquire_many` call as the Rust client sends it: four keys and five arguments per
+/// One `acquire_many` call as the Rust client sends it: four keys and six arguments per
 /// decision, the reply entries as decisions or error strings.
 async fn eval_many(
     conn: &mut MultiplexedConnection,
-    decisions: &[([&str; 4], [&str; 5])],
+    decisions: &[([&str; 4], [&str; 6])],
 ) -> redis::RedisResult<Vec<redis::Value>> {
     let mut cmd = redis::cmd("EVAL");
     cmd.arg(lua::acquire_many_source()).arg(decisions.len() * 4);
@@ -217,7 +217,7 @@ async fn acquire_many_decides_like_acquire_in_order() {
         idem.as_str(),
     ];
     let kb2 = [b.state.as_str(), b.limit.as_str(), b.penalty.as_str(), ""];
-    let args = |cost: &'static str| ["3", "5000", cost, "", "1"];
+    let args = |cost: &'static str| ["3", "5000", cost, "", "1", ""];
 
     // Bucket a is asked three times in one batch: each decision sees the ones before it.
     let reply = eval_many(
@@ -238,7 +238,7 @@ async fn acquire_many_decides_like_acquire_in_order() {
     assert_eq!(&d[1][..3], &[1, 2, 0], "b is its own bucket");
     assert_eq!(&d[2][..3], &[1, 0, 0], "a takes its last unit");
     assert_eq!(&d[3][..2], &[0, 0], "a is full");
-    assert!(d[3][2] > 4_000 && d[3][2] <= 5_000, "retry {}", d[3][2]);
+    assert!(d[3][2] > 4_000 && d[3][2] <= 5_001, "retry {}", d[3][2]);
     // One time for the whole batch.
     assert!(d.iter().all(|x| x[3] == d[0][3]));
     // A decision acquire.lua refuses is an error string; the others still count.

@@ -35,9 +35,12 @@ struct Bucket {
 }
 
 impl Bucket {
+    /// Drops the records that have left the window: stamp + window < now, as in
+    /// `lua/acquire.lua` (a clock floored to the millisecond must not let a grant leave
+    /// before one whole real window has passed).
     fn trim(&mut self, now: u64, window: u64) {
         // Before one window has passed since the clock's origin nothing can have expired.
-        let Some(horizon) = now.checked_sub(window) else {
+        let Some(horizon) = now.checked_sub(window + 1) else {
             return;
         };
         while let Some(&(ts, units)) = self.log.front() {
@@ -57,7 +60,7 @@ impl Bucket {
             _ => self.log.insert(pos, (ts, units)),
         }
         self.used += u64::from(units);
-        self.idle_at_ms = self.idle_at_ms.max(ts + window);
+        self.idle_at_ms = self.idle_at_ms.max(ts + window + 1);
     }
 
     /// Wait until `excess` of the oldest units have left the window.
@@ -66,7 +69,7 @@ impl Bucket {
         for &(ts, units) in &self.log {
             freed += u64::from(units);
             if freed >= excess {
-                return (ts + window).saturating_sub(now);
+                return (ts + window + 1).saturating_sub(now);
             }
         }
         0
@@ -172,7 +175,7 @@ impl MemoryBackend {
         let newest_free = bucket
             .log
             .back()
-            .map_or(0, |&(ts, _)| (ts + window_ms).saturating_sub(now));
+            .map_or(0, |&(ts, _)| (ts + window_ms + 1).saturating_sub(now));
         RawStatus {
             used: bucket.used as u32,
             limit,
@@ -302,8 +305,9 @@ mod tests {
         }
     }
 
-    /// The window's edge to the millisecond, on a clock the test moves: a grant at `t`
-    /// counts until `t + window - 1` and is gone at `t + window`.
+    /// The window's edge to the millisecond, on a clock the test moves: a grant stamped
+    /// `t` (made somewhere in [t, t + 1) ms) counts until `t + window` and is gone at
+    /// `t + window + 1`, so it leaves only once a whole real window has passed.
     #[test]
     fn window_edge_is_exact() {
         let clock = Arc::new(ManualClock::new(10_000));
@@ -312,10 +316,14 @@ mod tests {
         assert!(m.acquire(user, &ask(2, 2)).unwrap().granted);
         clock.advance(Duration::from_millis(400));
         let d = m.acquire(user, &ask(2, 1)).unwrap();
-        assert_eq!((d.granted, d.retry_after_ms), (false, 600));
-        clock.advance(Duration::from_millis(599));
+        assert_eq!((d.granted, d.retry_after_ms), (false, 601));
+        clock.advance(Duration::from_millis(600));
         let d = m.acquire(user, &ask(2, 1)).unwrap();
-        assert_eq!((d.granted, d.retry_after_ms), (false, 1));
+        assert_eq!(
+            (d.granted, d.retry_after_ms),
+            (false, 1),
+            "at t + window: still in"
+        );
         clock.advance(Duration::from_millis(1));
         assert!(m.acquire(user, &ask(2, 2)).unwrap().granted);
     }
@@ -329,8 +337,8 @@ mod tests {
             assert!(m.acquire(user, &ask(3, 1)).unwrap().granted);
             clock.advance(Duration::from_millis(100));
         }
-        // Grants at 0, 100, 200; now 300. Two units fit once the two oldest leave: at 1100.
+        // Grants at 0, 100, 200; now 300. Two units fit once the two oldest leave: at 1101.
         let d = m.acquire(user, &ask(3, 2)).unwrap();
-        assert_eq!((d.granted, d.remaining, d.retry_after_ms), (false, 0, 800));
+        assert_eq!((d.granted, d.remaining, d.retry_after_ms), (false, 0, 801));
     }
 }
