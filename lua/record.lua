@@ -4,20 +4,23 @@ For a call the limiter did not grant but Torn counted all the same (say, the /v2
 lookup that discovered whose key it is): later grants must see it. Nothing is refused.
 
 KEYS[1]  the bucket's state (acquire.lua KEYS[1])
-ARGV[1]  window_ms: the bucket's window, integer >= 1
+ARGV[1]  window_ms: the caller's window, integer from 1 to 86400000 (the bucket's longest
+         window wins, see acquire.lua KEYS[1])
 ARGV[2]  cost: units to record, integer from 1 to 10000 (acquire.lua's bound)
+         Numbers are plain decimal integers, as in acquire.lua.
 
 reply    units the bucket now counts in its window, these included
 errors   "ERR record: <argument> ..." for a bad argument; a state that is not a string of
          6-byte records is an error (and is left as it is).
 ]]
 
+local SCRIPT, KEPT = "record", 140737488355328 -- acquire.lua's trailer marker, 2^47
 local function int_arg(name, raw, min, max)
   local n = nil
-  if type(raw) == "string" and string.match(raw, "^%d+$") and #raw <= 15 then n = tonumber(raw) end
+  if type(raw) == "string" and #raw <= 15 and string.find(raw, "^%d+$") then n = tonumber(raw) end
   if n == nil or n < min or n > max then
     return nil, redis.error_reply(string.format(
-      "ERR record: %s must be an integer from %d to %d, got '%s'", name, min, max, tostring(raw)))
+      "ERR %s: %s must be an integer from %d to %d, got '%s'", SCRIPT, name, min, max, tostring(raw)))
   end
   return n
 end
@@ -36,6 +39,14 @@ if #state % REC ~= 0 then
   return redis.error_reply("ERR record: the state at KEYS[1] is not a log of 6-byte records")
 end
 local n = #state / REC
+if n > 0 then
+  local tail = struct.unpack(">I6", state, (n - 1) * REC + 1)
+  if tail >= KEPT then
+    window = math.max(window, tail - KEPT)
+    n = n - 1
+    state = string.sub(state, 1, n * REC)
+  end
+end
 -- Drop what has left the window (stamp + window < now), then insert in time order:
 -- provisional records may lie ahead of now.
 local lo, hi = -1, n
@@ -55,5 +66,5 @@ state = string.sub(state, 1, hi * REC) .. string.rep(struct.pack(">I6", now), co
 n = n + cost
 local newest = struct.unpack(">I6", state, (n - 1) * REC + 1)
 local ttl = math.max(newest + window - now + 1, redis.call("PTTL", KEYS[1]))
-redis.call("SET", KEYS[1], state, "PX", ttl)
+redis.call("SET", KEYS[1], state .. struct.pack(">I6", KEPT + window), "PX", ttl)
 return n

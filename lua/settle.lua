@@ -8,22 +8,28 @@ has surely arrived, so its records count one window from now instead. Several se
 KEYS[i]      the state of settle i's bucket (acquire.lua KEYS[1]). On Redis Cluster all
              keys of one call must share a slot: one call per slot.
 ARGV[3i-2]   stamp_ms: the provisional stamp, the grant's Redis time + hold_ms, integer >= 0
-ARGV[3i-1]   cost: records to restamp, integer >= 1
-ARGV[3i]     window_ms: the bucket's window, integer >= 1 (keeps the log alive while its
-             newest record counts)
+ARGV[3i-1]   cost: records to restamp, integer from 1 to 10000
+ARGV[3i]     window_ms: the caller's window, integer from 1 to 86400000 (the bucket's
+             longest window wins, see acquire.lua KEYS[1]); keeps the log alive while its
+             newest record counts
+             Numbers are plain decimal integers, as in acquire.lua.
 
 reply        array: for each settle, the records restamped, 0 when they had already left
-             the window (a settle that comes too late is harmless) or were refunded.
-errors       "ERR settle: <argument> ..." for a bad argument (nothing is written then);
-             a state that is not a string of 6-byte records is an error.
+             the window (a settle that comes too late is harmless) or were refunded; or,
+             for a state that is not a log of 6-byte records, an error message string
+             (that state is left as it is, the other settles still happen).
+errors       "ERR settle: <argument> ..." for a bad argument: every argument is checked
+             before anything is written, so then nothing is. A key holding a list or
+             hash is an error (Redis's WRONGTYPE).
 ]]
 
-local function int_arg(name, raw, min)
+local SCRIPT, KEPT = "settle", 140737488355328 -- acquire.lua's trailer marker, 2^47
+local function int_arg(name, raw, min, max)
   local n = nil
-  if type(raw) == "string" and string.match(raw, "^%d+$") and #raw <= 15 then n = tonumber(raw) end
-  if n == nil or n < min then
+  if type(raw) == "string" and #raw <= 15 and string.find(raw, "^%d+$") then n = tonumber(raw) end
+  if n == nil or n < min or n > max then
     return nil, redis.error_reply(string.format(
-      "ERR settle: %s must be an integer >= %d, got '%s'", name, min, tostring(raw)))
+      "ERR %s: %s must be an integer from %d to %d, got '%s'", SCRIPT, name, min, max, tostring(raw)))
   end
   return n
 end
@@ -35,11 +41,11 @@ end
 local err
 local stamps, costs, windows = {}, {}, {}
 for i = 1, #KEYS do
-  stamps[i], err = int_arg(string.format("ARGV[%d] stamp_ms", 3 * i - 2), ARGV[3 * i - 2], 0)
+  stamps[i], err = int_arg(string.format("ARGV[%d] stamp_ms", 3 * i - 2), ARGV[3 * i - 2], 0, KEPT - 1)
   if err then return err end
-  costs[i], err = int_arg(string.format("ARGV[%d] cost", 3 * i - 1), ARGV[3 * i - 1], 1)
+  costs[i], err = int_arg(string.format("ARGV[%d] cost", 3 * i - 1), ARGV[3 * i - 1], 1, 10000)
   if err then return err end
-  windows[i], err = int_arg(string.format("ARGV[%d] window_ms", 3 * i), ARGV[3 * i], 1)
+  windows[i], err = int_arg(string.format("ARGV[%d] window_ms", 3 * i), ARGV[3 * i], 1, 86400000)
   if err then return err end
 end
 
@@ -62,13 +68,23 @@ for i = 1, #KEYS do
   local key, at, cost, window = KEYS[i], stamps[i], costs[i], windows[i]
   local state = redis.call("GET", key)
   local count = 0
-  if state and #state % REC ~= 0 then
-    return redis.error_reply("ERR settle: the state at KEYS[" .. i .. "] is not a log of 6-byte records")
+  local malformed = state and #state % REC ~= 0
+  local n, trailer = 0, ""
+  if malformed then
+    state = nil
+  elseif state then
+    n = #state / REC
+    local tail = n > 0 and struct.unpack(">I6", state, (n - 1) * REC + 1) or 0
+    if tail >= KEPT then
+      window = math.max(window, tail - KEPT)
+      trailer = string.sub(state, (n - 1) * REC + 1)
+      n = n - 1
+      state = string.sub(state, 1, n * REC)
+    end
   end
   -- A record at or before now - window - 1 has left the window: restamping it would count
   -- it again.
   if state and at + window >= now then
-    local n = #state / REC
     local first = after(state, n, at - 1)
     while first + count < n and count < cost
       and struct.unpack(">I6", state, (first + count) * REC + 1) == at do
@@ -82,11 +98,15 @@ for i = 1, #KEYS do
         .. string.sub(state, pos * REC + 1)
       n = n + count
       local newest = struct.unpack(">I6", state, (n - 1) * REC + 1)
-      -- Never shorten the log's life: a caller with a longer window may still count it.
+      -- Never shorten the log's life.
       local ttl = math.max(newest + window - now + 1, redis.call("PTTL", key))
-      redis.call("SET", key, state, "PX", ttl)
+      redis.call("SET", key, state .. trailer, "PX", ttl)
     end
   end
-  out[i] = count
+  if malformed then
+    out[i] = "ERR settle: the state at KEYS[" .. i .. "] is not a log of 6-byte records"
+  else
+    out[i] = count
+  end
 end
 return out

@@ -464,6 +464,23 @@ async fn record_counts_even_when_full(kind: Kind) {
     ));
 }
 
+/// A caller with a shorter window must not cut records a longer-window caller still counts:
+/// the bucket keeps the longest window it has been asked with.
+async fn mixed_windows_keep_the_longest(kind: Kind) {
+    let (a, b) = pair(kind, config("mixed-windows", 2, 200));
+    let long = Request::new(1).margin(Duration::from_millis(1_800)); // a 2 000 ms window
+    assert!(a.try_acquire_with(USER, &long).await.unwrap().is_granted());
+    assert!(a.try_acquire_with(USER, &long).await.unwrap().is_granted());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A 200 ms caller alone would see an empty window by now.
+    let (retry, remaining) = limited(&b.try_acquire(USER, 1).await.unwrap());
+    assert_eq!(remaining, 0);
+    assert!(retry > Duration::from_millis(1_500), "{retry:?}");
+    // And the long caller still sees both of its grants.
+    assert!(!a.try_acquire_with(USER, &long).await.unwrap().is_granted());
+    assert_eq!(b.status(USER).await.unwrap().used, 2);
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod redis_backend {
@@ -507,6 +524,7 @@ suite!(
     late_settle_is_harmless,
     refund_and_settle_find_their_own_records,
     record_counts_even_when_full,
+    mixed_windows_keep_the_longest,
 );
 
 /// One Redis store per process: siblings (IP bucket, shares, shadow keys) and every call

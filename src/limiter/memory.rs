@@ -32,9 +32,19 @@ struct Bucket {
     penalty_until_ms: u64,
     /// When the whole bucket (log and penalty) may be forgotten.
     idle_at_ms: u64,
+    /// The longest window the bucket has been asked with while it lived: a caller with a
+    /// shorter one is decided with it, so that it never cuts records a longer-window
+    /// caller still counts (as `lua/acquire.lua`'s trailer record).
+    window_ms: u64,
 }
 
 impl Bucket {
+    /// The window in force for a caller asking with `asked`: the longest so far.
+    fn window(&mut self, asked: u64) -> u64 {
+        self.window_ms = self.window_ms.max(asked);
+        self.window_ms
+    }
+
     /// Drops the records that have left the window: stamp + window < now, as in
     /// `lua/acquire.lua` (a clock floored to the millisecond must not let a grant leave
     /// before one whole real window has passed).
@@ -115,11 +125,13 @@ impl MemoryBackend {
             });
         }
         let bucket = state.buckets.entry(user).or_default();
-        bucket.trim(now, ask.window_ms);
+        let window = bucket.window(ask.window_ms);
+        bucket.trim(now, window);
         let penalty = bucket.penalty_until_ms.saturating_sub(now);
         let (used, cost, effective) = (bucket.used, u64::from(ask.cost), u64::from(effective));
+        let window_ms = window;
         let reply = if penalty == 0 && used + cost <= effective {
-            bucket.insert(now + ask.hold_ms, ask.cost, ask.window_ms);
+            bucket.insert(now + ask.hold_ms, ask.cost, window);
             RawDecision {
                 granted: true,
                 remaining: (effective - used - cost) as u32,
@@ -129,7 +141,7 @@ impl MemoryBackend {
         } else {
             let excess = (used + cost).saturating_sub(effective);
             let wait = if excess > 0 {
-                bucket.wait_for(excess, now, ask.window_ms)
+                bucket.wait_for(excess, now, window)
             } else {
                 0
             };
@@ -146,7 +158,7 @@ impl MemoryBackend {
         };
         if let Some(id) = ask.idempotency_id {
             let ttl = if reply.granted {
-                ask.window_ms + ask.hold_ms
+                window_ms + 1 + ask.hold_ms
             } else {
                 reply.retry_after_ms
             };
@@ -170,6 +182,7 @@ impl MemoryBackend {
                 penalty_ms: 0,
             };
         };
+        let window_ms = bucket.window_ms.max(window_ms);
         bucket.trim(now, window_ms);
         let penalty = bucket.penalty_until_ms.saturating_sub(now);
         let newest_free = bucket
@@ -233,6 +246,7 @@ impl MemoryBackend {
         let Some(bucket) = state.buckets.get_mut(&user) else {
             return 0;
         };
+        let window_ms = bucket.window(window_ms);
         if stamp_ms + window_ms < now {
             return 0;
         }
@@ -255,6 +269,7 @@ impl MemoryBackend {
         let now = self.clock.now_ms();
         let mut state = self.lock();
         let bucket = state.buckets.entry(user).or_default();
+        let window_ms = bucket.window(window_ms);
         bucket.trim(now, window_ms);
         bucket.insert(now, cost, window_ms);
     }

@@ -494,14 +494,14 @@ impl Conns {
             .run("settle", |mut c| async move {
                 SCRIPTS
                     .settle
-                    .eval::<Vec<i64>, _, _>(&mut c, &keys, &args)
+                    .eval::<Vec<Value>, _, _>(&mut c, &keys, &args)
                     .await
             })
             .await;
         match reply {
             Ok(counts) if counts.len() == batch.len() => {
-                for (q, n) in batch.into_iter().zip(counts) {
-                    let _ = q.reply.send(Ok(n.max(0) as u32));
+                for (q, entry) in batch.into_iter().zip(counts) {
+                    let _ = q.reply.send(settle_entry(entry));
                 }
             }
             Ok(counts) => {
@@ -609,6 +609,29 @@ fn decision(reply: &[i64]) -> Result<RawDecision> {
     }
 }
 
+/// Reads one entry of settle.lua's reply: records restamped, or an error message.
+fn settle_entry(entry: Value) -> Result<u32> {
+    match entry {
+        Value::Int(n) => Ok(n.clamp(0, i64::from(u32::MAX)) as u32),
+        Value::BulkString(bytes) => Err(entry_error("settle", &bytes)),
+        other => Err(unexpected_msg("settle", &format!("{other:?}"))),
+    }
+}
+
+/// A script's error message returned as a string entry of a batch reply.
+fn entry_error(operation: &'static str, bytes: &[u8]) -> Error {
+    let msg = String::from_utf8_lossy(bytes);
+    let detail = msg.strip_prefix("ERR ").unwrap_or(&msg).to_owned();
+    script_error(
+        operation,
+        RedisError::from((
+            ErrorKind::Server(ServerErrorKind::ResponseError),
+            "script error",
+            detail,
+        )),
+    )
+}
+
 /// Reads one entry of acquire_many.lua's reply: a decision, or acquire.lua's error message.
 fn entry_decision(entry: Value) -> Result<RawDecision> {
     match entry {
@@ -622,18 +645,7 @@ fn entry_decision(entry: Value) -> Result<RawDecision> {
                 .collect();
             decision(&ints)
         }
-        Value::BulkString(bytes) => {
-            let msg = String::from_utf8_lossy(&bytes);
-            let detail = msg.strip_prefix("ERR ").unwrap_or(&msg).to_owned();
-            Err(script_error(
-                "acquire",
-                RedisError::from((
-                    ErrorKind::Server(ServerErrorKind::ResponseError),
-                    "script error",
-                    detail,
-                )),
-            ))
-        }
+        Value::BulkString(bytes) => Err(entry_error("acquire", &bytes)),
         other => Err(unexpected_msg("acquire", &format!("{other:?}"))),
     }
 }
