@@ -481,6 +481,54 @@ async fn mixed_windows_keep_the_longest(kind: Kind) {
     assert_eq!(b.status(USER).await.unwrap().used, 2);
 }
 
+/// Bounds checked before anything reaches a backend: a cost above 10 000, a limit override
+/// above it, a window plus margin or a penalty over one day.
+async fn bounds_are_refused_before_the_backend(kind: Kind) {
+    let l = limiter(kind, config("bounds", 100, 86_400_000));
+    assert!(matches!(
+        l.try_acquire(USER, 30_000_000).await,
+        Err(Error::CostExceedsLimit {
+            cost: 30_000_000,
+            ..
+        })
+    ));
+    assert!(matches!(
+        l.try_acquire_with(USER, &Request::new(1).margin(Duration::from_millis(1)))
+            .await,
+        Err(Error::InvalidArgument { name: "margin", .. })
+    ));
+    assert!(matches!(
+        l.try_acquire_with(USER, &Request::new(1).margin(Duration::MAX))
+            .await,
+        Err(Error::InvalidArgument { name: "margin", .. })
+    ));
+    assert!(matches!(
+        l.try_acquire_with(
+            USER,
+            &Request::new(1).in_flight(Duration::from_secs(86_401))
+        )
+        .await,
+        Err(Error::InvalidArgument { name: "hold", .. })
+    ));
+    assert!(matches!(
+        l.set_user_limit(USER, NonZeroU32::new(10_001)).await,
+        Err(Error::InvalidArgument { name: "limit", .. })
+    ));
+    assert!(matches!(
+        l.penalize(USER, Duration::from_secs(86_401)).await,
+        Err(Error::InvalidArgument { name: "hold", .. })
+    ));
+    assert!(matches!(
+        l.record(USER, 10_001).await,
+        Err(Error::InvalidArgument { name: "cost", .. })
+    ));
+    assert_eq!(l.status(USER).await.unwrap().used, 0, "nothing recorded");
+    l.set_user_limit(USER, NonZeroU32::new(10_000))
+        .await
+        .unwrap();
+    assert!(l.try_acquire(USER, 10_000).await.unwrap().is_granted());
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod redis_backend {
@@ -525,6 +573,7 @@ suite!(
     refund_and_settle_find_their_own_records,
     record_counts_even_when_full,
     mixed_windows_keep_the_longest,
+    bounds_are_refused_before_the_backend,
 );
 
 /// One Redis store per process: siblings (IP bucket, shares, shadow keys) and every call

@@ -23,7 +23,9 @@ pub(crate) use redis::Conn as RedisConn;
 use redis::RedisBackend;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use config::{Mode, OnRedisDown, RateLimitConfig, RateLimitConfigBuilder, SETTINGS};
+pub use config::{
+    MAX_CONNECTIONS, Mode, OnRedisDown, RateLimitConfig, RateLimitConfigBuilder, SETTINGS,
+};
 pub use keys::{BucketKeys, KeyBuilder};
 
 /// A Torn player id: the identity Torn limits, so the identity every bucket is keyed by.
@@ -499,9 +501,28 @@ impl Limiter {
         }
         let config = &self.inner.config;
         let limit = config.limit_for(user).get();
+        // Checked here, not only in Lua: a coalesced call fails as a whole on a bad
+        // argument, and one caller's mistake must not fail its neighbours' decisions.
+        if request.cost > MAX_UNITS {
+            return Err(Error::CostExceedsLimit {
+                cost: request.cost,
+                limit,
+            });
+        }
+        let window_ms = u64::try_from(request.margin.as_millis())
+            .ok()
+            .and_then(|m| m.checked_add(config.window_ms()))
+            .filter(|w| u128::from(*w) <= MAX_SPAN.as_millis())
+            .ok_or_else(|| Error::InvalidArgument {
+                name: "margin",
+                reason: format!(
+                    "the window plus the margin must be at most one day ({} ms)",
+                    MAX_SPAN.as_millis()
+                ),
+            })?;
         let ask = Ask {
             limit,
-            window_ms: config.window_ms() + request.margin.as_millis() as u64,
+            window_ms,
             cost: request.cost,
             reserve: match request.priority {
                 Priority::High => 0,
@@ -652,7 +673,15 @@ impl Limiter {
 
     /// Sets (or with `None` clears) `user`'s limit at run time. With Redis every process
     /// sees it on its next call; it wins over the configured limit and stays until cleared.
+    ///
+    /// A limit above [`MAX_UNITS`] is refused.
     pub async fn set_user_limit(&self, user: TornUserId, limit: Option<NonZeroU32>) -> Result<()> {
+        if let Some(l) = limit.filter(|l| l.get() > MAX_UNITS) {
+            return Err(Error::InvalidArgument {
+                name: "limit",
+                reason: format!("must be at most {MAX_UNITS}, got {l}"),
+            });
+        }
         match &self.inner.backend {
             Backend::Memory(m) => {
                 m.set_user_limit(user, limit);
@@ -664,8 +693,14 @@ impl Limiter {
 
     /// Marks `user`'s bucket full for `hold` (never shortening a penalty in force): for when
     /// Torn answers code 5 because the owner spent quota elsewhere. Returns the penalty now
-    /// in force.
+    /// in force. A hold above one day ([`MAX_SPAN`]) is refused.
     pub async fn penalize(&self, user: TornUserId, hold: Duration) -> Result<Duration> {
+        if hold > MAX_SPAN {
+            return Err(Error::InvalidArgument {
+                name: "hold",
+                reason: format!("must be at most one day ({} ms)", MAX_SPAN.as_millis()),
+            });
+        }
         let hold_ms = (hold.as_millis() as u64).max(1);
         let ms = match &self.inner.backend {
             Backend::Memory(m) => m.penalize(user, hold_ms),
