@@ -522,6 +522,14 @@ async fn bounds_are_refused_before_the_backend(kind: Kind) {
         l.record(USER, 10_001).await,
         Err(Error::InvalidArgument { name: "cost", .. })
     ));
+    assert!(matches!(
+        l.sibling(
+            "ip",
+            NonZeroU32::new(1_000_000).unwrap(),
+            Duration::from_secs(60)
+        ),
+        Err(Error::InvalidArgument { name: "limit", .. })
+    ));
     assert_eq!(l.status(USER).await.unwrap().used, 0, "nothing recorded");
     l.set_user_limit(USER, NonZeroU32::new(10_000))
         .await

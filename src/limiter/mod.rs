@@ -388,6 +388,14 @@ impl Limiter {
     /// space, limit and window are new (and the local fallback's counts, kept per key
     /// space). In memory, the sibling has its own store on the same clock.
     pub fn sibling(&self, name: &str, limit: NonZeroU32, window: Duration) -> Result<Self> {
+        if limit.get() > MAX_UNITS {
+            return Err(Error::InvalidArgument {
+                name: "limit",
+                reason: format!(
+                    "the '{name}' quota's limit must be at most {MAX_UNITS}, got {limit}"
+                ),
+            });
+        }
         let base = self.config();
         let config = RateLimitConfig::builder()
             .limit(limit)
