@@ -5,9 +5,18 @@ when the units granted in the last `window` milliseconds plus `cost` fit under t
 so in every interval of one window's length at most `limit` units are granted. Time comes
 from Redis TIME: workers' clocks may disagree, Redis has one clock.
 
+Exact in real time, not just in Redis milliseconds: TIME is floored to the millisecond, so
+a record stamped t was made somewhere in [t, t + 1) ms. It leaves the window only once
+t + window < now (not <=), so two grants `limit` apart are always more than one real
+window apart.
+
 KEYS[1]  the bucket's state: a string of 6-byte big-endian grant times (Redis ms), one per
-         granted unit, oldest first (600 bytes for 100 grants). It expires one window after
-         the last grant, so an idle bucket costs no memory.
+         granted unit, oldest first (600 bytes for 100 grants), then one trailer record
+         2^47 + the longest window (ms) the bucket has been asked with: 2^47 is above every
+         real stamp, so the log stays in order. A caller with a shorter window is decided
+         with the longer one, so it never cuts records a longer-window caller still counts.
+         The state expires one window after its newest record, so an idle bucket costs no
+         memory (and forgets its window).
 KEYS[2]  optional: a per-user limit override. When it holds an integer >= 1, that integer
          replaces ARGV[1], so an operator changes one user's limit for every process at once.
 KEYS[3]  optional: a penalty mark. While it exists the bucket counts as full; it holds the
@@ -17,12 +26,19 @@ KEYS[4]  optional: the idempotency record of one call id. A replay of a granted 
          retry_after_ms, after which a replay is decided afresh.
          Every key shares KEYS[1]'s {hash tag}.
 
-ARGV[1]  limit: units admitted per window, integer >= 1
-ARGV[2]  window length in milliseconds, integer >= 1
-ARGV[3]  cost: units asked for now, integer >= 1
-ARGV[4]  optional reserve, integer >= 0 (default 0): the call is low-priority and is admitted
-         only while it leaves `reserve` units for others; it sees a limit of limit - reserve.
+Numbers are plain decimal integers ("1e3", "0x10", " 5", "5 " are refused).
+ARGV[1]  limit: units admitted per window, integer from 1 to 10000
+ARGV[2]  window length in milliseconds, integer from 1 to 86400000 (one day); the bucket's
+         longest window wins (see KEYS[1])
+ARGV[3]  cost: units asked for now, integer from 1 to 10000
+ARGV[4]  optional reserve, integer from 0 to 10000 (default 0): the call is low-priority and
+         is admitted only while it leaves `reserve` units for others; it sees a limit of
+         limit - reserve.
 ARGV[5]  optional "1": append the decision's Redis time (ms) to the reply; refund.lua takes it.
+ARGV[6]  optional hold_ms, integer from 0 to 86400000 (default 0): the grant is provisional, in flight for
+         up to `hold_ms`. Its records are stamped now + hold_ms (kept in time order), so they
+         count until now + hold_ms + window unless settle.lua restamps them with the time
+         the call was answered. refund.lua and settle.lua find them by that stamp.
 
 reply    {granted, remaining, retry_after_ms} [, now_ms]
          granted: 1 when all `cost` units were admitted, 0 when none were (nothing recorded);
@@ -31,36 +47,69 @@ reply    {granted, remaining, retry_after_ms} [, now_ms]
          admitted if nothing else arrives.
 errors   "ERR acquire: <argument> ..." for a bad argument; a cost that can never fit (above
          the limit, or above limit - reserve) is an error, never a silent grant or a wait.
+         A key holding anything but a string (a list, a hash, ...), a limit override or
+         penalty mark that is not such an integer, or a state that is not a log of 6-byte
+         records is an error too: nothing is granted and nothing is overwritten.
 ]]
 
-local function bad(name, raw, min)
-  return redis.error_reply(string.format(
-    "ERR acquire: %s must be an integer >= %d, got '%s'", name, min, tostring(raw)))
+local MAX_UNITS, MAX_MS = 10000, 86400000
+-- The trailer record: KEPT + the longest window asked with. Above every real ms stamp.
+local KEPT = 140737488355328 -- 2^47
+
+-- A plain decimal integer from min to max, or nil.
+local function num(raw, min, max)
+  if type(raw) ~= "string" or #raw > 15 or not string.find(raw, "^%d+$") then return nil end
+  local n = tonumber(raw)
+  if n < min or n > max then return nil end
+  return n
 end
-local function is_int(n, min)
-  return n ~= nil and n == math.floor(n) and n >= min and n <= 9007199254740991
+local function bad(name, raw, min, max)
+  return redis.error_reply(string.format(
+    "ERR acquire: %s must be an integer from %d to %d, got '%s'", name, min, max, tostring(raw)))
 end
 
--- The decision for one call: k1..k4 are KEYS[1..4], a1..a5 ARGV[1..5], `now` the Redis
--- time (ms), v1..v4 the values at k1..k4 (false when absent), and `write(key, ttl_ms,
--- value)` stores. acquire_many.lua runs this same function, so the two cannot disagree;
--- it takes scalars, not tables, because building tables is most of a batch's cost.
-local function decide(k1, k2, k4, a1, a2, a3, a4, a5, now, v1, v2, v3, v4, write)
-  -- Arguments are checked on one line each: this is the hot path of every worker.
-  local limit, window, cost = tonumber(a1), tonumber(a2), tonumber(a3)
-  if not is_int(limit, 1) then return bad("ARGV[1] limit", a1, 1) end
-  if not is_int(window, 1) then return bad("ARGV[2] window_ms", a2, 1) end
-  if not is_int(cost, 1) then return bad("ARGV[3] cost", a3, 1) end
-  local reserve = 0
+-- One call's arguments (ARGV[1..6]) checked: limit, window, cost, reserve, with_time, hold,
+-- or nil and the error reply.
+local function args(a1, a2, a3, a4, a5, a6)
+  local limit, window, cost = num(a1, 1, MAX_UNITS), num(a2, 1, MAX_MS), num(a3, 1, MAX_UNITS)
+  if not limit then return nil, bad("ARGV[1] limit", a1, 1, MAX_UNITS) end
+  if not window then return nil, bad("ARGV[2] window_ms", a2, 1, MAX_MS) end
+  if not cost then return nil, bad("ARGV[3] cost", a3, 1, MAX_UNITS) end
+  local reserve, hold = 0, 0
   if a4 ~= nil and a4 ~= "" then
-    reserve = tonumber(a4)
-    if not is_int(reserve, 0) then return bad("ARGV[4] reserve", a4, 0) end
+    reserve = num(a4, 0, MAX_UNITS)
+    if not reserve then return nil, bad("ARGV[4] reserve", a4, 0, MAX_UNITS) end
   end
   local with_time = a5 == "1"
   if not (a5 == nil or with_time or a5 == "" or a5 == "0") then
-    return redis.error_reply("ERR acquire: ARGV[5] with_time must be 0 or 1, got '" .. a5 .. "'")
+    return nil, redis.error_reply("ERR acquire: ARGV[5] with_time must be 0 or 1, got '" .. tostring(a5) .. "'")
   end
+  if a6 ~= nil and a6 ~= "" then
+    hold = num(a6, 0, MAX_MS)
+    if not hold then return nil, bad("ARGV[6] hold_ms", a6, 0, MAX_MS) end
+  end
+  return limit, window, cost, reserve, with_time, hold
+end
 
+-- The name of the first key in `keys` that holds something other than a string, and its
+-- type, or nil. MGET reads such a key as nil, so only keys read as nil are asked about:
+-- one EXISTS for all of them, and TYPE only when something is wrong.
+local function wrong_type(keys)
+  if #keys == 0 or redis.call("EXISTS", unpack(keys)) == 0 then return nil end
+  for _, key in ipairs(keys) do
+    local kind = redis.call("TYPE", key).ok
+    if kind ~= "none" and kind ~= "string" then return key, kind end
+  end
+  return nil
+end
+
+-- The decision for one call: k1, k2, k4 are KEYS[1], KEYS[2], KEYS[4], the checked
+-- arguments from `args`, `now` the Redis time (ms), v1..v4 the values at KEYS[1..4]
+-- (false when absent), and `write(key, ttl_ms, value)` stores. acquire_many.lua runs this
+-- same function, so the two cannot disagree; it takes scalars, not tables, because
+-- building tables is most of a batch's cost.
+local function decide(k1, k2, k4, limit, window, cost, reserve, with_time, hold, now,
+                      v1, v2, v3, v4, write)
   local state, override, pen_until, rec = v1 or "", v2, v3, v4
 
   if rec then
@@ -72,11 +121,15 @@ local function decide(k1, k2, k4, a1, a2, a3, a4, a5, now, v1, v2, v3, v4, write
   end
 
   if override then
-    limit = tonumber(override)
-    if not is_int(limit, 1) then return bad("limit override " .. k2, override, 1) end
+    limit = num(override, 1, MAX_UNITS)
+    if not limit then return bad("limit override " .. k2, override, 1, MAX_UNITS) end
   end
   local penalty = 0
-  if pen_until then penalty = math.max(0, (tonumber(pen_until) or 0) - now) end
+  if pen_until then
+    local ends = num(pen_until, 0, KEPT)
+    if not ends then return bad("penalty mark KEYS[3]", pen_until, 0, KEPT) end
+    penalty = math.max(0, ends - now)
+  end
 
   local effective = limit - reserve
   if cost > effective then
@@ -86,8 +139,24 @@ local function decide(k1, k2, k4, a1, a2, a3, a4, a5, now, v1, v2, v3, v4, write
   end
 
   -- Records are 6 bytes; record i (0-based) starts at byte i * 6 + 1.
+  if #state % 6 ~= 0 then
+    return redis.error_reply("ERR acquire: the state at KEYS[1] is not a log of 6-byte records")
+  end
   local n = #state / 6
-  local horizon = now - window -- a grant at or before the horizon has left the window
+  local kept = 0
+  if n > 0 then
+    local tail = struct.unpack(">I6", state, (n - 1) * 6 + 1)
+    if tail >= KEPT then
+      kept, n = tail - KEPT, n - 1
+      state = string.sub(state, 1, n * 6)
+    end
+  end
+  local grows = window > kept
+  if not grows then window = kept end
+  local trailer = struct.pack(">I6", KEPT + window)
+
+  -- A record at or before the horizon has left the window: stamp + window < now.
+  local horizon = now - window - 1
   if n > 0 and struct.unpack(">I6", state) <= horizon then
     -- Bisect for the first live record: O(log n) reads, one cut.
     local lo, hi = 0, n -- record lo has expired; records from hi on are live
@@ -101,24 +170,48 @@ local function decide(k1, k2, k4, a1, a2, a3, a4, a5, now, v1, v2, v3, v4, write
 
   local granted, remaining, retry
   if penalty == 0 and n + cost <= effective then
-    local stamp = struct.pack(">I6", now)
+    local at = now + hold
+    local stamp = struct.pack(">I6", at)
     if cost > 1 then stamp = string.rep(stamp, cost) end
-    write(k1, a2, state .. stamp)
+    -- Provisional records may lie ahead of this one (a longer hold): insert in time order,
+    -- which the bisect above and the retry below rely on. Appending is the common case.
+    local last = at
+    if n > 0 then
+      local newest = struct.unpack(">I6", state, (n - 1) * 6 + 1)
+      if newest > at then
+        last = newest
+        local lo, hi = -1, n - 1 -- records up to lo are <= at; record hi is > at
+        while hi - lo > 1 do
+          local mid = math.floor((lo + hi) / 2)
+          if struct.unpack(">I6", state, mid * 6 + 1) <= at then lo = mid else hi = mid end
+        end
+        stamp = string.sub(state, 1, hi * 6) .. stamp .. string.sub(state, hi * 6 + 1)
+        state = ""
+      end
+    end
+    -- The log lives as long as its newest record counts.
+    write(k1, last + window + 1 - now, state .. stamp .. trailer)
     granted, remaining, retry = 1, effective - n - cost, 0
   else
     -- A denial records nothing; the expired records it skipped are cut by the next grant.
+    -- Only a longer window than the bucket kept is written, so no shorter caller cuts
+    -- what this one counts.
+    if grows and n > 0 then
+      local newest = struct.unpack(">I6", state, (n - 1) * 6 + 1)
+      write(k1, newest + window + 1 - now, state .. trailer)
+    end
     retry = penalty
     local excess = n + cost - effective
     if excess > 0 then
       -- The call fits once the `excess` oldest units have left the window.
-      retry = math.max(retry, struct.unpack(">I6", state, (excess - 1) * 6 + 1) + window - now)
+      retry = math.max(retry, struct.unpack(">I6", state, (excess - 1) * 6 + 1) + window + 1 - now)
     end
     granted, retry = 0, math.max(retry, 1)
     if penalty > 0 then remaining = 0 else remaining = math.max(0, effective - n) end
   end
 
   if k4 then
-    local ttl = window
+    local ttl = window + 1 + hold
     if granted == 0 then ttl = retry end
     write(k4, ttl, string.format("%d:%d:%d:%d", granted, remaining, retry, now))
   end
@@ -132,8 +225,19 @@ local function psetex(key, ttl, value)
 end
 -- @shared-end: acquire_many.lua runs everything above this line, then its own body.
 
+local limit, window, cost, reserve, with_time, hold =
+  args(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+if not limit then return window end
 local t = redis.call("TIME")
 -- One read for everything the decision needs: state, override, penalty, replay record.
 local v = redis.call("MGET", unpack(KEYS))
-return decide(KEYS[1], KEYS[2], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5],
+local absent = {}
+for i = 1, #KEYS do
+  if not v[i] then absent[#absent + 1] = KEYS[i] end
+end
+local key, kind = wrong_type(absent)
+if key then
+  return redis.error_reply("ERR acquire: " .. key .. " holds a " .. kind .. ", not a string")
+end
+return decide(KEYS[1], KEYS[2], KEYS[4], limit, window, cost, reserve, with_time, hold,
   t[1] * 1000 + math.floor(t[2] / 1000), v[1], v[2], v[3], v[4], psetex)

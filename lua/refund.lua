@@ -7,31 +7,39 @@ time acquire.lua returned for it (its ARGV[5] = "1").
 KEYS[1]  the bucket's state (acquire.lua KEYS[1])
 KEYS[2]  optional: the grant's idempotency record (acquire.lua KEYS[4]); deleted, so that a
          replay of the refunded call is decided afresh. Same {hash tag} as KEYS[1].
-ARGV[1]  granted_at_ms: the grant's Redis time, integer >= 0
-ARGV[2]  cost: units to give back, integer >= 1
+ARGV[1]  granted_at_ms: the grant's record stamp, integer >= 0: its Redis time, plus its
+         hold_ms when it was provisional (acquire.lua ARGV[6])
+ARGV[2]  cost: units to give back, integer from 1 to 10000
+         Numbers are plain decimal integers, as in acquire.lua.
 
 reply    units given back: cost, or fewer when some already left the window
-errors   "ERR refund: <argument> ..." for a bad argument.
+errors   "ERR refund: <argument> ..." for a bad argument; a state that is not a log of
+         6-byte records is an error.
 ]]
 
-local function int_arg(name, raw, min)
-  local n = tonumber(raw)
-  if n == nil or n ~= math.floor(n) or n < min or n > 9007199254740991 then
+local SCRIPT, KEPT = "refund", 140737488355328 -- acquire.lua's trailer marker, 2^47
+local function int_arg(name, raw, min, max)
+  local n = nil
+  if type(raw) == "string" and #raw <= 15 and string.find(raw, "^%d+$") then n = tonumber(raw) end
+  if n == nil or n < min or n > max then
     return nil, redis.error_reply(string.format(
-      "ERR refund: %s must be an integer >= %d, got '%s'", name, min, tostring(raw)))
+      "ERR %s: %s must be an integer from %d to %d, got '%s'", SCRIPT, name, min, max, tostring(raw)))
   end
   return n
 end
 
-local at, err = int_arg("ARGV[1] granted_at_ms", ARGV[1], 0)
+local at, err = int_arg("ARGV[1] granted_at_ms", ARGV[1], 0, KEPT - 1)
 if err then return err end
 local cost
-cost, err = int_arg("ARGV[2] cost", ARGV[2], 1)
+cost, err = int_arg("ARGV[2] cost", ARGV[2], 1, 10000)
 if err then return err end
 
 if KEYS[2] then redis.call("DEL", KEYS[2]) end
 local state = redis.call("GET", KEYS[1])
 if not state then return 0 end
+if #state % 6 ~= 0 then
+  return redis.error_reply("ERR refund: the state at KEYS[1] is not a log of 6-byte records")
+end
 -- Records are in time order: the grant's units are the run of records equal to `at`.
 local REC = 6
 local first, count = nil, 0
@@ -47,7 +55,7 @@ for i = 0, math.floor(#state / REC) - 1 do
 end
 if not first then return 0 end
 state = string.sub(state, 1, first * REC) .. string.sub(state, (first + count) * REC + 1)
-if #state == 0 then
+if #state == 0 or (#state == REC and struct.unpack(">I6", state) >= KEPT) then
   redis.call("DEL", KEYS[1])
 else
   redis.call("SET", KEYS[1], state, "KEEPTTL")

@@ -5,30 +5,36 @@ KEYS[2]  optional: the per-user limit override (see acquire.lua)
 KEYS[3]  optional: the penalty mark (see penalize.lua)
          Every key shares KEYS[1]'s {hash tag}.
 
-ARGV[1]  limit: units admitted per window, integer >= 1 (the override wins when set)
-ARGV[2]  window length in milliseconds, integer >= 1
+ARGV[1]  limit: units admitted per window, integer from 1 to 10000 (the override wins)
+ARGV[2]  window length in milliseconds, integer from 1 to 86400000; the bucket's longest
+         window wins (see acquire.lua KEYS[1])
+         Numbers are plain decimal integers, as in acquire.lua.
 
 reply    {used, limit, remaining, reset_after_ms, penalty_ms}
          used: units granted in the last window; limit: the limit in force;
          remaining: units a call would be granted right now (0 while penalized);
          reset_after_ms: wait until the whole limit is free again (0 when it is now);
          penalty_ms: wait until the penalty ends (0 when none).
-errors   "ERR status: <argument> ..." for a bad argument.
+errors   "ERR status: <argument> ..." for a bad argument; a key holding a list or hash, an
+         override or penalty mark that is not an integer, or a state that is not a log of
+         6-byte records is an error.
 ]]
 
-local function int_arg(name, raw, min)
-  local n = tonumber(raw)
-  if n == nil or n ~= math.floor(n) or n < min or n > 9007199254740991 then
+local SCRIPT, KEPT = "status", 140737488355328 -- acquire.lua's trailer marker, 2^47
+local function int_arg(name, raw, min, max)
+  local n = nil
+  if type(raw) == "string" and #raw <= 15 and string.find(raw, "^%d+$") then n = tonumber(raw) end
+  if n == nil or n < min or n > max then
     return nil, redis.error_reply(string.format(
-      "ERR status: %s must be an integer >= %d, got '%s'", name, min, tostring(raw)))
+      "ERR %s: %s must be an integer from %d to %d, got '%s'", SCRIPT, name, min, max, tostring(raw)))
   end
   return n
 end
 
-local limit, err = int_arg("ARGV[1] limit", ARGV[1], 1)
+local limit, err = int_arg("ARGV[1] limit", ARGV[1], 1, 10000)
 if err then return err end
 local window
-window, err = int_arg("ARGV[2] window_ms", ARGV[2], 1)
+window, err = int_arg("ARGV[2] window_ms", ARGV[2], 1, 86400000)
 if err then return err end
 
 local t = redis.call("TIME")
@@ -38,19 +44,36 @@ local penalty = 0
 if KEYS[2] then
   local override = redis.call("GET", KEYS[2])
   if override then
-    limit, err = int_arg("limit override " .. KEYS[2], override, 1)
+    limit, err = int_arg("limit override " .. KEYS[2], override, 1, 10000)
     if err then return err end
   end
 end
 if KEYS[3] then
   local pen_until = redis.call("GET", KEYS[3])
-  if pen_until then penalty = math.max(0, (tonumber(pen_until) or 0) - now) end
+  if pen_until then
+    local ends
+    ends, err = int_arg("penalty mark KEYS[3]", pen_until, 0, KEPT)
+    if err then return err end
+    penalty = math.max(0, ends - now)
+  end
 end
 
-local horizon = now - window
 local state = redis.call("GET", KEYS[1]) or ""
+if #state % 6 ~= 0 then
+  return redis.error_reply("ERR status: the state at KEYS[1] is not a log of 6-byte records")
+end
+local n = #state / 6
+if n > 0 then
+  local tail = struct.unpack(">I6", state, (n - 1) * 6 + 1)
+  if tail >= KEPT then
+    n = n - 1
+    window = math.max(window, tail - KEPT)
+  end
+end
+-- A record leaves the window once stamp + window < now (see acquire.lua).
+local horizon = now - window - 1
 local used, newest = 0, nil
-for i = 0, math.floor(#state / 6) - 1 do
+for i = 0, n - 1 do
   local ts = struct.unpack(">I6", state, i * 6 + 1)
   if ts > horizon then
     used = used + 1
@@ -59,7 +82,7 @@ for i = 0, math.floor(#state / 6) - 1 do
 end
 
 local reset = penalty
-if newest then reset = math.max(reset, newest + window - now) end
+if newest then reset = math.max(reset, newest + window + 1 - now) end
 local remaining = math.max(0, limit - used)
 if penalty > 0 then remaining = 0 end
 return {used, limit, remaining, reset, penalty}

@@ -38,13 +38,17 @@ pub use limiter::{
     Wait,
 };
 
-/// The most grants in any interval of `window_ms` milliseconds, where a grant at `t` counts
-/// until `t + window_ms` (the limiter's own rule): the check an oracle runs on recorded grant
-/// times, such as [`Grant::granted_at_ms`]. `times` need not be sorted.
+/// The most grants in any window, by the limiter's own rule for millisecond stamps: a grant
+/// stamped `t` was made somewhere in `[t, t + 1)` ms and counts until `t + window_ms`
+/// inclusive, so grants stamped `window_ms` apart may be less than one real window apart
+/// and count together. The check an oracle runs on recorded grant times, such as
+/// [`Grant::granted_at_ms`]. `times` need not be sorted.
 ///
 /// ```
-/// // Three grants inside 1000 ms; the fourth comes when the first has left.
-/// assert_eq!(torn_quota::busiest_window(&[0, 10, 999, 1000], 1000), 3);
+/// // 0 and 1000 may be 999.x ms apart in real time: together in one window.
+/// assert_eq!(torn_quota::busiest_window(&[0, 10, 999, 1000], 1000), 4);
+/// // The first has surely left by 1001.
+/// assert_eq!(torn_quota::busiest_window(&[0, 10, 999, 1001], 1000), 3);
 /// ```
 pub fn busiest_window(times: &[u64], window_ms: u64) -> usize {
     let mut sorted = times.to_vec();
@@ -52,7 +56,7 @@ pub fn busiest_window(times: &[u64], window_ms: u64) -> usize {
     let mut best = 0;
     let mut lo = 0;
     for hi in 0..sorted.len() {
-        while sorted[hi] - sorted[lo] >= window_ms {
+        while sorted[hi] - sorted[lo] > window_ms {
             lo += 1;
         }
         best = best.max(hi - lo + 1);
@@ -83,6 +87,10 @@ pub mod lua {
     pub const PENALIZE: &str = include_str!("../lua/penalize.lua");
     /// `lua/refund.lua`: give back a grant never sent.
     pub const REFUND: &str = include_str!("../lua/refund.lua");
+    /// `lua/settle.lua`: restamp provisional grants with the time their calls were answered.
+    pub const SETTLE: &str = include_str!("../lua/settle.lua");
+    /// `lua/record.lua`: record units Torn counted although nobody asked first.
+    pub const RECORD: &str = include_str!("../lua/record.lua");
 }
 
 /// The README's examples compile as doctests.

@@ -40,7 +40,7 @@ async fn minimal_call_keeps_the_contract() {
     assert_eq!(denied.len(), 3);
     assert_eq!(&denied[..2], &[0, 0]);
     assert!(
-        denied[2] > 1_500 && denied[2] <= 2_000,
+        denied[2] > 1_500 && denied[2] <= 2_001,
         "retry_after_ms {}",
         denied[2]
     );
@@ -50,7 +50,7 @@ async fn minimal_call_keeps_the_contract() {
         .query_async(&mut c)
         .await
         .unwrap();
-    assert!(ttl > 1_500 && ttl <= 2_000, "pttl {ttl}");
+    assert!(ttl > 1_500 && ttl <= 2_001, "pttl {ttl}");
     // status consumes nothing.
     let s = eval(&mut c, lua::STATUS, &k, &["3", "2000"]).await.unwrap();
     assert_eq!(&s[..3], &[3, 3, 0]);
@@ -172,11 +172,11 @@ async fn optional_keys_extend_the_call() {
     }
 }
 
-/// One `acquire_many` call as the Rust client sends it: four keys and five arguments per
+/// One `acquire_many` call as the Rust client sends it: four keys and six arguments per
 /// decision, the reply entries as decisions or error strings.
 async fn eval_many(
     conn: &mut MultiplexedConnection,
-    decisions: &[([&str; 4], [&str; 5])],
+    decisions: &[([&str; 4], [&str; 6])],
 ) -> redis::RedisResult<Vec<redis::Value>> {
     let mut cmd = redis::cmd("EVAL");
     cmd.arg(lua::acquire_many_source()).arg(decisions.len() * 4);
@@ -217,7 +217,7 @@ async fn acquire_many_decides_like_acquire_in_order() {
         idem.as_str(),
     ];
     let kb2 = [b.state.as_str(), b.limit.as_str(), b.penalty.as_str(), ""];
-    let args = |cost: &'static str| ["3", "5000", cost, "", "1"];
+    let args = |cost: &'static str| ["3", "5000", cost, "", "1", ""];
 
     // Bucket a is asked three times in one batch: each decision sees the ones before it.
     let reply = eval_many(
@@ -238,7 +238,7 @@ async fn acquire_many_decides_like_acquire_in_order() {
     assert_eq!(&d[1][..3], &[1, 2, 0], "b is its own bucket");
     assert_eq!(&d[2][..3], &[1, 0, 0], "a takes its last unit");
     assert_eq!(&d[3][..2], &[0, 0], "a is full");
-    assert!(d[3][2] > 4_000 && d[3][2] <= 5_000, "retry {}", d[3][2]);
+    assert!(d[3][2] > 4_000 && d[3][2] <= 5_001, "retry {}", d[3][2]);
     // One time for the whole batch.
     assert!(d.iter().all(|x| x[3] == d[0][3]));
     // A decision acquire.lua refuses is an error string; the others still count.
@@ -293,4 +293,384 @@ async fn acquire_many_rejects_a_malformed_batch() {
         .await
         .unwrap();
     assert_eq!(exists, 0, "nothing recorded");
+}
+
+/// Any reply, error or not, of one script call.
+async fn eval_raw(
+    conn: &mut MultiplexedConnection,
+    script: &str,
+    keys: &[&str],
+    args: &[&str],
+) -> redis::RedisResult<redis::Value> {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(script).arg(keys.len()).arg(keys).arg(args);
+    cmd.query_async(conn).await
+}
+
+async fn exists(conn: &mut MultiplexedConnection, key: &str) -> bool {
+    redis::cmd("EXISTS")
+        .arg(key)
+        .query_async::<i64>(conn)
+        .await
+        .unwrap()
+        == 1
+}
+
+async fn key_type(conn: &mut MultiplexedConnection, key: &str) -> String {
+    redis::cmd("TYPE").arg(key).query_async(conn).await.unwrap()
+}
+
+/// Issue 12 item 2: every script takes plain decimal integers only.
+#[tokio::test]
+async fn numbers_are_plain_decimal_integers() {
+    let mut c = common::redis_conn().await;
+    let kb = KeyBuilder::new(common::unique_prefix("lua-num"));
+    let b = kb.bucket(TornUserId::new(3));
+    let state = b.state.as_str();
+    for bad in ["1e3", "0x10", " 5", "5 ", "1.5", "-1", "", "inf", "nan"] {
+        let calls: [(&str, &str, Vec<&str>, Vec<&str>); 11] = [
+            (
+                "acquire limit",
+                lua::ACQUIRE,
+                vec![state],
+                vec![bad, "1000", "1"],
+            ),
+            (
+                "acquire window",
+                lua::ACQUIRE,
+                vec![state],
+                vec!["5", bad, "1"],
+            ),
+            (
+                "acquire cost",
+                lua::ACQUIRE,
+                vec![state],
+                vec!["5", "1000", bad],
+            ),
+            (
+                "acquire hold",
+                lua::ACQUIRE,
+                vec![state],
+                vec![
+                    "5",
+                    "1000",
+                    "1",
+                    "0",
+                    "1",
+                    if bad.is_empty() { "x" } else { bad },
+                ],
+            ),
+            ("status limit", lua::STATUS, vec![state], vec![bad, "1000"]),
+            ("status window", lua::STATUS, vec![state], vec!["5", bad]),
+            ("refund at", lua::REFUND, vec![state], vec![bad, "1"]),
+            ("refund cost", lua::REFUND, vec![state], vec!["1", bad]),
+            (
+                "penalize",
+                lua::PENALIZE,
+                vec![b.penalty.as_str()],
+                vec![bad],
+            ),
+            ("settle", lua::SETTLE, vec![state], vec!["1", bad, "1000"]),
+            ("record", lua::RECORD, vec![state], vec!["1000", bad]),
+        ];
+        for (what, script, keys, args) in calls {
+            let reply = eval_raw(&mut c, script, &keys, &args).await;
+            assert!(reply.is_err(), "{what} accepted '{bad}': {reply:?}");
+        }
+        // acquire_many too, for any decision's argument.
+        let reply = eval_raw(
+            &mut c,
+            &lua::acquire_many_source(),
+            &[state, "", "", ""],
+            &["1", "5", "1000", bad, "", "1", ""],
+        )
+        .await;
+        assert!(reply.is_err(), "acquire_many accepted '{bad}': {reply:?}");
+        assert!(!exists(&mut c, state).await, "'{bad}' wrote a state");
+        assert!(!exists(&mut c, &b.penalty).await, "'{bad}' wrote a penalty");
+    }
+}
+
+/// Issue 12 item 2: a limit or cost above 10 000 would make one call write megabytes and
+/// hold Redis for seconds: refused, nothing written.
+#[tokio::test]
+async fn limit_and_cost_are_bounded() {
+    let mut c = common::redis_conn().await;
+    let kb = KeyBuilder::new(common::unique_prefix("lua-bound"));
+    let b = kb.bucket(TornUserId::new(3));
+    let state = b.state.as_str();
+    for args in [
+        ["30000000", "1000", "30000000"],
+        ["10001", "1000", "1"],
+        ["20000", "1000", "10001"],
+        ["5", "86400001", "1"],
+    ] {
+        let err = eval_raw(&mut c, lua::ACQUIRE, &[state], &args)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("must be an integer from"), "{args:?}: {err}");
+    }
+    assert!(
+        eval_raw(&mut c, lua::RECORD, &[state], &["1000", "10001"])
+            .await
+            .is_err()
+    );
+    assert!(!exists(&mut c, state).await);
+    // An override above the bound is refused too, not obeyed.
+    let _: () = redis::cmd("SET")
+        .arg(&b.limit)
+        .arg("10001")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let err = eval_raw(
+        &mut c,
+        lua::ACQUIRE,
+        &[state, &b.limit],
+        &["5", "1000", "1"],
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("limit override"), "{err}");
+    // The bound itself is fine.
+    let reply = eval(&mut c, lua::ACQUIRE, &[state], &["10000", "1000", "10000"])
+        .await
+        .unwrap();
+    assert_eq!(reply, vec![1, 0, 0]);
+}
+
+/// Issue 12 item 2: a list or hash at any key a script reads is an error reply, never
+/// granted, never overwritten.
+#[tokio::test]
+async fn a_list_or_hash_at_any_key_is_an_error() {
+    let mut c = common::redis_conn().await;
+    let kb = KeyBuilder::new(common::unique_prefix("lua-type"));
+    let user = TornUserId::new(3);
+    let b = kb.bucket(user);
+    let idem = kb.idempotency(user, "call-1");
+    let keys = [
+        b.state.as_str(),
+        b.limit.as_str(),
+        b.penalty.as_str(),
+        idem.as_str(),
+    ];
+    for (i, key) in keys.iter().enumerate() {
+        let _: () = redis::cmd("HSET")
+            .arg(key)
+            .arg("f")
+            .arg("v")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let err = eval_raw(&mut c, lua::ACQUIRE, &keys, &["5", "1000", "1"])
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("holds a hash"), "KEYS[{}]: {err}", i + 1);
+        // In a batch, that decision fails alone; another bucket's decision is granted.
+        let other = kb.bucket(TornUserId::new(4));
+        let reply = eval_many(
+            &mut c,
+            &[
+                (keys, ["5", "1000", "1", "", "1", ""]),
+                (
+                    [other.state.as_str(), "", "", ""],
+                    ["5", "1000", "1", "", "1", ""],
+                ),
+            ],
+        )
+        .await
+        .unwrap();
+        match &reply[0] {
+            redis::Value::BulkString(msg) => {
+                assert!(String::from_utf8_lossy(msg).contains("holds a hash"));
+            }
+            other => panic!("KEYS[{}] in a batch: {other:?}", i + 1),
+        }
+        assert_eq!(ints(&reply[1])[0], 1);
+        assert_eq!(key_type(&mut c, key).await, "hash", "KEYS[{}] kept", i + 1);
+        for k in keys.iter().filter(|k| *k != key) {
+            assert!(!exists(&mut c, k).await, "{k} written beside a hash");
+        }
+        let _: () = redis::cmd("DEL")
+            .arg(key)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+    // The other scripts refuse a wrong type at the state too.
+    let _: () = redis::cmd("RPUSH")
+        .arg(&b.state)
+        .arg("x")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    for (script, args) in [
+        (lua::STATUS, vec!["5", "1000"]),
+        (lua::REFUND, vec!["1", "1"]),
+        (lua::SETTLE, vec!["1", "1", "1000"]),
+        (lua::RECORD, vec!["1000", "1"]),
+    ] {
+        assert!(eval_raw(&mut c, script, &[&b.state], &args).await.is_err());
+    }
+    assert_eq!(key_type(&mut c, &b.state).await, "list");
+}
+
+/// Issue 12 item 2: a state whose length is not a multiple of 6 is not a log: an error,
+/// left as it is.
+#[tokio::test]
+async fn a_state_that_is_not_a_log_is_an_error() {
+    let mut c = common::redis_conn().await;
+    let kb = KeyBuilder::new(common::unique_prefix("lua-log"));
+    let b = kb.bucket(TornUserId::new(3));
+    let state = b.state.as_str();
+    let _: () = redis::cmd("SET")
+        .arg(state)
+        .arg("12345")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    for (script, args) in [
+        (lua::ACQUIRE, vec!["5", "1000", "1"]),
+        (lua::STATUS, vec!["5", "1000"]),
+        (lua::REFUND, vec!["1", "1"]),
+        (lua::RECORD, vec!["1000", "1"]),
+    ] {
+        let err = eval_raw(&mut c, script, &[state], &args)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a log of 6-byte records"), "{err}");
+    }
+    let reply = eval_raw(&mut c, lua::SETTLE, &[state], &["1", "1", "1000"])
+        .await
+        .unwrap();
+    assert!(format!("{reply:?}").contains("not a log"), "{reply:?}");
+    let value: String = redis::cmd("GET")
+        .arg(state)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(value, "12345");
+}
+
+/// Issue 12 item 2: acquire_many checks every decision's arguments before it writes any.
+#[tokio::test]
+async fn acquire_many_checks_every_decision_before_writing() {
+    let mut c = common::redis_conn().await;
+    let kb = KeyBuilder::new(common::unique_prefix("lua-many-check"));
+    let (a, b) = (kb.bucket(TornUserId::new(1)), kb.bucket(TornUserId::new(2)));
+    let err = eval_many(
+        &mut c,
+        &[
+            (
+                [a.state.as_str(), "", "", ""],
+                ["5", "1000", "1", "", "1", ""],
+            ),
+            (
+                [b.state.as_str(), "", "", ""],
+                ["5", "1000", "0", "", "1", ""],
+            ),
+        ],
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("decision 2") && err.contains("ARGV[3] cost"),
+        "{err}"
+    );
+    assert!(!exists(&mut c, &a.state).await, "decision 1 was written");
+}
+
+/// Issue 12 item 9: a caller with a shorter window does not cut what a longer-window
+/// caller counts; status reads the longer window too.
+#[tokio::test]
+async fn a_shorter_window_does_not_cut_a_longer_ones_records() {
+    let mut c = common::redis_conn().await;
+    let kb = KeyBuilder::new(common::unique_prefix("lua-windows"));
+    let b = kb.bucket(TornUserId::new(3));
+    let k = [b.state.as_str()];
+    assert_eq!(
+        eval(&mut c, lua::ACQUIRE, &k, &["2", "2000", "2"])
+            .await
+            .unwrap(),
+        vec![1, 0, 0]
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    let short = eval(&mut c, lua::ACQUIRE, &k, &["2", "200", "1"])
+        .await
+        .unwrap();
+    assert_eq!(&short[..2], &[0, 0], "{short:?}");
+    assert!(short[2] > 1_500, "retry {short:?}");
+    let s = eval(&mut c, lua::STATUS, &k, &["2", "200"]).await.unwrap();
+    assert_eq!(s[0], 2, "status {s:?}");
+    // record.lua and settle.lua keep the longer window as well.
+    eval_raw(&mut c, lua::RECORD, &k, &["200", "1"])
+        .await
+        .unwrap();
+    let s = eval(&mut c, lua::STATUS, &k, &["2", "2000"]).await.unwrap();
+    assert_eq!(s[0], 3, "status {s:?}");
+}
+
+/// settle.lua as another language calls it: restamp by the provisional stamp, several
+/// buckets in one call, a too-late settle harmless.
+#[tokio::test]
+async fn settle_restamps_provisional_records() {
+    let mut c = common::redis_conn().await;
+    let kb = KeyBuilder::new(common::unique_prefix("lua-settle"));
+    let (a, b) = (kb.bucket(TornUserId::new(1)), kb.bucket(TornUserId::new(2)));
+    let ga = eval(
+        &mut c,
+        lua::ACQUIRE,
+        &[&a.state],
+        &["2", "300", "2", "0", "1", "60000"],
+    )
+    .await
+    .unwrap();
+    let gb = eval(
+        &mut c,
+        lua::ACQUIRE,
+        &[&b.state],
+        &["2", "300", "1", "0", "1", "60000"],
+    )
+    .await
+    .unwrap();
+    let (sa, sb) = ((ga[3] + 60_000).to_string(), (gb[3] + 60_000).to_string());
+    // The provisional records still count long after one window.
+    tokio::time::sleep(std::time::Duration::from_millis(350)).await;
+    assert_eq!(
+        eval(&mut c, lua::STATUS, &[&a.state], &["2", "300"])
+            .await
+            .unwrap()[0],
+        2
+    );
+    let counts = eval(
+        &mut c,
+        lua::SETTLE,
+        &[&a.state, &b.state],
+        &[&sa, "2", "300", &sb, "1", "300"],
+    )
+    .await
+    .unwrap();
+    assert_eq!(counts, vec![2, 1]);
+    // Settled now: they count one window from the settle, then leave.
+    let s = eval(&mut c, lua::STATUS, &[&a.state], &["2", "300"])
+        .await
+        .unwrap();
+    assert!(s[0] == 2 && s[3] <= 301, "status {s:?}");
+    tokio::time::sleep(std::time::Duration::from_millis(320)).await;
+    assert_eq!(
+        eval(&mut c, lua::STATUS, &[&a.state], &["2", "300"])
+            .await
+            .unwrap()[0],
+        0
+    );
+    // Settling again finds nothing: harmless.
+    let again = eval(&mut c, lua::SETTLE, &[&a.state], &[&sa, "2", "300"])
+        .await
+        .unwrap();
+    assert_eq!(again, vec![0]);
 }

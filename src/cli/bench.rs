@@ -186,8 +186,9 @@ async fn run_scale(base: RateLimitConfig, args: Args) -> CliResult {
     }
     // Every decision a grant, whatever the user count: with Torn's 100 a minute, 1 000
     // users would be refused most of the time (a refusal writes nothing, so it is cheaper)
-    // and the sweep would compare different work, not different key counts.
-    let limit = NonZeroU32::new(1_000_000_000).expect("not zero");
+    // and the sweep would compare different work, not different key counts. The most a
+    // limit may be is enough while each user gets at most that many decisions.
+    let limit = NonZeroU32::new(torn_quota::limiter::MAX_UNITS).expect("not zero");
     eprintln!(
         "{} decisions at each of {counts:?} users (best of 2 rounds), {} in flight, {} \
          connections, on {}, every decision a grant",

@@ -578,7 +578,8 @@ async fn parent(args: Args) -> CliResult {
             )
             .env("TORN_QUOTA_RECONNECT_INTERVAL_MS", RECONNECT_MS.to_string())
             .env("TORN_QUOTA_SAFETY_MARGIN_MS", SAFETY_MARGIN_MS.to_string())
-            .env("TORN_QUOTA_IP_LIMIT", "1000000")
+            // The most a limit may be: far above what the soak's owners can reach.
+            .env("TORN_QUOTA_IP_LIMIT", "10000")
             // A code 5 holds the owner back for one window: Torn's window has drained by then.
             .env("TORN_QUOTA_OWNER_HOLD_MS", args.window_ms.to_string())
             .env(

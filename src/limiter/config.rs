@@ -7,7 +7,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::limiter::TornUserId;
+use crate::limiter::{MAX_SPAN, MAX_UNITS, TornUserId};
+
+/// The most Redis connections one process opens (`TORN_QUOTA_REDIS_CONNECTIONS`): each
+/// pipelines every call in flight, so more only cost Redis file descriptors.
+pub const MAX_CONNECTIONS: usize = 64;
 
 /// What the limiter does when Redis cannot be reached or does not answer in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -363,15 +367,31 @@ impl RateLimitConfig {
 struct RedisUrl(String);
 
 impl RedisUrl {
+    /// The URL with every password replaced by `***`: the one in the user info, and the
+    /// `pass` / `password` query parameters that `redis+unix://` URLs carry it in.
     fn redacted(&self) -> String {
-        match url::Url::parse(&self.0) {
-            Ok(mut u) if u.password().is_some() => {
-                let _ = u.set_password(Some("***"));
-                u.to_string()
-            }
-            Ok(u) => u.to_string(),
-            Err(_) => "<invalid url>".to_owned(),
+        let Ok(mut u) = url::Url::parse(&self.0) else {
+            return "<invalid url>".to_owned();
+        };
+        if u.password().is_some() {
+            let _ = u.set_password(Some("***"));
         }
+        let secret = |k: &str| k.eq_ignore_ascii_case("pass") || k.eq_ignore_ascii_case("password");
+        if u.query_pairs().any(|(k, _)| secret(&k)) {
+            let pairs: Vec<(String, String)> = u
+                .query_pairs()
+                .map(|(k, v)| {
+                    let v = if secret(&k) {
+                        "***".into()
+                    } else {
+                        v.into_owned()
+                    };
+                    (k.into_owned(), v)
+                })
+                .collect();
+            u.query_pairs_mut().clear().extend_pairs(pairs);
+        }
+        u.to_string()
     }
 }
 
@@ -390,17 +410,18 @@ pub struct RateLimitConfigBuilder {
 }
 
 impl RateLimitConfigBuilder {
-    /// Units admitted per window (default 100).
+    /// Units admitted per window (default 100); at most
+    /// [`MAX_UNITS`](crate::limiter::MAX_UNITS) (10,000).
     pub fn limit(mut self, limit: NonZeroU32) -> Self {
         self.config.limit = limit;
         self
     }
-    /// The window's length (default 60 s); whole milliseconds, at least 1.
+    /// The window's length (default 60 s); whole milliseconds, at least 1, at most one day.
     pub fn window(mut self, window: Duration) -> Self {
         self.window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
         self
     }
-    /// One user's limit, instead of the default.
+    /// One user's limit, instead of the default; at most 10,000.
     pub fn user_limit(mut self, user: TornUserId, limit: NonZeroU32) -> Self {
         self.config.user_limits.insert(user, limit);
         self
@@ -452,8 +473,9 @@ impl RateLimitConfigBuilder {
         self.config.reconnect_interval = every;
         self
     }
-    /// Multiplexed connections shared by all calls (default 2). Each pipelines every call in
-    /// flight on it, so a few are enough for thousands of concurrent callers.
+    /// Multiplexed connections shared by all calls (default 2, at most 64). Each pipelines
+    /// every call in flight on it, so a few are enough for thousands of concurrent callers;
+    /// siblings share them.
     pub fn connections(mut self, n: NonZeroUsize) -> Self {
         self.config.connections = n;
         self
@@ -499,12 +521,19 @@ impl RateLimitConfigBuilder {
     /// Validates and returns the configuration.
     pub fn build(self) -> Result<RateLimitConfig> {
         let mut c = self.config;
-        c.window_ms = NonZeroU64::new(self.window_ms).ok_or_else(|| {
-            invalid(
-                "TORN_QUOTA_WINDOW_MS",
-                "must be at least 1 millisecond".into(),
-            )
-        })?;
+        c.window_ms = NonZeroU64::new(self.window_ms)
+            .filter(|w| u128::from(w.get()) <= MAX_SPAN.as_millis())
+            .ok_or_else(|| {
+                invalid(
+                    "TORN_QUOTA_WINDOW_MS",
+                    format!(
+                        "must be from 1 millisecond to one day ({} ms), got {}",
+                        MAX_SPAN.as_millis(),
+                        self.window_ms
+                    ),
+                )
+            })?;
+        check_bounds(&c)?;
         validate_redis_url(&c.redis_url.0)?;
         for url in &c.redis_cluster_urls {
             validate_cluster_url(&url.0)?;
@@ -528,9 +557,18 @@ impl RateLimitConfigBuilder {
                 "TORN_QUOTA_LEGACY_CLEANUP_INTERVAL_MS",
                 c.legacy_cleanup_interval,
             ),
+            ("TORN_QUOTA_RECONNECT_INTERVAL_MS", c.reconnect_interval),
         ] {
-            if d.is_zero() {
-                return Err(invalid(name, "must be at least 1 millisecond".into()));
+            // Bounded, so that sums of them (a call's connect + command bound) cannot wrap.
+            if d.is_zero() || d > MAX_SPAN {
+                return Err(invalid(
+                    name,
+                    format!(
+                        "must be from 1 millisecond to one day ({} ms), got {} ms",
+                        MAX_SPAN.as_millis(),
+                        d.as_millis()
+                    ),
+                ));
             }
         }
         if let Some(p) = c.rollout_percent.filter(|p| *p > 100) {
@@ -550,6 +588,56 @@ impl RateLimitConfigBuilder {
         }
         Ok(c)
     }
+}
+
+/// The limiter's bounds: what one call may write to Redis, how many connections a process
+/// opens, and a local fallback share that is never 0.
+fn check_bounds(c: &RateLimitConfig) -> Result<()> {
+    if c.limit.get() > MAX_UNITS {
+        return Err(invalid(
+            "TORN_QUOTA_LIMIT",
+            format!(
+                "must be at most {MAX_UNITS} (each unit is a record in Redis; Torn's own \
+                 limits are 100 and 1,000), got {}",
+                c.limit
+            ),
+        ));
+    }
+    let mut users: Vec<_> = c.user_limits.iter().collect();
+    users.sort();
+    if let Some((user, limit)) = users.iter().find(|(_, l)| l.get() > MAX_UNITS) {
+        return Err(invalid(
+            "TORN_QUOTA_USER_LIMITS",
+            format!("user {user}: a limit must be at most {MAX_UNITS}, got {limit}"),
+        ));
+    }
+    if c.connections.get() > MAX_CONNECTIONS {
+        return Err(invalid(
+            "TORN_QUOTA_REDIS_CONNECTIONS",
+            format!(
+                "must be at most {MAX_CONNECTIONS} (each pipelines every call in flight), \
+                 got {}",
+                c.connections
+            ),
+        ));
+    }
+    if let OnRedisDown::LocalFallback { workers } = c.on_redis_down {
+        let smallest = users
+            .iter()
+            .map(|(_, l)| l.get())
+            .fold(c.limit.get(), u32::min);
+        if workers.get() > smallest {
+            return Err(invalid(
+                "TORN_QUOTA_WORKERS",
+                format!(
+                    "must be at most the smallest limit in force ({smallest}): each worker \
+                     decides alone at limit / workers while Redis is down, so more workers \
+                     would refuse every call; got {workers}"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Every setting's name, in the environment and in the TOML file.
@@ -630,6 +718,7 @@ fn parse_bool(raw: &str, name: &str) -> Result<bool> {
 }
 
 /// `TORN_QUOTA_USER_LIMITS`: `ID=LIMIT` pairs separated by commas, e.g. `1234=50,5678=200`.
+/// An id given twice is refused: which limit was meant is anyone's guess.
 fn parse_user_limits(raw: &str) -> Result<Vec<(TornUserId, NonZeroU32)>> {
     let bad = |part: &str| {
         invalid(
@@ -646,7 +735,17 @@ fn parse_user_limits(raw: &str) -> Result<Vec<(TornUserId, NonZeroU32)>> {
             let limit: NonZeroU32 = limit.trim().parse().map_err(|_| bad(part))?;
             Ok((TornUserId::new(id), limit))
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()
+        .and_then(|pairs| {
+            let mut seen = std::collections::HashSet::new();
+            match pairs.iter().find(|(user, _)| !seen.insert(*user)) {
+                Some((user, _)) => Err(invalid(
+                    "TORN_QUOTA_USER_LIMITS",
+                    format!("user {user} is given twice"),
+                )),
+                None => Ok(pairs),
+            }
+        })
 }
 
 fn validate_redis_url(raw: &str) -> Result<()> {
@@ -851,6 +950,121 @@ mod tests {
             c.redis_url_redacted(),
             "redis://worker:***@cache.internal:6380/2"
         );
+    }
+
+    /// Issue 12 item 6: `redis+unix://` URLs carry the password as a query parameter.
+    #[test]
+    fn a_unix_socket_password_never_shows() {
+        for url in [
+            "redis+unix:///run/redis.sock?db=2&pass=s3cret-pass",
+            "redis+unix:///run/redis.sock?password=s3cret-pass&db=2",
+            "unix:///run/redis.sock?PASS=s3cret-pass",
+            "redis://:s3cret-pass@cache.internal:6379/?password=s3cret-pass",
+        ] {
+            let c = RateLimitConfig::builder().redis_url(url).build().unwrap();
+            let shown = c.redis_url_redacted();
+            assert!(!shown.contains("s3cret"), "{url} shows as {shown}");
+            assert!(shown.contains("***"), "{shown}");
+            assert!(!format!("{c:?}").contains("s3cret"));
+            assert!(!c.redis_target_redacted().contains("s3cret"));
+        }
+        let c = RateLimitConfig::builder()
+            .redis_url("redis+unix:///run/redis.sock?db=2&pass=s3cret")
+            .build()
+            .unwrap();
+        assert_eq!(
+            c.redis_url_redacted(),
+            "redis+unix:///run/redis.sock?db=2&pass=***"
+        );
+    }
+
+    /// Issue 12 items 2 and 5: limits, windows, timeouts, connections and workers bounded,
+    /// each refusal naming its setting.
+    #[test]
+    fn bounds_name_their_setting() {
+        let huge = u64::MAX.to_string();
+        let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
+            (vec![("TORN_QUOTA_LIMIT", "10001")], "TORN_QUOTA_LIMIT"),
+            (vec![("TORN_QUOTA_LIMIT", "4294967295")], "TORN_QUOTA_LIMIT"),
+            (
+                vec![("TORN_QUOTA_USER_LIMITS", "7=40,8=30000000")],
+                "TORN_QUOTA_USER_LIMITS",
+            ),
+            (
+                vec![("TORN_QUOTA_WINDOW_MS", "86400001")],
+                "TORN_QUOTA_WINDOW_MS",
+            ),
+            (
+                vec![("TORN_QUOTA_WINDOW_MS", &huge)],
+                "TORN_QUOTA_WINDOW_MS",
+            ),
+            (
+                vec![("TORN_QUOTA_REDIS_COMMAND_TIMEOUT_MS", &huge)],
+                "TORN_QUOTA_REDIS_COMMAND_TIMEOUT_MS",
+            ),
+            (
+                vec![("TORN_QUOTA_REDIS_CONNECT_TIMEOUT_MS", &huge)],
+                "TORN_QUOTA_REDIS_CONNECT_TIMEOUT_MS",
+            ),
+            (
+                vec![("TORN_QUOTA_RECONNECT_INTERVAL_MS", &huge)],
+                "TORN_QUOTA_RECONNECT_INTERVAL_MS",
+            ),
+            (
+                vec![("TORN_QUOTA_LEGACY_WINDOW_MS", &huge)],
+                "TORN_QUOTA_LEGACY_WINDOW_MS",
+            ),
+            (
+                vec![("TORN_QUOTA_REDIS_CONNECTIONS", "65")],
+                "TORN_QUOTA_REDIS_CONNECTIONS",
+            ),
+            (
+                vec![
+                    ("TORN_QUOTA_ON_REDIS_DOWN", "local"),
+                    ("TORN_QUOTA_WORKERS", "101"),
+                ],
+                "TORN_QUOTA_WORKERS",
+            ),
+            (
+                vec![
+                    ("TORN_QUOTA_USER_LIMITS", "7=3"),
+                    ("TORN_QUOTA_ON_REDIS_DOWN", "local"),
+                    ("TORN_QUOTA_WORKERS", "4"),
+                ],
+                "TORN_QUOTA_WORKERS",
+            ),
+        ];
+        for (pairs, setting) in cases {
+            let err = RateLimitConfig::from_sources(None, env(&pairs)).unwrap_err();
+            assert_eq!(setting_of(err), setting, "{pairs:?}");
+        }
+        // The bounds themselves are fine.
+        let c = RateLimitConfig::from_sources(
+            None,
+            env(&[
+                ("TORN_QUOTA_LIMIT", "10000"),
+                ("TORN_QUOTA_WINDOW_MS", "86400000"),
+                ("TORN_QUOTA_USER_LIMITS", "7=3"),
+                ("TORN_QUOTA_REDIS_CONNECTIONS", "64"),
+                ("TORN_QUOTA_ON_REDIS_DOWN", "local"),
+                ("TORN_QUOTA_WORKERS", "3"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!((c.limit().get(), c.window_ms()), (10_000, 86_400_000));
+    }
+
+    /// Issue 12 item 10: an id given twice in TORN_QUOTA_USER_LIMITS is refused, by name.
+    #[test]
+    fn a_user_given_twice_is_refused() {
+        let err = RateLimitConfig::from_sources(
+            None,
+            env(&[("TORN_QUOTA_USER_LIMITS", "7=40, 8=5, 7=50")]),
+        )
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("user 7 is given twice"), "{msg}");
+        assert_eq!(setting_of(err), "TORN_QUOTA_USER_LIMITS");
     }
 
     #[test]

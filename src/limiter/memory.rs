@@ -32,12 +32,25 @@ struct Bucket {
     penalty_until_ms: u64,
     /// When the whole bucket (log and penalty) may be forgotten.
     idle_at_ms: u64,
+    /// The longest window the bucket has been asked with while it lived: a caller with a
+    /// shorter one is decided with it, so that it never cuts records a longer-window
+    /// caller still counts (as `lua/acquire.lua`'s trailer record).
+    window_ms: u64,
 }
 
 impl Bucket {
+    /// The window in force for a caller asking with `asked`: the longest so far.
+    fn window(&mut self, asked: u64) -> u64 {
+        self.window_ms = self.window_ms.max(asked);
+        self.window_ms
+    }
+
+    /// Drops the records that have left the window: stamp + window < now, as in
+    /// `lua/acquire.lua` (a clock floored to the millisecond must not let a grant leave
+    /// before one whole real window has passed).
     fn trim(&mut self, now: u64, window: u64) {
         // Before one window has passed since the clock's origin nothing can have expired.
-        let Some(horizon) = now.checked_sub(window) else {
+        let Some(horizon) = now.checked_sub(window + 1) else {
             return;
         };
         while let Some(&(ts, units)) = self.log.front() {
@@ -49,13 +62,24 @@ impl Bucket {
         }
     }
 
+    /// Adds `units` stamped `ts`, in time order (provisional stamps may lie ahead of now).
+    fn insert(&mut self, ts: u64, units: u32, window: u64) {
+        let pos = self.log.partition_point(|&(t, _)| t <= ts);
+        match pos.checked_sub(1).map(|i| &mut self.log[i]) {
+            Some((t, u)) if *t == ts => *u += units,
+            _ => self.log.insert(pos, (ts, units)),
+        }
+        self.used += u64::from(units);
+        self.idle_at_ms = self.idle_at_ms.max(ts + window + 1);
+    }
+
     /// Wait until `excess` of the oldest units have left the window.
     fn wait_for(&self, excess: u64, now: u64, window: u64) -> u64 {
         let mut freed = 0;
         for &(ts, units) in &self.log {
             freed += u64::from(units);
             if freed >= excess {
-                return (ts + window).saturating_sub(now);
+                return (ts + window + 1).saturating_sub(now);
             }
         }
         0
@@ -63,6 +87,11 @@ impl Bucket {
 }
 
 impl MemoryBackend {
+    /// The clock it decides by (a sibling shares it).
+    pub(crate) fn clock(&self) -> Arc<dyn Clock> {
+        Arc::clone(&self.clock)
+    }
+
     pub(crate) fn new(clock: Arc<dyn Clock>, cleanup_every_ms: u64) -> Self {
         Self {
             state: Mutex::new(State::default()),
@@ -96,16 +125,13 @@ impl MemoryBackend {
             });
         }
         let bucket = state.buckets.entry(user).or_default();
-        bucket.trim(now, ask.window_ms);
+        let window = bucket.window(ask.window_ms);
+        bucket.trim(now, window);
         let penalty = bucket.penalty_until_ms.saturating_sub(now);
         let (used, cost, effective) = (bucket.used, u64::from(ask.cost), u64::from(effective));
+        let window_ms = window;
         let reply = if penalty == 0 && used + cost <= effective {
-            match bucket.log.back_mut() {
-                Some((ts, units)) if *ts == now => *units += ask.cost,
-                _ => bucket.log.push_back((now, ask.cost)),
-            }
-            bucket.used += cost;
-            bucket.idle_at_ms = bucket.idle_at_ms.max(now + ask.window_ms);
+            bucket.insert(now + ask.hold_ms, ask.cost, window);
             RawDecision {
                 granted: true,
                 remaining: (effective - used - cost) as u32,
@@ -115,7 +141,7 @@ impl MemoryBackend {
         } else {
             let excess = (used + cost).saturating_sub(effective);
             let wait = if excess > 0 {
-                bucket.wait_for(excess, now, ask.window_ms)
+                bucket.wait_for(excess, now, window)
             } else {
                 0
             };
@@ -132,7 +158,7 @@ impl MemoryBackend {
         };
         if let Some(id) = ask.idempotency_id {
             let ttl = if reply.granted {
-                ask.window_ms
+                window_ms + 1 + ask.hold_ms
             } else {
                 reply.retry_after_ms
             };
@@ -156,12 +182,13 @@ impl MemoryBackend {
                 penalty_ms: 0,
             };
         };
+        let window_ms = bucket.window_ms.max(window_ms);
         bucket.trim(now, window_ms);
         let penalty = bucket.penalty_until_ms.saturating_sub(now);
         let newest_free = bucket
             .log
             .back()
-            .map_or(0, |&(ts, _)| (ts + window_ms).saturating_sub(now));
+            .map_or(0, |&(ts, _)| (ts + window_ms + 1).saturating_sub(now));
         RawStatus {
             used: bucket.used as u32,
             limit,
@@ -211,6 +238,42 @@ impl MemoryBackend {
         back
     }
 
+    /// Restamps up to `cost` units stamped `stamp_ms` with now, unless they have left the
+    /// window. Returns the units restamped.
+    pub(crate) fn settle(&self, user: TornUserId, stamp_ms: u64, cost: u32, window_ms: u64) -> u32 {
+        let now = self.clock.now_ms();
+        let mut state = self.lock();
+        let Some(bucket) = state.buckets.get_mut(&user) else {
+            return 0;
+        };
+        let window_ms = bucket.window(window_ms);
+        if stamp_ms + window_ms < now {
+            return 0;
+        }
+        let Ok(pos) = bucket.log.binary_search_by_key(&stamp_ms, |&(ts, _)| ts) else {
+            return 0;
+        };
+        let units = &mut bucket.log[pos].1;
+        let moved = (*units).min(cost);
+        *units -= moved;
+        if *units == 0 {
+            bucket.log.remove(pos);
+        }
+        bucket.used -= u64::from(moved);
+        bucket.insert(now, moved, window_ms);
+        moved
+    }
+
+    /// Records `cost` units now, whatever the limit or a penalty says.
+    pub(crate) fn record(&self, user: TornUserId, cost: u32, window_ms: u64) {
+        let now = self.clock.now_ms();
+        let mut state = self.lock();
+        let bucket = state.buckets.entry(user).or_default();
+        let window_ms = bucket.window(window_ms);
+        bucket.trim(now, window_ms);
+        bucket.insert(now, cost, window_ms);
+    }
+
     pub(crate) fn set_user_limit(&self, user: TornUserId, limit: Option<NonZeroU32>) {
         let mut state = self.lock();
         match limit {
@@ -252,12 +315,14 @@ mod tests {
             window_ms: 1_000,
             cost,
             reserve: 0,
+            hold_ms: 0,
             idempotency_id: None,
         }
     }
 
-    /// The window's edge to the millisecond, on a clock the test moves: a grant at `t`
-    /// counts until `t + window - 1` and is gone at `t + window`.
+    /// The window's edge to the millisecond, on a clock the test moves: a grant stamped
+    /// `t` (made somewhere in [t, t + 1) ms) counts until `t + window` and is gone at
+    /// `t + window + 1`, so it leaves only once a whole real window has passed.
     #[test]
     fn window_edge_is_exact() {
         let clock = Arc::new(ManualClock::new(10_000));
@@ -266,10 +331,14 @@ mod tests {
         assert!(m.acquire(user, &ask(2, 2)).unwrap().granted);
         clock.advance(Duration::from_millis(400));
         let d = m.acquire(user, &ask(2, 1)).unwrap();
-        assert_eq!((d.granted, d.retry_after_ms), (false, 600));
-        clock.advance(Duration::from_millis(599));
+        assert_eq!((d.granted, d.retry_after_ms), (false, 601));
+        clock.advance(Duration::from_millis(600));
         let d = m.acquire(user, &ask(2, 1)).unwrap();
-        assert_eq!((d.granted, d.retry_after_ms), (false, 1));
+        assert_eq!(
+            (d.granted, d.retry_after_ms),
+            (false, 1),
+            "at t + window: still in"
+        );
         clock.advance(Duration::from_millis(1));
         assert!(m.acquire(user, &ask(2, 2)).unwrap().granted);
     }
@@ -283,8 +352,8 @@ mod tests {
             assert!(m.acquire(user, &ask(3, 1)).unwrap().granted);
             clock.advance(Duration::from_millis(100));
         }
-        // Grants at 0, 100, 200; now 300. Two units fit once the two oldest leave: at 1100.
+        // Grants at 0, 100, 200; now 300. Two units fit once the two oldest leave: at 1101.
         let d = m.acquire(user, &ask(3, 2)).unwrap();
-        assert_eq!((d.granted, d.remaining, d.retry_after_ms), (false, 0, 800));
+        assert_eq!((d.granted, d.remaining, d.retry_after_ms), (false, 0, 801));
     }
 }
