@@ -2,10 +2,12 @@
 //! (no locks), and a set of requests in flight.
 //!
 //! Each turn it fills the free slots: for the owners with the most room first, it takes
-//! as many units as it has requests ready for that owner (one script call), and sends
-//! them at once on the owner's least-recently-used keys. Units are never taken ahead of
-//! sending: Torn counts a request when it arrives, so a unit held back would let our
-//! window expire before Torn's.
+//! as many units as it has requests ready for that owner from the [quota gate](crate::gate)
+//! (one ticket: the owner's, the IP's and the share's units at once), and sends them at
+//! once on the owner's least-recently-used keys. Units are never taken ahead of sending:
+//! Torn counts a request when it arrives. The chunk's ticket is settled when its last
+//! request is answered, or given back when none of them reached Torn. Where legacy
+//! decides (it counts per key), each request takes its own ticket for its key.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::num::NonZeroU32;
@@ -20,7 +22,8 @@ use super::{
     RequestError,
 };
 use crate::error::{Error, Result};
-use crate::limiter::{Decision, Limiter, Priority, Request, TornUserId};
+use crate::gate::{AccessNeeds, QuotaGate, Reach, Shares, Ticket};
+use crate::limiter::{Priority, TornUserId};
 use crate::torn::{AccessLevel, ApiKey, ErrorClass, KeyInfo, TornClient, TornErrorCode};
 
 /// Access levels, lowest first: the pending queues are kept per level needed.
@@ -73,7 +76,17 @@ struct Sent {
     fetch: usize,
     owner: usize,
     key: usize,
+    chunk: u64,
     result: Result<Value>,
+    reach: Reach,
+}
+
+/// The ticket of requests sent together, until the last of them is back.
+struct Chunk {
+    ticket: Ticket,
+    outstanding: u32,
+    answered: bool,
+    unknown: bool,
 }
 
 pub(super) struct Engine<'h> {
@@ -82,7 +95,16 @@ pub(super) struct Engine<'h> {
     /// Fetch ids waiting, per access level needed, in order.
     pending: [VecDeque<usize>; LEVELS],
     owners: Vec<Owner>,
-    share: Option<Limiter>,
+    gate: QuotaGate,
+    shares: Option<Shares>,
+    access: AccessNeeds,
+    chunks: HashMap<u64, Chunk>,
+    next_chunk: u64,
+    /// Tickets whose requests are all back: settled (true) or given back (false).
+    ended: Vec<(Ticket, bool)>,
+    /// Not asked for quota before this: the gate's store failed, and is waited out.
+    store_ready_at: Instant,
+    store_backoff: Duration,
     results: Vec<Option<std::result::Result<Value, RequestError>>>,
     in_flight: JoinSet<Sent>,
     turn: u64,
@@ -105,12 +127,21 @@ impl<'h> Engine<'h> {
     ) -> Result<BatchOutcome> {
         let started = Instant::now();
         let total = requests.len();
+        let gate = handler.client.gate().clone();
+        let access = gate.access_needs();
         let mut engine = Self {
             handler,
             fetches: Vec::new(),
             pending: Default::default(),
             owners: Vec::new(),
-            share: None,
+            gate,
+            shares: None,
+            access,
+            chunks: HashMap::new(),
+            next_chunk: 0,
+            ended: Vec::new(),
+            store_ready_at: started,
+            store_backoff: Duration::ZERO,
             results: (0..total).map(|_| None).collect(),
             in_flight: JoinSet::new(),
             turn: 0,
@@ -124,10 +155,41 @@ impl<'h> Engine<'h> {
             first_send: None,
             last_send: None,
         };
+        let mut requests = requests;
+        engine.raise_known_needs(&mut requests).await;
         engine.plan(requests);
         engine.resolve(pool).await?;
-        engine.run().await?;
+        let run = engine.run().await;
+        if let Some(shares) = &engine.shares {
+            shares.close().await;
+        }
+        run?;
         Ok(engine.finish())
+    }
+
+    /// Raises each request's access to what its selection is known to need (learned from
+    /// an earlier code 16, here or in another process), so it goes to a key that can serve
+    /// it at once.
+    async fn raise_known_needs(&self, requests: &mut [BatchRequest]) {
+        let mut needs: HashMap<String, Option<AccessLevel>> = HashMap::new();
+        for r in requests.iter_mut() {
+            let Some(selection) = AccessNeeds::selection_of(&r.path) else {
+                continue;
+            };
+            let need = match needs.get(&selection) {
+                Some(n) => *n,
+                None => {
+                    let n = self.access.need(&r.path).await;
+                    needs.insert(selection, n);
+                    n
+                }
+            };
+            if let Some(need) = need
+                && need > r.min_access
+            {
+                r.min_access = need;
+            }
+        }
     }
 
     /// Merges identical requests and queues the fetches, high priority first.
@@ -244,16 +306,13 @@ impl<'h> Engine<'h> {
                 reason: "no key of the pool is usable".into(),
             }));
         }
-        if self.owners.iter().any(|o| o.share_cap.is_some()) {
-            let limiter = self.handler.client.limiter();
-            let config = limiter.config();
-            let share = limiter.sibling("share", config.limit(), config.window())?;
-            for o in &self.owners {
-                if let Some(cap) = o.share_cap {
-                    share.set_user_limit(o.id, Some(cap)).await?;
-                }
-            }
-            self.share = Some(share);
+        let caps: Vec<(TornUserId, NonZeroU32)> = self
+            .owners
+            .iter()
+            .filter_map(|o| o.share_cap.map(|c| (o.id, c)))
+            .collect();
+        if !caps.is_empty() {
+            self.shares = Some(self.gate.shares(&caps).await?);
         }
         Ok(())
     }
@@ -269,18 +328,23 @@ impl<'h> Engine<'h> {
             if !waiting && self.in_flight.is_empty() {
                 return Ok(());
             }
-            if waiting && !cancel.is_cancelled() && self.handler.client.paused_for().is_none() {
+            if waiting
+                && !cancel.is_cancelled()
+                && self.handler.client.paused_for().is_none()
+                && Instant::now() >= self.store_ready_at
+            {
                 self.dispatch().await?;
             }
             let wake = self.next_wake();
             tokio::select! {
                 Some(joined) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
-                    self.complete(joined.map_err(|e| internal(&e))?);
+                    self.complete(joined.map_err(|e| internal(&e))?).await;
                     // Take every answer already in, so the next dispatch fills all the
                     // free slots with as few script calls as it can.
                     while let Some(joined) = self.in_flight.try_join_next() {
-                        self.complete(joined.map_err(|e| internal(&e))?);
+                        self.complete(joined.map_err(|e| internal(&e))?).await;
                     }
+                    self.end_tickets().await;
                 }
                 () = tokio::time::sleep_until(wake) => {}
                 () = cancel.cancelled(), if !cancel.is_cancelled() => {}
@@ -296,6 +360,9 @@ impl<'h> Engine<'h> {
         if let Some(p) = self.handler.client.paused_for() {
             return (now + p).min(cap);
         }
+        if self.store_ready_at > now {
+            return self.store_ready_at.min(cap);
+        }
         self.owners
             .iter()
             .filter(|o| o.max_access().is_some())
@@ -306,10 +373,33 @@ impl<'h> Engine<'h> {
             .min(cap)
     }
 
-    /// Fills the free slots, owner by owner, most room first.
+    /// Fills the free slots, owner by owner, most room first. A failure of the gate's
+    /// store (Redis unreachable or slow) is waited out with back-off, never the batch's
+    /// end: answers already fetched are kept, and the next turn asks again.
     async fn dispatch(&mut self) -> Result<()> {
-        let limiter = self.handler.client.limiter().clone();
-        let margin = self.handler.client.config().safety_margin();
+        match self.dispatch_owners().await {
+            Ok(()) => {
+                self.store_backoff = Duration::ZERO;
+                Ok(())
+            }
+            Err(e) if e.is_unavailable() => {
+                let config = self.handler.client.config();
+                self.store_backoff = (self.store_backoff * 2)
+                    .max(config.retry_min_delay())
+                    .min(config.retry_max_delay());
+                self.store_ready_at = Instant::now() + self.store_backoff;
+                tracing::warn!(
+                    error = %e,
+                    backoff_ms = self.store_backoff.as_millis() as u64,
+                    "batch: the quota store does not answer; waiting it out"
+                );
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn dispatch_owners(&mut self) -> Result<()> {
         let max_chunk = self.handler.config.max_chunk.get() as usize;
         let now = Instant::now();
         let mut order: Vec<usize> = (0..self.owners.len())
@@ -319,7 +409,7 @@ impl<'h> Engine<'h> {
             let owner = &self.owners[o];
             let room = owner
                 .room
-                .unwrap_or_else(|| limiter.config().limit_for(owner.id).get());
+                .unwrap_or_else(|| self.gate.limit_for(owner.id).get());
             (std::cmp::Reverse(room), owner.last_turn)
         });
         for o in order {
@@ -334,49 +424,44 @@ impl<'h> Engine<'h> {
                 .iter()
                 .map(VecDeque::len)
                 .sum();
-            let mut want = ready.min(free).min(max_chunk) as u32;
+            let want = ready.min(free).min(max_chunk) as u32;
             if want == 0 {
                 continue;
             }
             let owner_id = self.owners[o].id;
-            // The owner's share for pooled work, when it has one, bounds the chunk first.
-            let mut share_grant = None;
-            if let (Some(share), Some(_)) = (&self.share, self.owners[o].share_cap) {
-                match ask(share, owner_id, want, Duration::ZERO).await? {
-                    Ok(g) => {
-                        want = g.cost();
-                        share_grant = Some(g);
-                    }
-                    Err(retry_after) => {
-                        self.owners[o].ready_at = Instant::now() + retry_after;
-                        continue;
-                    }
-                }
+            if self.gate.per_key(owner_id) {
+                self.dispatch_per_key(o, access, want).await?;
+                continue;
             }
-            match ask(&limiter, owner_id, want, margin).await? {
-                Ok(grant) => {
-                    let units = grant.cost();
-                    if let (Some(share), Some(g)) = (&self.share, share_grant)
-                        && g.cost() > units
-                    {
-                        // Only part of the share was usable: give it back whole and
-                        // take just what is sent.
-                        share.refund(g).await?;
-                        let _ = ask(share, owner_id, units, Duration::ZERO).await?;
-                    }
+            let taken = self
+                .gate
+                .try_take(
+                    Some(owner_id),
+                    None,
+                    want,
+                    Priority::High,
+                    self.shares.as_ref(),
+                )
+                .await?;
+            match taken {
+                Ok(ticket) => {
+                    let units = ticket.units();
                     self.turn += 1;
                     let owner = &mut self.owners[o];
-                    owner.room = Some(grant.remaining());
+                    owner.room = ticket.owner_remaining().or(owner.room);
                     owner.last_turn = self.turn;
                     owner.stats.granted += u64::from(units);
+                    let chunk = self.open_chunk(ticket);
+                    let mut sent = 0;
                     for _ in 0..units {
-                        self.send_next(o, access);
+                        if let Some((fetch, k)) = self.pick(o, access) {
+                            self.spawn_send(o, k, fetch, chunk);
+                            sent += 1;
+                        }
                     }
+                    self.close_chunk(chunk, sent).await;
                 }
                 Err(retry_after) => {
-                    if let (Some(share), Some(g)) = (&self.share, share_grant) {
-                        share.refund(g).await?;
-                    }
                     let owner = &mut self.owners[o];
                     owner.room = Some(0);
                     owner.ready_at = Instant::now() + retry_after;
@@ -386,19 +471,123 @@ impl<'h> Engine<'h> {
         Ok(())
     }
 
-    /// Sends the first waiting fetch this owner can serve on its least-recently-used key
+    /// Where legacy decides for the owner: one ticket per request, for the key it goes on.
+    async fn dispatch_per_key(&mut self, o: usize, access: AccessLevel, want: u32) -> Result<()> {
+        for _ in 0..want {
+            let Some((fetch, k)) = self.pick(o, access) else {
+                break;
+            };
+            let owner_id = self.owners[o].id;
+            let hash = self.owners[o].keys[k].key.hash();
+            let taken = self
+                .gate
+                .try_take(
+                    Some(owner_id),
+                    Some(&hash),
+                    1,
+                    Priority::High,
+                    self.shares.as_ref(),
+                )
+                .await;
+            match taken {
+                Ok(Ok(ticket)) => {
+                    self.turn += 1;
+                    let owner = &mut self.owners[o];
+                    owner.last_turn = self.turn;
+                    owner.stats.granted += 1;
+                    let chunk = self.open_chunk(ticket);
+                    self.spawn_send(o, k, fetch, chunk);
+                    self.close_chunk(chunk, 1).await;
+                }
+                Ok(Err(retry_after)) => {
+                    self.unpick(fetch);
+                    let owner = &mut self.owners[o];
+                    owner.ready_at = Instant::now() + retry_after;
+                    break;
+                }
+                Err(e) => {
+                    self.unpick(fetch);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn open_chunk(&mut self, ticket: Ticket) -> u64 {
+        let id = self.next_chunk;
+        self.next_chunk += 1;
+        self.chunks.insert(
+            id,
+            Chunk {
+                ticket,
+                outstanding: 0,
+                answered: false,
+                unknown: false,
+            },
+        );
+        id
+    }
+
+    /// Sets how many requests went out on a chunk's ticket; none: it goes back at once.
+    async fn close_chunk(&mut self, id: u64, sent: u32) {
+        if sent == 0 {
+            if let Some(c) = self.chunks.remove(&id) {
+                self.gate.give_back(c.ticket).await;
+            }
+        } else if let Some(c) = self.chunks.get_mut(&id) {
+            c.outstanding = sent;
+        }
+    }
+
+    /// One request of a chunk is back.
+    fn chunk_done(&mut self, id: u64, reach: Reach) {
+        let Some(c) = self.chunks.get_mut(&id) else {
+            return;
+        };
+        match reach {
+            Reach::Answered => c.answered = true,
+            Reach::Unknown => c.unknown = true,
+            Reach::NotSent => {}
+        }
+        c.outstanding = c.outstanding.saturating_sub(1);
+        if c.outstanding == 0 {
+            let c = self.chunks.remove(&id).expect("present");
+            if c.answered {
+                self.ended.push((c.ticket, true));
+            } else if !c.unknown {
+                self.ended.push((c.ticket, false));
+            }
+            // Only unanswered sends: the units keep their provisional records.
+        }
+    }
+
+    /// Settles or gives back the tickets whose requests are all back.
+    async fn end_tickets(&mut self) {
+        for (ticket, answered) in std::mem::take(&mut self.ended) {
+            if answered {
+                self.gate.settle(ticket).await;
+            } else {
+                self.gate.give_back(ticket).await;
+            }
+        }
+    }
+
+    fn unpick(&mut self, fetch: usize) {
+        self.sent -= 1;
+        self.requeue(fetch);
+    }
+
+    /// Takes the first waiting fetch this owner can serve, and its least-recently-used key
     /// with enough access.
-    fn send_next(&mut self, o: usize, access: AccessLevel) {
+    fn pick(&mut self, o: usize, access: AccessLevel) -> Option<(usize, usize)> {
         // The earliest fetch among the levels the owner reaches, highest level first on a
         // tie so that scarce high-access keys go to what only they can serve.
         let level = (0..=access as usize)
             .rev()
             .filter(|&l| !self.pending[l].is_empty())
-            .min_by_key(|&l| self.pending[l].front().copied().unwrap_or(usize::MAX));
-        let Some(level) = level else { return };
-        let Some(fetch) = self.pending[level].pop_front() else {
-            return;
-        };
+            .min_by_key(|&l| self.pending[l].front().copied().unwrap_or(usize::MAX))?;
+        let fetch = self.pending[level].pop_front()?;
         let need = self.fetches[fetch].min_access;
         self.turn += 1;
         let owner = &mut self.owners[o];
@@ -407,11 +596,17 @@ impl<'h> Engine<'h> {
             .min_by_key(|&k| owner.keys[k].last_used)
         else {
             self.pending[level].push_front(fetch);
-            return;
+            return None;
         };
         owner.keys[k].last_used = self.turn;
-        owner.stats.sent += 1;
         self.sent += 1;
+        Some((fetch, k))
+    }
+
+    /// Sends a picked fetch on the owner's key `k`, on the units of `chunk`.
+    fn spawn_send(&mut self, o: usize, k: usize, fetch: usize, chunk: u64) {
+        let owner = &mut self.owners[o];
+        owner.stats.sent += 1;
         let now = Instant::now();
         self.first_send.get_or_insert(now);
         self.last_send = Some(now);
@@ -420,24 +615,29 @@ impl<'h> Engine<'h> {
         let path = self.fetches[fetch].path.clone();
         let client = self.handler.client.clone();
         self.in_flight.spawn(async move {
-            let result = client.send_prepaid(&key, owner_id, &path).await;
+            let (result, reach) = client.send_on_ticket(&key, owner_id, &path).await;
             Sent {
                 fetch,
                 owner: o,
                 key: k,
+                chunk,
                 result,
+                reach,
             }
         });
     }
 
     /// Handles an answer: data, or what Torn's code says to do.
-    fn complete(&mut self, sent: Sent) {
+    async fn complete(&mut self, sent: Sent) {
         let Sent {
             fetch,
             owner: o,
             key: k,
+            chunk,
             result,
+            reach,
         } = sent;
+        self.chunk_done(chunk, reach);
         let err = match result {
             Ok(data) => {
                 if let Some(cache) = &self.handler.cache {
@@ -482,12 +682,18 @@ impl<'h> Engine<'h> {
             ErrorClass::PauseAll => self.requeue(fetch),
             ErrorClass::Reroute => {
                 let key_access = self.owners[o].keys[k].access;
-                match AccessLevel::from_number(key_access.number() + 1) {
-                    Some(higher) if higher > self.fetches[fetch].min_access => {
-                        self.fetches[fetch].min_access = higher;
+                let path = self.fetches[fetch].path.clone();
+                // Learned for the selection, in every process: later requests of it go
+                // straight to a key that can serve them.
+                let need = self.access.learn(&path, key_access).await;
+                match need.or_else(|| AccessLevel::from_number(key_access.number() + 1)) {
+                    Some(higher) => {
+                        if higher > self.fetches[fetch].min_access {
+                            self.fetches[fetch].min_access = higher;
+                        }
+                        self.raise_pending(&path, higher);
                         self.requeue(fetch);
                     }
-                    Some(_) => self.requeue(fetch),
                     None => self.answer(fetch, Err(RequestError::torn(code, &message))),
                 }
             }
@@ -502,6 +708,28 @@ impl<'h> Engine<'h> {
             self.answer(fetch, Err(error));
         } else {
             self.requeue(fetch);
+        }
+    }
+
+    /// Moves every waiting fetch of `path`'s selection up to `need`, keeping their order.
+    fn raise_pending(&mut self, path: &str, need: AccessLevel) {
+        let Some(selection) = AccessNeeds::selection_of(path) else {
+            return;
+        };
+        for level in 0..(need as usize) {
+            let queue = std::mem::take(&mut self.pending[level]);
+            for f in queue {
+                let same = AccessNeeds::selection_of(&self.fetches[f].path).as_ref()
+                    == Some(&selection);
+                if same {
+                    self.fetches[f].min_access = need;
+                    let target = &mut self.pending[need as usize];
+                    let at = target.partition_point(|&g| g < f);
+                    target.insert(at, f);
+                } else {
+                    self.pending[level].push_back(f);
+                }
+            }
         }
     }
 
@@ -576,13 +804,12 @@ impl<'h> Engine<'h> {
 
     fn finish(self) -> BatchOutcome {
         let duration = self.started.elapsed();
-        let limiter = self.handler.client.limiter();
-        let window = limiter.config().window();
+        let window = self.gate.window();
         let windows = (duration.as_secs_f64() / window.as_secs_f64()).max(1.0);
         let allowed: f64 = self
             .owners
             .iter()
-            .map(|o| f64::from(limiter.config().limit_for(o.id).get()) * windows)
+            .map(|o| f64::from(self.gate.limit_for(o.id).get()) * windows)
             .sum();
         let results: Vec<_> = self
             .results
@@ -623,8 +850,8 @@ impl<'h> Engine<'h> {
 /// spends, so it can meet a full window (code 5) or a pause: those are waited out, for up
 /// to two windows, instead of dropping a good key.
 async fn resolve_owner(client: &TornClient, key: &ApiKey) -> Result<KeyInfo> {
-    let window = client.limiter().config().window() + client.config().safety_margin();
-    let give_up = Instant::now() + 2 * window;
+    let window = client.gate().window().saturating_add(client.gate().hold());
+    let give_up = Instant::now() + window.saturating_mul(2);
     loop {
         match client.owner_of(key).await {
             Err(Error::Torn { code, .. })
@@ -638,41 +865,6 @@ async fn resolve_owner(client: &TornClient, key: &ApiKey) -> Result<KeyInfo> {
                 tokio::time::sleep(wait).await;
             }
             other => return other,
-        }
-    }
-}
-
-/// Takes `want` units from `user`'s bucket, or fewer when fewer are left; the wait when
-/// none are.
-async fn ask(
-    limiter: &Limiter,
-    user: TornUserId,
-    want: u32,
-    margin: Duration,
-) -> Result<std::result::Result<crate::Grant, Duration>> {
-    let mut want = want;
-    loop {
-        match limiter
-            .try_acquire_with(user, &Request::new(want).margin(margin))
-            .await
-        {
-            Ok(Decision::Granted(g)) => return Ok(Ok(g)),
-            Ok(Decision::Limited {
-                retry_after,
-                remaining,
-                ..
-            }) => {
-                if remaining > 0 && remaining < want {
-                    want = remaining;
-                } else {
-                    return Ok(Err(retry_after));
-                }
-            }
-            // A limit lowered below the chunk at run time: ask for what fits.
-            Err(Error::CostExceedsLimit { limit, .. }) if limit > 0 && limit < want => {
-                want = limit;
-            }
-            Err(e) => return Err(e),
         }
     }
 }
