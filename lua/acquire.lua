@@ -23,6 +23,10 @@ ARGV[3]  cost: units asked for now, integer >= 1
 ARGV[4]  optional reserve, integer >= 0 (default 0): the call is low-priority and is admitted
          only while it leaves `reserve` units for others; it sees a limit of limit - reserve.
 ARGV[5]  optional "1": append the decision's Redis time (ms) to the reply; refund.lua takes it.
+ARGV[6]  optional hold_ms, integer >= 0 (default 0): the grant is provisional, in flight for
+         up to `hold_ms`. Its records are stamped now + hold_ms (kept in time order), so they
+         count until now + hold_ms + window unless settle.lua restamps them with the time
+         the call was answered. refund.lua and settle.lua find them by that stamp.
 
 reply    {granted, remaining, retry_after_ms} [, now_ms]
          granted: 1 when all `cost` units were admitted, 0 when none were (nothing recorded);
@@ -41,11 +45,11 @@ local function is_int(n, min)
   return n ~= nil and n == math.floor(n) and n >= min and n <= 9007199254740991
 end
 
--- The decision for one call: k1..k4 are KEYS[1..4], a1..a5 ARGV[1..5], `now` the Redis
+-- The decision for one call: k1..k4 are KEYS[1..4], a1..a6 ARGV[1..6], `now` the Redis
 -- time (ms), v1..v4 the values at k1..k4 (false when absent), and `write(key, ttl_ms,
 -- value)` stores. acquire_many.lua runs this same function, so the two cannot disagree;
 -- it takes scalars, not tables, because building tables is most of a batch's cost.
-local function decide(k1, k2, k4, a1, a2, a3, a4, a5, now, v1, v2, v3, v4, write)
+local function decide(k1, k2, k4, a1, a2, a3, a4, a5, a6, now, v1, v2, v3, v4, write)
   -- Arguments are checked on one line each: this is the hot path of every worker.
   local limit, window, cost = tonumber(a1), tonumber(a2), tonumber(a3)
   if not is_int(limit, 1) then return bad("ARGV[1] limit", a1, 1) end
@@ -59,6 +63,11 @@ local function decide(k1, k2, k4, a1, a2, a3, a4, a5, now, v1, v2, v3, v4, write
   local with_time = a5 == "1"
   if not (a5 == nil or with_time or a5 == "" or a5 == "0") then
     return redis.error_reply("ERR acquire: ARGV[5] with_time must be 0 or 1, got '" .. a5 .. "'")
+  end
+  local hold = 0
+  if a6 ~= nil and a6 ~= "" then
+    hold = tonumber(a6)
+    if not is_int(hold, 0) then return bad("ARGV[6] hold_ms", a6, 0) end
   end
 
   local state, override, pen_until, rec = v1 or "", v2, v3, v4
@@ -101,9 +110,27 @@ local function decide(k1, k2, k4, a1, a2, a3, a4, a5, now, v1, v2, v3, v4, write
 
   local granted, remaining, retry
   if penalty == 0 and n + cost <= effective then
-    local stamp = struct.pack(">I6", now)
+    local at = now + hold
+    local stamp = struct.pack(">I6", at)
     if cost > 1 then stamp = string.rep(stamp, cost) end
-    write(k1, a2, state .. stamp)
+    -- Provisional records may lie ahead of this one (a longer hold): insert in time order,
+    -- which the bisect above and the retry below rely on. Appending is the common case.
+    local last = at
+    if n > 0 then
+      local newest = struct.unpack(">I6", state, (n - 1) * 6 + 1)
+      if newest > at then
+        last = newest
+        local lo, hi = -1, n - 1 -- records up to lo are <= at; record hi is > at
+        while hi - lo > 1 do
+          local mid = math.floor((lo + hi) / 2)
+          if struct.unpack(">I6", state, mid * 6 + 1) <= at then lo = mid else hi = mid end
+        end
+        stamp = string.sub(state, 1, hi * 6) .. stamp .. string.sub(state, hi * 6 + 1)
+        state = ""
+      end
+    end
+    -- The log lives as long as its newest record counts.
+    write(k1, last + window - now, state .. stamp)
     granted, remaining, retry = 1, effective - n - cost, 0
   else
     -- A denial records nothing; the expired records it skipped are cut by the next grant.
@@ -118,7 +145,7 @@ local function decide(k1, k2, k4, a1, a2, a3, a4, a5, now, v1, v2, v3, v4, write
   end
 
   if k4 then
-    local ttl = window
+    local ttl = window + hold
     if granted == 0 then ttl = retry end
     write(k4, ttl, string.format("%d:%d:%d:%d", granted, remaining, retry, now))
   end
@@ -135,5 +162,5 @@ end
 local t = redis.call("TIME")
 -- One read for everything the decision needs: state, override, penalty, replay record.
 local v = redis.call("MGET", unpack(KEYS))
-return decide(KEYS[1], KEYS[2], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5],
+return decide(KEYS[1], KEYS[2], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6],
   t[1] * 1000 + math.floor(t[2] / 1000), v[1], v[2], v[3], v[4], psetex)

@@ -16,8 +16,9 @@ KEYS     four keys per decision, in order: acquire.lua's KEYS[1..4] for decision
          a repeat of the decision's own KEYS[1]: on Redis Cluster every key of a call must
          hash to one slot, and "" has no hash tag. Either is read as unused, never written.
 ARGV[1]  n, the number of decisions, integer >= 1.
-ARGV     then five arguments per decision: acquire.lua's ARGV[1..5] for decision i are
-         ARGV[5i-3..5i+1]; optional ones not used are passed as "".
+ARGV     then six arguments per decision: acquire.lua's ARGV[1..6] for decision i are
+         ARGV[6i-4..6i+1] (ARGV[6], hold_ms, makes that decision's grant provisional);
+         optional ones not used are passed as "".
 reply    n entries in order: acquire.lua's reply for the decision, or, when acquire.lua
          refused it with an error reply, that error's message as a string.
 ]]
@@ -26,10 +27,10 @@ local n = tonumber(ARGV[1])
 if n == nil or n < 1 or n ~= math.floor(n) then
   return redis.error_reply("ERR acquire_many: ARGV[1] n must be an integer >= 1, got '" .. tostring(ARGV[1]) .. "'")
 end
-if #KEYS ~= 4 * n or #ARGV ~= 5 * n + 1 then
+if #KEYS ~= 4 * n or #ARGV ~= 6 * n + 1 then
   return redis.error_reply(string.format(
     "ERR acquire_many: %d decisions need %d keys and %d arguments, got %d and %d",
-    n, 4 * n, 5 * n + 1, #KEYS, #ARGV))
+    n, 4 * n, 6 * n + 1, #KEYS, #ARGV))
 end
 
 local t = redis.call("TIME")
@@ -44,7 +45,7 @@ end
 
 local out = {}
 for i = 1, n do
-  local k, a = 4 * i - 3, 5 * i - 3
+  local k, a = 4 * i - 3, 6 * i - 4
   local k1, k2, k3, k4 = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
   -- Unused optional keys are "" or a repeat of k1: read as absent, never written.
   local v1, v2, v3, v4 = fresh[k1] or all[k], false, false, false
@@ -52,7 +53,7 @@ for i = 1, n do
   if k3 ~= "" and k3 ~= k1 then v3 = all[k + 2] end
   if k4 ~= "" and k4 ~= k1 then v4 = fresh[k4] or all[k + 3] else k4 = nil end
   local r = decide(k1, k2, k4, ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4],
-    now, v1, v2, v3, v4, write)
+    ARGV[a + 5], now, v1, v2, v3, v4, write)
   if r.err then out[i] = r.err else out[i] = r end
 end
 return out

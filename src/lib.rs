@@ -84,6 +84,10 @@ pub mod lua {
     pub const PENALIZE: &str = include_str!("../lua/penalize.lua");
     /// `lua/refund.lua`: give back a grant never sent.
     pub const REFUND: &str = include_str!("../lua/refund.lua");
+    /// `lua/settle.lua`: restamp provisional grants with the time their calls were answered.
+    pub const SETTLE: &str = include_str!("../lua/settle.lua");
+    /// `lua/record.lua`: record units Torn counted although nobody asked first.
+    pub const RECORD: &str = include_str!("../lua/record.lua");
 }
 
 /// The README's examples compile as doctests.

@@ -355,6 +355,115 @@ async fn idle_bucket_leaves_nothing(kind: Kind) {
     }
 }
 
+/// A provisional grant counts for its hold beyond its window; settled, it counts one window
+/// from the settle. A never-settled one keeps its provisional record.
+async fn provisional_grant_counts_until_settled(kind: Kind) {
+    let (a, b) = pair(kind, config("settle", 2, 300));
+    let req = Request::new(1).in_flight(Duration::from_secs(5));
+    let first = a
+        .try_acquire_with(USER, &req)
+        .await
+        .unwrap()
+        .into_grant()
+        .unwrap();
+    let second = a
+        .try_acquire_with(USER, &req)
+        .await
+        .unwrap()
+        .into_grant()
+        .unwrap();
+    assert!(first.is_provisional());
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    // One window has passed since both grants: a plain grant would have left, these count.
+    let (retry, _) = limited(&b.try_acquire(USER, 1).await.unwrap());
+    assert!(
+        retry > Duration::from_secs(4),
+        "provisional until hold + window: {retry:?}"
+    );
+    assert_eq!(a.settle(first).await.unwrap(), 1);
+    let (retry, _) = limited(&b.try_acquire(USER, 1).await.unwrap());
+    assert!(
+        retry <= Duration::from_millis(302),
+        "settled: one window from now, {retry:?}"
+    );
+    tokio::time::sleep(retry + Duration::from_millis(20)).await;
+    assert!(b.try_acquire(USER, 1).await.unwrap().is_granted());
+    // The unsettled one still holds its unit.
+    assert!(!b.try_acquire(USER, 1).await.unwrap().is_granted());
+    assert_eq!(b.status(USER).await.unwrap().used, 2);
+    drop(second);
+}
+
+/// A settle that arrives once the grant has left the window changes nothing.
+async fn late_settle_is_harmless(kind: Kind) {
+    let l = limiter(kind, config("late-settle", 1, 150));
+    let g = l
+        .try_acquire_with(USER, &Request::new(1).in_flight(Duration::from_millis(50)))
+        .await
+        .unwrap()
+        .into_grant()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(260)).await;
+    assert_eq!(l.settle(g).await.unwrap(), 0);
+    assert_eq!(l.status(USER).await.unwrap().used, 0);
+    assert!(l.try_acquire(USER, 1).await.unwrap().is_granted());
+}
+
+/// Provisional stamps with different holds stay in time order; refund and settle each find
+/// their own grant's records.
+async fn refund_and_settle_find_their_own_records(kind: Kind) {
+    let l = limiter(kind, config("mixed-holds", 10, 5_000));
+    let long = Request::new(2).in_flight(Duration::from_millis(3_000));
+    let short = Request::new(3).in_flight(Duration::from_millis(500));
+    let long_a = l
+        .try_acquire_with(USER, &long)
+        .await
+        .unwrap()
+        .into_grant()
+        .unwrap();
+    let plain = l.try_acquire(USER, 1).await.unwrap().into_grant().unwrap();
+    let short_c = l
+        .try_acquire_with(USER, &short)
+        .await
+        .unwrap()
+        .into_grant()
+        .unwrap();
+    let long_d = l
+        .try_acquire_with(USER, &long)
+        .await
+        .unwrap()
+        .into_grant()
+        .unwrap();
+    assert_eq!(l.status(USER).await.unwrap().used, 8);
+    assert_eq!(
+        l.refund(short_c).await.unwrap(),
+        3,
+        "a provisional grant is refunded by its stamp"
+    );
+    assert_eq!(l.settle(long_a).await.unwrap(), 2);
+    assert_eq!(l.refund(plain).await.unwrap(), 1);
+    assert_eq!(l.settle(long_d).await.unwrap(), 2);
+    let s = l.status(USER).await.unwrap();
+    assert_eq!((s.used, s.remaining), (4, 6));
+    assert!(s.reset_after <= Duration::from_millis(5_001), "{s:?}");
+}
+
+/// `record` counts units Torn already counted, even over the limit; later grants see them.
+async fn record_counts_even_when_full(kind: Kind) {
+    let (a, b) = pair(kind, config("record", 2, 400));
+    assert!(a.try_acquire(USER, 2).await.unwrap().is_granted());
+    a.record(USER, 1).await.unwrap();
+    let s = b.status(USER).await.unwrap();
+    assert_eq!((s.used, s.remaining), (3, 0));
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    b.record(USER, 2).await.unwrap();
+    assert!(!b.try_acquire(USER, 1).await.unwrap().is_granted());
+    assert!(matches!(
+        a.record(USER, 0).await,
+        Err(Error::InvalidArgument { name: "cost", .. })
+    ));
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod redis_backend {
@@ -394,4 +503,63 @@ suite!(
     concurrent_callers_never_exceed_the_limit,
     simultaneous_burst_is_decided_exactly,
     idle_bucket_leaves_nothing,
+    provisional_grant_counts_until_settled,
+    late_settle_is_harmless,
+    refund_and_settle_find_their_own_records,
+    record_counts_even_when_full,
 );
+
+/// One Redis store per process: siblings (IP bucket, shares, shadow keys) and every call
+/// through them use the configured connections, not a pool each. Counted by the clients
+/// Redis lists on a database no other test selects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn siblings_share_one_set_of_connections() {
+    const DB: u32 = 9;
+    let connections = 3;
+    let owner = Limiter::redis(
+        config("one-store", 50, 2_000)
+            .redis_url(format!("{}/{DB}", common::redis_url()))
+            .connections(std::num::NonZeroUsize::new(connections).unwrap())
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    let limit = NonZeroU32::new(50).unwrap();
+    let siblings: Vec<Limiter> = (0..6)
+        .map(|i| {
+            owner
+                .sibling(&format!("s{i}"), limit, Duration::from_secs(2))
+                .unwrap()
+        })
+        .collect();
+    // Many calls at once through every limiter, so every lane is used.
+    for _ in 0..3 {
+        let calls = siblings.iter().chain([&owner]).flat_map(|l| {
+            (0..20).map(move |u| async move {
+                let g = l
+                    .try_acquire_with(
+                        TornUserId::new(u),
+                        &Request::new(1).in_flight(Duration::from_secs(1)),
+                    )
+                    .await
+                    .unwrap()
+                    .into_grant()
+                    .unwrap();
+                l.settle(g).await.unwrap();
+                l.status(TornUserId::new(u)).await.unwrap();
+            })
+        });
+        common::join_all(calls).await;
+    }
+    let mut observer = common::redis_conn().await;
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut observer)
+        .await
+        .unwrap();
+    let on_db = list
+        .lines()
+        .filter(|l| l.split(' ').any(|f| f == format!("db={DB}")))
+        .count();
+    assert_eq!(on_db, connections, "clients on db {DB}:\n{list}");
+}

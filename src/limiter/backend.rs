@@ -7,6 +7,9 @@ pub(crate) struct Ask<'a> {
     pub(crate) window_ms: u64,
     pub(crate) cost: u32,
     pub(crate) reserve: u32,
+    /// How long a grant stays provisional (acquire.lua's `ARGV[6]`): its records are
+    /// stamped decision time + `hold_ms`. 0 for a plain grant.
+    pub(crate) hold_ms: u64,
     pub(crate) idempotency_id: Option<&'a str>,
 }
 

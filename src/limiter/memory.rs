@@ -49,6 +49,17 @@ impl Bucket {
         }
     }
 
+    /// Adds `units` stamped `ts`, in time order (provisional stamps may lie ahead of now).
+    fn insert(&mut self, ts: u64, units: u32, window: u64) {
+        let pos = self.log.partition_point(|&(t, _)| t <= ts);
+        match pos.checked_sub(1).map(|i| &mut self.log[i]) {
+            Some((t, u)) if *t == ts => *u += units,
+            _ => self.log.insert(pos, (ts, units)),
+        }
+        self.used += u64::from(units);
+        self.idle_at_ms = self.idle_at_ms.max(ts + window);
+    }
+
     /// Wait until `excess` of the oldest units have left the window.
     fn wait_for(&self, excess: u64, now: u64, window: u64) -> u64 {
         let mut freed = 0;
@@ -63,6 +74,11 @@ impl Bucket {
 }
 
 impl MemoryBackend {
+    /// The clock it decides by (a sibling shares it).
+    pub(crate) fn clock(&self) -> Arc<dyn Clock> {
+        Arc::clone(&self.clock)
+    }
+
     pub(crate) fn new(clock: Arc<dyn Clock>, cleanup_every_ms: u64) -> Self {
         Self {
             state: Mutex::new(State::default()),
@@ -100,12 +116,7 @@ impl MemoryBackend {
         let penalty = bucket.penalty_until_ms.saturating_sub(now);
         let (used, cost, effective) = (bucket.used, u64::from(ask.cost), u64::from(effective));
         let reply = if penalty == 0 && used + cost <= effective {
-            match bucket.log.back_mut() {
-                Some((ts, units)) if *ts == now => *units += ask.cost,
-                _ => bucket.log.push_back((now, ask.cost)),
-            }
-            bucket.used += cost;
-            bucket.idle_at_ms = bucket.idle_at_ms.max(now + ask.window_ms);
+            bucket.insert(now + ask.hold_ms, ask.cost, ask.window_ms);
             RawDecision {
                 granted: true,
                 remaining: (effective - used - cost) as u32,
@@ -132,7 +143,7 @@ impl MemoryBackend {
         };
         if let Some(id) = ask.idempotency_id {
             let ttl = if reply.granted {
-                ask.window_ms
+                ask.window_ms + ask.hold_ms
             } else {
                 reply.retry_after_ms
             };
@@ -211,6 +222,40 @@ impl MemoryBackend {
         back
     }
 
+    /// Restamps up to `cost` units stamped `stamp_ms` with now, unless they have left the
+    /// window. Returns the units restamped.
+    pub(crate) fn settle(&self, user: TornUserId, stamp_ms: u64, cost: u32, window_ms: u64) -> u32 {
+        let now = self.clock.now_ms();
+        let mut state = self.lock();
+        let Some(bucket) = state.buckets.get_mut(&user) else {
+            return 0;
+        };
+        if stamp_ms + window_ms < now {
+            return 0;
+        }
+        let Ok(pos) = bucket.log.binary_search_by_key(&stamp_ms, |&(ts, _)| ts) else {
+            return 0;
+        };
+        let units = &mut bucket.log[pos].1;
+        let moved = (*units).min(cost);
+        *units -= moved;
+        if *units == 0 {
+            bucket.log.remove(pos);
+        }
+        bucket.used -= u64::from(moved);
+        bucket.insert(now, moved, window_ms);
+        moved
+    }
+
+    /// Records `cost` units now, whatever the limit or a penalty says.
+    pub(crate) fn record(&self, user: TornUserId, cost: u32, window_ms: u64) {
+        let now = self.clock.now_ms();
+        let mut state = self.lock();
+        let bucket = state.buckets.entry(user).or_default();
+        bucket.trim(now, window_ms);
+        bucket.insert(now, cost, window_ms);
+    }
+
     pub(crate) fn set_user_limit(&self, user: TornUserId, limit: Option<NonZeroU32>) {
         let mut state = self.lock();
         match limit {
@@ -252,6 +297,7 @@ mod tests {
             window_ms: 1_000,
             cost,
             reserve: 0,
+            hold_ms: 0,
             idempotency_id: None,
         }
     }

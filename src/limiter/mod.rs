@@ -82,6 +82,7 @@ pub struct Request {
     priority: Priority,
     idempotency_id: Option<String>,
     margin: Duration,
+    hold: Duration,
 }
 
 impl Request {
@@ -92,7 +93,17 @@ impl Request {
             priority: Priority::High,
             idempotency_id: None,
             margin: Duration::ZERO,
+            hold: Duration::ZERO,
         }
+    }
+    /// The grant counts as "in flight" for `hold` beyond its window until it is settled:
+    /// a provisional record stamped granted_at + hold (counts until granted_at + hold +
+    /// window). [`Limiter::settle`] it when Torn answers, so that it counts one window
+    /// from the answer instead; a grant never settled keeps its provisional record.
+    /// Whole milliseconds; at most one day (longer is refused when the request is made).
+    pub fn in_flight(mut self, hold: Duration) -> Self {
+        self.hold = hold;
+        self
     }
     /// Decides as if the window were longer by `margin`: a safety margin for a limit that
     /// is counted somewhere else, later. Torn counts a request when it *arrives*; if the
@@ -119,6 +130,10 @@ impl Request {
     pub fn cost(&self) -> u32 {
         self.cost
     }
+    /// How long a grant of this request stays provisional (zero: a plain grant).
+    pub fn hold(&self) -> Duration {
+        self.hold
+    }
 }
 
 /// Units granted: proof of admission, and what [`Limiter::refund`] takes back. Not `Clone`:
@@ -130,6 +145,10 @@ pub struct Grant {
     cost: u32,
     remaining: u32,
     at_ms: u64,
+    /// The stamp of its records: `at_ms` + the request's hold.
+    stamp_ms: u64,
+    /// The window it was decided with, for settling.
+    window_ms: u64,
     degraded: bool,
     idempotency_id: Option<String>,
 }
@@ -155,6 +174,11 @@ impl Grant {
     /// True when Redis was unreachable and the local fallback decided.
     pub fn is_degraded(&self) -> bool {
         self.degraded
+    }
+    /// True when the grant is provisional ([`Request::in_flight`]): its records count
+    /// until [`granted_at_ms`](Self::granted_at_ms) + hold + window unless settled.
+    pub fn is_provisional(&self) -> bool {
+        self.stamp_ms != self.at_ms
     }
 }
 
@@ -317,17 +341,7 @@ impl Limiter {
     /// connects on the first call; [`ping`](Self::ping) checks the connection now.
     pub fn redis(config: RateLimitConfig) -> Result<Self> {
         let backend = Backend::Redis(RedisBackend::new(&config)?);
-        let fallback = match config.on_redis_down() {
-            OnRedisDown::FailFast => None,
-            OnRedisDown::LocalFallback { workers } => Some(Fallback {
-                local: MemoryBackend::new(
-                    Arc::new(SystemClock::default()),
-                    config.cleanup_interval().as_millis() as u64,
-                ),
-                workers,
-                down: Mutex::new(None),
-            }),
-        };
+        let fallback = Fallback::for_config(&config);
         Ok(Self::from_parts(config, backend, fallback))
     }
 
@@ -364,7 +378,13 @@ impl Limiter {
     /// A second limiter beside this one: the same backend (and Redis, timeouts and
     /// failure policy), its own key prefix (this one's + `:` + `name`), its own limit and
     /// window. For quotas other than the owners', such as the per-IP cap or an owner's
-    /// share for pooled work. In memory, the sibling has its own store.
+    /// share for pooled work.
+    ///
+    /// Siblings share this limiter's Redis store (connections + dispatcher): no new pool,
+    /// so a process holds [`connections`](RateLimitConfig::connections) to its Redis
+    /// however many siblings it uses, and their calls coalesce together. Only the key
+    /// space, limit and window are new (and the local fallback's counts, kept per key
+    /// space). In memory, the sibling has its own store on the same clock.
     pub fn sibling(&self, name: &str, limit: NonZeroU32, window: Duration) -> Result<Self> {
         let base = self.config();
         let config = RateLimitConfig::builder()
@@ -380,9 +400,13 @@ impl Limiter {
             .on_redis_down(base.on_redis_down())
             .cleanup_interval(base.cleanup_interval())
             .build()?;
-        match self.inner.backend {
-            Backend::Memory(_) => Ok(Self::in_memory(config)),
-            Backend::Redis(_) => Self::redis(config),
+        match &self.inner.backend {
+            Backend::Memory(m) => Ok(Self::in_memory_with_clock(config, m.clock())),
+            Backend::Redis(r) => {
+                let backend = Backend::Redis(r.sibling(config.key_prefix()));
+                let fallback = Fallback::for_config(&config);
+                Ok(Self::from_parts(config, backend, fallback))
+            }
         }
     }
 
@@ -483,6 +507,7 @@ impl Limiter {
                 Priority::High => 0,
                 Priority::Low => config.low_priority_reserve(),
             },
+            hold_ms: hold_ms(request.hold)?,
             idempotency_id: request.idempotency_id.as_deref(),
         };
         let decided = match &self.inner.backend {
@@ -492,7 +517,7 @@ impl Limiter {
         let (raw, degraded) = decided.inspect_err(|_| {
             crate::metrics::limiter_decision(self.backend_name(), "error", false);
         })?;
-        let decision = to_decision(user, request, raw, degraded);
+        let decision = to_decision(user, request, &ask, raw, degraded);
         crate::metrics::limiter_decision(
             self.backend_name(),
             if decision.is_granted() {
@@ -653,16 +678,60 @@ impl Limiter {
         Ok(Duration::from_millis(ms))
     }
 
-    /// Gives back a grant that was never sent to Torn. Returns the units given back: fewer
-    /// than granted when some had already left the window.
+    /// Gives back a grant that was never sent to Torn (provisional or not). Returns the
+    /// units given back: fewer than granted when some had already left the window.
     pub async fn refund(&self, grant: Grant) -> Result<u32> {
         let id = grant.idempotency_id.as_deref();
+        let (user, stamp, cost) = (grant.user, grant.stamp_ms, grant.cost);
         match (&self.inner.backend, &self.inner.fallback) {
-            (Backend::Memory(m), _) => Ok(m.refund(grant.user, grant.at_ms, grant.cost, id)),
+            (Backend::Memory(m), _) => Ok(m.refund(user, stamp, cost, id)),
             (Backend::Redis(_), Some(f)) if grant.degraded => {
-                Ok(f.local.refund(grant.user, grant.at_ms, grant.cost, id))
+                Ok(f.local.refund(user, stamp, cost, id))
             }
-            (Backend::Redis(r), _) => r.refund(grant.user, grant.at_ms, grant.cost, id).await,
+            (Backend::Redis(r), _) => r.refund(user, stamp, cost, id).await,
+        }
+    }
+
+    /// Torn answered the call this grant paid for: its records now count one window from
+    /// the settle's Redis time (T + window), instead of the provisional granted_at + hold +
+    /// window. Returns units settled (0 when the record already left, which is harmless).
+    ///
+    /// Settles waiting at the same time (say, the owner's, the per-IP and the share units
+    /// of one Torn call, on sibling limiters) leave together as one script call.
+    pub async fn settle(&self, grant: Grant) -> Result<u32> {
+        let (user, stamp, cost, window) = (grant.user, grant.stamp_ms, grant.cost, grant.window_ms);
+        match (&self.inner.backend, &self.inner.fallback) {
+            (Backend::Memory(m), _) => Ok(m.settle(user, stamp, cost, window)),
+            (Backend::Redis(_), Some(f)) if grant.degraded => {
+                Ok(f.local.settle(user, stamp, cost, window))
+            }
+            (Backend::Redis(r), _) => r.settle(user, stamp, cost, window).await,
+        }
+    }
+
+    /// Records `cost` units on `user`'s bucket now even when it is full (Torn already
+    /// counted them, e.g. the /v2/key/info call that discovered the owner). Later grants
+    /// see them.
+    pub async fn record(&self, user: TornUserId, cost: u32) -> Result<()> {
+        if cost == 0 || cost > MAX_UNITS {
+            return Err(Error::InvalidArgument {
+                name: "cost",
+                reason: format!("must be 1 to {MAX_UNITS}"),
+            });
+        }
+        let window = self.inner.config.window_ms();
+        match (&self.inner.backend, &self.inner.fallback) {
+            (Backend::Memory(m), _) => {
+                m.record(user, cost, window);
+                Ok(())
+            }
+            (Backend::Redis(r), fallback) => match (r.record(user, cost, window).await, fallback) {
+                (Err(e), Some(f)) if e.is_unavailable() => {
+                    f.local.record(user, cost, window);
+                    Ok(())
+                }
+                (other, _) => other,
+            },
         }
     }
 
@@ -691,6 +760,21 @@ impl Limiter {
 }
 
 impl Fallback {
+    /// The local fallback `config`'s failure policy asks for, if any.
+    fn for_config(config: &RateLimitConfig) -> Option<Self> {
+        match config.on_redis_down() {
+            OnRedisDown::FailFast => None,
+            OnRedisDown::LocalFallback { workers } => Some(Self {
+                local: MemoryBackend::new(
+                    Arc::new(SystemClock::default()),
+                    config.cleanup_interval().as_millis() as u64,
+                ),
+                workers,
+                down: Mutex::new(None),
+            }),
+        }
+    }
+
     fn state(&self) -> Option<Down> {
         *self.down.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -758,13 +842,21 @@ fn unix_micros() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
-fn to_decision(user: TornUserId, request: &Request, raw: RawDecision, degraded: bool) -> Decision {
+fn to_decision(
+    user: TornUserId,
+    request: &Request,
+    ask: &Ask<'_>,
+    raw: RawDecision,
+    degraded: bool,
+) -> Decision {
     if raw.granted {
         Decision::Granted(Grant {
             user,
             cost: request.cost,
             remaining: raw.remaining,
             at_ms: raw.at_ms,
+            stamp_ms: raw.at_ms + ask.hold_ms,
+            window_ms: ask.window_ms,
             degraded,
             idempotency_id: request.idempotency_id.clone(),
         })
@@ -786,6 +878,23 @@ fn to_status(raw: RawStatus, degraded: bool) -> Status {
         penalty: Duration::from_millis(raw.penalty_ms),
         degraded,
     }
+}
+
+/// The most units a limit or a cost may be (Torn's own limits are 100 and 1,000 per
+/// minute): each unit is a 6-byte record, so this bounds what one call writes to Redis.
+pub const MAX_UNITS: u32 = 10_000;
+
+/// The longest hold, window or penalty: one day.
+pub const MAX_SPAN: Duration = Duration::from_secs(86_400);
+
+fn hold_ms(hold: Duration) -> Result<u64> {
+    if hold > MAX_SPAN {
+        return Err(Error::InvalidArgument {
+            name: "hold",
+            reason: format!("must be at most {} ms (one day)", MAX_SPAN.as_millis()),
+        });
+    }
+    Ok(hold.as_millis() as u64)
 }
 
 fn validate_idempotency_id(id: &str) -> Result<()> {

@@ -12,6 +12,13 @@
 //! A lone decision still goes out at once as a plain `acquire.lua` call, so coalescing adds
 //! no latency when the load is light, and takes the per-call cost off Redis when it is not.
 //!
+//! Settles (see `lua/settle.lua`) go through the same dispatcher: those that queue together
+//! leave as one `settle.lua` call, pipelined beside the batch's decisions, so the two or
+//! three settles of one Torn call (owner, per-IP, share) cost one script call between them.
+//!
+//! One process holds one store (pool, lanes, dispatcher) per Redis: a sibling limiter is a
+//! new key space on the same store, never a new pool.
+//!
 //! With `REDIS_CLUSTER_URLS` the same code runs over deadpool-redis cluster connections,
 //! which route each call to the node owning its keys' slot. Every script call touches one
 //! user's keys, which share the `{u<id>}` hash tag, so one slot; a coalesced batch is split
@@ -51,6 +58,8 @@ pub(crate) struct Scripts {
     pub(crate) status: Lua,
     pub(crate) penalize: Lua,
     pub(crate) refund: Lua,
+    pub(crate) settle: Lua,
+    pub(crate) record: Lua,
 }
 
 pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -59,6 +68,8 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     status: Lua::new(crate::lua::STATUS.to_owned()),
     penalize: Lua::new(crate::lua::PENALIZE.to_owned()),
     refund: Lua::new(crate::lua::REFUND.to_owned()),
+    settle: Lua::new(crate::lua::SETTLE.to_owned()),
+    record: Lua::new(crate::lua::RECORD.to_owned()),
 });
 
 /// One script: its text and SHA-1.
@@ -175,11 +186,16 @@ struct Lane {
 }
 
 pub(crate) struct RedisBackend {
-    conns: Arc<Conns>,
+    store: Arc<Store>,
     keys: KeyBuilder,
+}
+
+/// What every limiter of one Redis shares: connections and the dispatcher.
+struct Store {
+    conns: Arc<Conns>,
     /// The coalescing dispatcher's queue, started on first use in the caller's runtime and
     /// restarted if that runtime went away.
-    queue: Mutex<Option<mpsc::UnboundedSender<Queued>>>,
+    queue: Mutex<Option<mpsc::UnboundedSender<Job>>>,
 }
 
 /// The connections, shared with the dispatcher task.
@@ -192,11 +208,24 @@ struct Conns {
 }
 
 /// One decision waiting for its script call: acquire.lua's four keys (the idempotency
-/// record empty when unused) and five arguments.
+/// record empty when unused) and six arguments.
 struct Queued {
     keys: [String; 4],
-    args: [u64; 5],
+    args: [u64; 6],
     reply: oneshot::Sender<Result<RawDecision>>,
+}
+
+/// One settle waiting for its script call: settle.lua's key and three arguments.
+struct QueuedSettle {
+    key: String,
+    args: [u64; 3],
+    reply: oneshot::Sender<Result<u32>>,
+}
+
+/// What the dispatcher sends.
+enum Job {
+    Acquire(Queued),
+    Settle(QueuedSettle),
 }
 
 /// Script calls of decisions in flight at once. While they are all out, new decisions
@@ -207,13 +236,13 @@ const MAX_BATCH: usize = 64;
 
 impl std::fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (kind, status) = match &self.conns.pool {
+        let (kind, status) = match &self.store.conns.pool {
             Pools::Single(p) => ("single", p.status()),
             Pools::Cluster(p) => ("cluster", p.status()),
         };
         f.debug_struct("RedisBackend")
             .field("redis", &kind)
-            .field("lanes", &self.conns.lanes.len())
+            .field("lanes", &self.store.conns.lanes.len())
             .field("pool", &status)
             .finish_non_exhaustive()
     }
@@ -267,16 +296,26 @@ impl RedisBackend {
             Pools::Single(pool)
         };
         Ok(Self {
-            conns: Arc::new(Conns {
-                pool,
-                lanes: (0..lanes).map(|_| Lane::default()).collect(),
-                next: AtomicUsize::new(0),
-                connect_timeout: config.connect_timeout(),
-                command_timeout: config.command_timeout(),
+            store: Arc::new(Store {
+                conns: Arc::new(Conns {
+                    pool,
+                    lanes: (0..lanes).map(|_| Lane::default()).collect(),
+                    next: AtomicUsize::new(0),
+                    connect_timeout: config.connect_timeout(),
+                    command_timeout: config.command_timeout(),
+                }),
+                queue: Mutex::new(None),
             }),
             keys: KeyBuilder::new(config.key_prefix()),
-            queue: Mutex::new(None),
         })
+    }
+
+    /// Another key space on this backend's store: the same connections and dispatcher.
+    pub(crate) fn sibling(&self, key_prefix: &str) -> Self {
+        Self {
+            store: Arc::clone(&self.store),
+            keys: KeyBuilder::new(key_prefix),
+        }
     }
 
     pub(crate) fn keys(&self) -> &KeyBuilder {
@@ -288,7 +327,11 @@ impl RedisBackend {
         F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        self.conns.run(operation, f).await
+        self.store.conns.run(operation, f).await
+    }
+
+    fn bound(&self) -> Duration {
+        self.store.conns.connect_timeout + self.store.conns.command_timeout
     }
 }
 
@@ -405,7 +448,7 @@ impl Conns {
         // "": on a cluster every key of the call must hash to the one slot
         // (acquire_many.lua reads either as unused).
         let mut keys: Vec<&str> = Vec::with_capacity(batch.len() * 4);
-        let mut args: Vec<u64> = Vec::with_capacity(batch.len() * 5 + 1);
+        let mut args: Vec<u64> = Vec::with_capacity(batch.len() * 6 + 1);
         args.push(batch.len() as u64);
         for q in &batch {
             for k in &q.keys {
@@ -442,49 +485,108 @@ impl Conns {
     }
 }
 
-/// Takes queued decisions and sends them, at most [`CALLS_IN_FLIGHT`] calls at once:
-/// whatever queued while those were out leaves together in the next call.
-async fn dispatch(conns: Arc<Conns>, mut queue: mpsc::UnboundedReceiver<Queued>) {
+impl Conns {
+    /// Sends queued settles as one `settle.lua` call and answers each caller.
+    async fn send_settles(&self, batch: Vec<QueuedSettle>) {
+        let keys: Vec<&str> = batch.iter().map(|q| q.key.as_str()).collect();
+        let args: Vec<u64> = batch.iter().flat_map(|q| q.args).collect();
+        let reply = self
+            .run("settle", |mut c| async move {
+                SCRIPTS
+                    .settle
+                    .eval::<Vec<i64>, _, _>(&mut c, &keys, &args)
+                    .await
+            })
+            .await;
+        match reply {
+            Ok(counts) if counts.len() == batch.len() => {
+                for (q, n) in batch.into_iter().zip(counts) {
+                    let _ = q.reply.send(Ok(n.max(0) as u32));
+                }
+            }
+            Ok(counts) => {
+                let msg = format!("{} counts for {} settles", counts.len(), batch.len());
+                for q in batch {
+                    let _ = q.reply.send(Err(unexpected_msg("settle", &msg)));
+                }
+            }
+            Err(e) => {
+                for q in batch {
+                    let _ = q.reply.send(Err(duplicate(&e)));
+                }
+            }
+        }
+    }
+}
+
+/// Takes queued jobs and sends them, at most [`CALLS_IN_FLIGHT`] rounds at once: whatever
+/// queued while those were out leaves together in the next round (one call for its
+/// decisions, one for its settles, per Redis Cluster slot).
+async fn dispatch(conns: Arc<Conns>, mut queue: mpsc::UnboundedReceiver<Job>) {
     let slots = Arc::new(Semaphore::new(CALLS_IN_FLIGHT));
     while let Some(first) = queue.recv().await {
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             return;
         };
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(q) => batch.push(q),
-                Err(_) => break,
+        let mut acquires = Vec::new();
+        let mut settles = Vec::new();
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(job) = next.take() {
+            match job {
+                Job::Acquire(q) => acquires.push(q),
+                Job::Settle(q) => settles.push(q),
+            }
+            taken += 1;
+            if taken < MAX_BATCH {
+                next = queue.try_recv().ok();
             }
         }
-        if conns.is_cluster() {
-            // One call per slot; the slot of the dispatcher is free again once all returned.
-            let slot = Arc::new(slot);
-            for group in by_slot(batch) {
-                let conns = Arc::clone(&conns);
-                let slot = Arc::clone(&slot);
-                tokio::spawn(async move {
-                    conns.send(group).await;
-                    drop(slot);
-                });
-            }
+        let (acquires, settles) = if conns.is_cluster() {
+            (
+                by_slot(acquires, |q| &q.keys[0]),
+                by_slot(settles, |q| &q.key),
+            )
         } else {
+            (
+                Some(acquires)
+                    .filter(|a| !a.is_empty())
+                    .into_iter()
+                    .collect(),
+                Some(settles)
+                    .filter(|s| !s.is_empty())
+                    .into_iter()
+                    .collect(),
+            )
+        };
+        // The dispatcher's slot is free again once every call of the round returned.
+        let slot = Arc::new(slot);
+        for group in acquires {
             let conns = Arc::clone(&conns);
+            let slot = Arc::clone(&slot);
             tokio::spawn(async move {
-                conns.send(batch).await;
+                conns.send(group).await;
+                drop(slot);
+            });
+        }
+        for group in settles {
+            let conns = Arc::clone(&conns);
+            let slot = Arc::clone(&slot);
+            tokio::spawn(async move {
+                conns.send_settles(group).await;
                 drop(slot);
             });
         }
     }
 }
 
-/// Splits a batch into the decisions of each Redis Cluster slot, each group in its batch
-/// order (a bucket asked twice keeps its order: both decisions share its slot).
-fn by_slot(batch: Vec<Queued>) -> Vec<Vec<Queued>> {
-    let mut groups: Vec<Vec<Queued>> = Vec::new();
+/// Splits a batch into the items of each Redis Cluster slot, each group in its batch
+/// order (a bucket asked twice keeps its order: both items share its slot).
+fn by_slot<T>(batch: Vec<T>, key: impl Fn(&T) -> &str) -> Vec<Vec<T>> {
+    let mut groups: Vec<Vec<T>> = Vec::new();
     let mut index: HashMap<Slot, usize> = HashMap::new();
     for q in batch {
-        let slot = Slot::for_key(q.keys[0].as_bytes());
+        let slot = Slot::for_key(key(&q).as_bytes());
         let i = *index.entry(slot).or_insert_with(|| {
             groups.push(Vec::new());
             groups.len() - 1
@@ -561,14 +663,15 @@ impl RedisBackend {
             u64::from(ask.cost),
             u64::from(ask.reserve),
             1,
+            ask.hold_ms,
         ];
         let (tx, rx) = oneshot::channel();
-        self.enqueue(Queued {
+        self.enqueue(Job::Acquire(Queued {
             keys,
             args,
             reply: tx,
-        });
-        let bound = self.conns.connect_timeout + self.conns.command_timeout;
+        }));
+        let bound = self.bound();
         match tokio::time::timeout(bound, rx).await {
             Ok(Ok(reply)) => reply,
             // The dispatcher's runtime shut down under it; the next call starts a new one.
@@ -583,8 +686,54 @@ impl RedisBackend {
         }
     }
 
-    fn enqueue(&self, mut item: Queued) {
-        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+    /// Restamps a provisional grant's records with the settle's Redis time, sent with
+    /// whatever else is waiting (see the module docs). Returns the records restamped.
+    pub(crate) async fn settle(
+        &self,
+        user: TornUserId,
+        stamp_ms: u64,
+        cost: u32,
+        window_ms: u64,
+    ) -> Result<u32> {
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(Job::Settle(QueuedSettle {
+            key: self.keys.bucket(user).state,
+            args: [stamp_ms, u64::from(cost), window_ms],
+            reply: tx,
+        }));
+        let bound = self.bound();
+        match tokio::time::timeout(bound, rx).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(_)) => Err(Error::Unavailable {
+                operation: "settle",
+                source: RedisError::from((ErrorKind::Io, "the decision dispatcher stopped")),
+            }),
+            Err(_) => Err(Error::Timeout {
+                operation: "settle",
+                timeout: bound,
+            }),
+        }
+    }
+
+    /// Records `cost` units on `user`'s bucket now, full or not.
+    pub(crate) async fn record(&self, user: TornUserId, cost: u32, window_ms: u64) -> Result<()> {
+        let state = self.keys.bucket(user).state;
+        self.run("record", |mut c| async move {
+            SCRIPTS
+                .record
+                .eval::<i64, _, _>(&mut c, &[&state], &[window_ms, u64::from(cost)])
+                .await
+                .map(drop)
+        })
+        .await
+    }
+
+    fn enqueue(&self, mut item: Job) {
+        let mut queue = self
+            .store
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(tx) = queue.as_ref() {
             match tx.send(item) {
                 Ok(()) => return,
@@ -592,7 +741,7 @@ impl RedisBackend {
             }
         }
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(dispatch(Arc::clone(&self.conns), rx));
+        tokio::spawn(dispatch(Arc::clone(&self.store.conns), rx));
         // A fresh receiver is alive: this send cannot fail.
         let _ = tx.send(item);
         *queue = Some(tx);
