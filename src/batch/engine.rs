@@ -56,6 +56,8 @@ struct Owner {
     room: Option<u32>,
     /// Not asked before this (its bucket is full, or Torn said code 5).
     ready_at: Instant,
+    /// Held back by Torn's code 5 until this.
+    held_until: Instant,
     /// The turn it last got units: among owners with equal room, the longest idle goes.
     last_turn: u64,
     stats: OwnerStats,
@@ -84,6 +86,7 @@ struct Sent {
 /// The ticket of requests sent together, until the last of them is back.
 struct Chunk {
     ticket: Ticket,
+    owner: usize,
     outstanding: u32,
     answered: bool,
     unknown: bool,
@@ -100,8 +103,9 @@ pub(super) struct Engine<'h> {
     access: AccessNeeds,
     chunks: HashMap<u64, Chunk>,
     next_chunk: u64,
-    /// Tickets whose requests are all back: settled (true) or given back (false).
-    ended: Vec<(Ticket, bool)>,
+    /// Tickets whose requests are all back, with their owner: settled (true) or given
+    /// back (false).
+    ended: Vec<(Ticket, usize, bool)>,
     /// Not asked for quota before this: the gate's store failed, and is waited out.
     store_ready_at: Instant,
     store_backoff: Duration,
@@ -280,6 +284,7 @@ impl<'h> Engine<'h> {
                     share_cap: None,
                     room: None,
                     ready_at: Instant::now(),
+                    held_until: Instant::now(),
                     last_turn: 0,
                     stats: OwnerStats::default(),
                 });
@@ -451,7 +456,7 @@ impl<'h> Engine<'h> {
                     owner.room = ticket.owner_remaining().or(owner.room);
                     owner.last_turn = self.turn;
                     owner.stats.granted += u64::from(units);
-                    let chunk = self.open_chunk(ticket);
+                    let chunk = self.open_chunk(o, ticket);
                     let mut sent = 0;
                     for _ in 0..units {
                         if let Some((fetch, k)) = self.pick(o, access) {
@@ -464,7 +469,8 @@ impl<'h> Engine<'h> {
                 Err(retry_after) => {
                     let owner = &mut self.owners[o];
                     owner.room = Some(0);
-                    owner.ready_at = Instant::now() + retry_after;
+                    // A wait for provisional units is at most a window once they settle.
+                    owner.ready_at = Instant::now() + retry_after.min(self.gate.window());
                 }
             }
         }
@@ -495,14 +501,15 @@ impl<'h> Engine<'h> {
                     let owner = &mut self.owners[o];
                     owner.last_turn = self.turn;
                     owner.stats.granted += 1;
-                    let chunk = self.open_chunk(ticket);
+                    let chunk = self.open_chunk(o, ticket);
                     self.spawn_send(o, k, fetch, chunk);
                     self.close_chunk(chunk, 1).await;
                 }
                 Ok(Err(retry_after)) => {
                     self.unpick(fetch);
                     let owner = &mut self.owners[o];
-                    owner.ready_at = Instant::now() + retry_after;
+                    // A wait for provisional units is at most a window once they settle.
+                    owner.ready_at = Instant::now() + retry_after.min(self.gate.window());
                     break;
                 }
                 Err(e) => {
@@ -514,13 +521,14 @@ impl<'h> Engine<'h> {
         Ok(())
     }
 
-    fn open_chunk(&mut self, ticket: Ticket) -> u64 {
+    fn open_chunk(&mut self, o: usize, ticket: Ticket) -> u64 {
         let id = self.next_chunk;
         self.next_chunk += 1;
         self.chunks.insert(
             id,
             Chunk {
                 ticket,
+                owner: o,
                 outstanding: 0,
                 answered: false,
                 unknown: false,
@@ -554,9 +562,9 @@ impl<'h> Engine<'h> {
         if c.outstanding == 0 {
             let c = self.chunks.remove(&id).expect("present");
             if c.answered {
-                self.ended.push((c.ticket, true));
+                self.ended.push((c.ticket, c.owner, true));
             } else if !c.unknown {
-                self.ended.push((c.ticket, false));
+                self.ended.push((c.ticket, c.owner, false));
             }
             // Only unanswered sends: the units keep their provisional records.
         }
@@ -564,12 +572,16 @@ impl<'h> Engine<'h> {
 
     /// Settles or gives back the tickets whose requests are all back.
     async fn end_tickets(&mut self) {
-        for (ticket, answered) in std::mem::take(&mut self.ended) {
+        for (ticket, o, answered) in std::mem::take(&mut self.ended) {
             if answered {
                 self.gate.settle(ticket).await;
             } else {
                 self.gate.give_back(ticket).await;
             }
+            // A wait the gate advised while these units were provisional assumed they would
+            // count for the whole request timeout: ask again now (unless Torn held the owner).
+            let owner = &mut self.owners[o];
+            owner.ready_at = owner.ready_at.min(Instant::now()).max(owner.held_until);
         }
     }
 
@@ -675,7 +687,8 @@ impl<'h> Engine<'h> {
                 let owner = &mut self.owners[o];
                 owner.stats.rate_limited += 1;
                 owner.room = Some(0);
-                owner.ready_at = Instant::now() + self.handler.client.config().owner_hold();
+                owner.held_until = Instant::now() + self.handler.client.config().owner_hold();
+                owner.ready_at = owner.held_until;
                 self.requeue(fetch);
             }
             // The client pauses itself; the loop waits for it.

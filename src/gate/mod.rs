@@ -286,6 +286,10 @@ impl QuotaGate {
                 Ok(ticket) => return Ok(ticket),
                 Err(wait) => wait,
             };
+            // A provisional unit blocking now counts for the whole request timeout only
+            // until its call is answered, then one window from there: look again after a
+            // window at most.
+            let wait = wait.min(self.window());
             let wake = Instant::now() + wait + jitter(wait);
             if opts.too_late(Instant::now() + wait) {
                 tracing::debug!(
