@@ -3,11 +3,12 @@
 //!
 //! Each turn it fills the free slots: for the owners with the most room first, it takes
 //! as many units as it has requests ready for that owner from the [quota gate](crate::gate)
-//! (one ticket: the owner's, the IP's and the share's units at once), and sends them at
-//! once on the owner's least-recently-used keys. Units are never taken ahead of sending:
-//! Torn counts a request when it arrives. The chunk's ticket is settled when its last
-//! request is answered, or given back when none of them reached Torn. Where legacy
-//! decides (it counts per key), each request takes its own ticket for its key.
+//! (one ticket per request, the owner's, the IP's and the share's units together, all
+//! asked in one burst), and sends them at once on the owner's least-recently-used keys.
+//! Units are never taken ahead of sending: Torn counts a request when it arrives. Each
+//! ticket is settled on its own request's answer, or given back when the request never
+//! reached Torn. Where legacy decides (it counts per key), each ticket is asked for the
+//! key its request goes on.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::num::NonZeroU32;
@@ -78,18 +79,7 @@ struct Sent {
     fetch: usize,
     owner: usize,
     key: usize,
-    chunk: u64,
     result: Result<Value>,
-    reach: Reach,
-}
-
-/// The ticket of requests sent together, until the last of them is back.
-struct Chunk {
-    ticket: Ticket,
-    owner: usize,
-    outstanding: u32,
-    answered: bool,
-    unknown: bool,
 }
 
 pub(super) struct Engine<'h> {
@@ -101,11 +91,6 @@ pub(super) struct Engine<'h> {
     gate: QuotaGate,
     shares: Option<Shares>,
     access: AccessNeeds,
-    chunks: HashMap<u64, Chunk>,
-    next_chunk: u64,
-    /// Tickets whose requests are all back, with their owner: settled (true) or given
-    /// back (false).
-    ended: Vec<(Ticket, usize, bool)>,
     /// Not asked for quota before this: the gate's store failed, and is waited out.
     store_ready_at: Instant,
     store_backoff: Duration,
@@ -141,9 +126,6 @@ impl<'h> Engine<'h> {
             gate,
             shares: None,
             access,
-            chunks: HashMap::new(),
-            next_chunk: 0,
-            ended: Vec::new(),
             store_ready_at: started,
             store_backoff: Duration::ZERO,
             results: (0..total).map(|_| None).collect(),
@@ -349,7 +331,6 @@ impl<'h> Engine<'h> {
                     while let Some(joined) = self.in_flight.try_join_next() {
                         self.complete(joined.map_err(|e| internal(&e))?).await;
                     }
-                    self.end_tickets().await;
                 }
                 () = tokio::time::sleep_until(wake) => {}
                 () = cancel.cancelled(), if !cancel.is_cancelled() => {}
@@ -440,7 +421,7 @@ impl<'h> Engine<'h> {
             }
             let taken = self
                 .gate
-                .try_take(
+                .try_take_each(
                     Some(owner_id),
                     None,
                     want,
@@ -449,22 +430,19 @@ impl<'h> Engine<'h> {
                 )
                 .await?;
             match taken {
-                Ok(ticket) => {
-                    let units = ticket.units();
+                Ok(tickets) => {
                     self.turn += 1;
                     let owner = &mut self.owners[o];
-                    owner.room = ticket.owner_remaining().or(owner.room);
+                    let room = tickets.iter().filter_map(Ticket::owner_remaining).min();
+                    owner.room = room.or(owner.room);
                     owner.last_turn = self.turn;
-                    owner.stats.granted += u64::from(units);
-                    let chunk = self.open_chunk(o, ticket);
-                    let mut sent = 0;
-                    for _ in 0..units {
-                        if let Some((fetch, k)) = self.pick(o, access) {
-                            self.spawn_send(o, k, fetch, chunk);
-                            sent += 1;
+                    owner.stats.granted += tickets.len() as u64;
+                    for ticket in tickets {
+                        match self.pick(o, access) {
+                            Some((fetch, k)) => self.spawn_send(o, k, fetch, ticket),
+                            None => self.gate.give_back(ticket).await,
                         }
                     }
-                    self.close_chunk(chunk, sent).await;
                 }
                 Err(retry_after) => {
                     let owner = &mut self.owners[o];
@@ -501,9 +479,7 @@ impl<'h> Engine<'h> {
                     let owner = &mut self.owners[o];
                     owner.last_turn = self.turn;
                     owner.stats.granted += 1;
-                    let chunk = self.open_chunk(o, ticket);
-                    self.spawn_send(o, k, fetch, chunk);
-                    self.close_chunk(chunk, 1).await;
+                    self.spawn_send(o, k, fetch, ticket);
                 }
                 Ok(Err(retry_after)) => {
                     self.unpick(fetch);
@@ -519,70 +495,6 @@ impl<'h> Engine<'h> {
             }
         }
         Ok(())
-    }
-
-    fn open_chunk(&mut self, o: usize, ticket: Ticket) -> u64 {
-        let id = self.next_chunk;
-        self.next_chunk += 1;
-        self.chunks.insert(
-            id,
-            Chunk {
-                ticket,
-                owner: o,
-                outstanding: 0,
-                answered: false,
-                unknown: false,
-            },
-        );
-        id
-    }
-
-    /// Sets how many requests went out on a chunk's ticket; none: it goes back at once.
-    async fn close_chunk(&mut self, id: u64, sent: u32) {
-        if sent == 0 {
-            if let Some(c) = self.chunks.remove(&id) {
-                self.gate.give_back(c.ticket).await;
-            }
-        } else if let Some(c) = self.chunks.get_mut(&id) {
-            c.outstanding = sent;
-        }
-    }
-
-    /// One request of a chunk is back.
-    fn chunk_done(&mut self, id: u64, reach: Reach) {
-        let Some(c) = self.chunks.get_mut(&id) else {
-            return;
-        };
-        match reach {
-            Reach::Answered => c.answered = true,
-            Reach::Unknown => c.unknown = true,
-            Reach::NotSent => {}
-        }
-        c.outstanding = c.outstanding.saturating_sub(1);
-        if c.outstanding == 0 {
-            let c = self.chunks.remove(&id).expect("present");
-            if c.answered {
-                self.ended.push((c.ticket, c.owner, true));
-            } else if !c.unknown {
-                self.ended.push((c.ticket, c.owner, false));
-            }
-            // Only unanswered sends: the units keep their provisional records.
-        }
-    }
-
-    /// Settles or gives back the tickets whose requests are all back.
-    async fn end_tickets(&mut self) {
-        for (ticket, o, answered) in std::mem::take(&mut self.ended) {
-            if answered {
-                self.gate.settle(ticket).await;
-            } else {
-                self.gate.give_back(ticket).await;
-            }
-            // A wait the gate advised while these units were provisional assumed they would
-            // count for the whole request timeout: ask again now (unless Torn held the owner).
-            let owner = &mut self.owners[o];
-            owner.ready_at = owner.ready_at.min(Instant::now()).max(owner.held_until);
-        }
     }
 
     fn unpick(&mut self, fetch: usize) {
@@ -615,8 +527,9 @@ impl<'h> Engine<'h> {
         Some((fetch, k))
     }
 
-    /// Sends a picked fetch on the owner's key `k`, on the units of `chunk`.
-    fn spawn_send(&mut self, o: usize, k: usize, fetch: usize, chunk: u64) {
+    /// Sends a picked fetch on the owner's key `k` on `ticket`'s units, and settles the
+    /// ticket on the answer (or gives it back when the request never reached Torn).
+    fn spawn_send(&mut self, o: usize, k: usize, fetch: usize, ticket: Ticket) {
         let owner = &mut self.owners[o];
         owner.stats.sent += 1;
         let now = Instant::now();
@@ -626,15 +539,21 @@ impl<'h> Engine<'h> {
         let owner_id = owner.id;
         let path = self.fetches[fetch].path.clone();
         let client = self.handler.client.clone();
+        let gate = self.gate.clone();
         self.in_flight.spawn(async move {
             let (result, reach) = client.send_on_ticket(&key, owner_id, &path).await;
+            match reach {
+                Reach::Answered => gate.settle(ticket).await,
+                Reach::NotSent => gate.give_back(ticket).await,
+                // Sent without an answer: Torn may count it, so its units keep their
+                // provisional records.
+                Reach::Unknown => drop(ticket),
+            }
             Sent {
                 fetch,
                 owner: o,
                 key: k,
-                chunk,
                 result,
-                reach,
             }
         });
     }
@@ -645,11 +564,12 @@ impl<'h> Engine<'h> {
             fetch,
             owner: o,
             key: k,
-            chunk,
             result,
-            reach,
         } = sent;
-        self.chunk_done(chunk, reach);
+        // A wait the gate advised while this unit was provisional assumed it would count
+        // for the whole request timeout: ask again now (unless Torn held the owner).
+        let owner = &mut self.owners[o];
+        owner.ready_at = owner.ready_at.min(Instant::now()).max(owner.held_until);
         let err = match result {
             Ok(data) => {
                 if let Some(cache) = &self.handler.cache {

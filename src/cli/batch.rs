@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use torn_quota::batch::{BatchConfig, BatchHandler, BatchOutcome, BatchRequest};
-use torn_quota::torn::{ApiKey, TornClient, TornClientConfig};
+use torn_quota::torn::{ApiKey, TornClientConfig};
 use torn_quota::{Limiter, RateLimitConfig};
 
 use super::{CliResult, emit};
@@ -41,7 +41,7 @@ pub(crate) async fn run(file: Option<&Path>, args: Args) -> CliResult {
         .map_err(|e| format!("cannot create {}: {e}", args.output.display()))?;
 
     let limiter = limiter(config).await?;
-    let client = TornClient::new(limiter, torn)?;
+    let client = super::rollout::client(file, limiter, torn)?;
     let bar = ProgressBar::new(requests.len() as u64).with_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} {msg} ({eta} left)")
             .expect("valid template")

@@ -414,6 +414,40 @@ impl QuotaGate {
         }
     }
 
+    /// Up to `want` tickets of one unit each, asked in one burst (the store coalesces
+    /// them into few round trips), so that each request's units are settled on its own
+    /// answer: a slow answer holds back only its own unit. The wait when none is free.
+    pub async fn try_take_each(
+        &self,
+        owner: Option<TornUserId>,
+        key: Option<&KeyHash>,
+        want: u32,
+        priority: Priority,
+        shares: Option<&Shares>,
+    ) -> Result<std::result::Result<Vec<Ticket>, Duration>> {
+        let asks = (0..want.max(1)).map(|_| self.try_take(owner, key, 1, priority, shares));
+        let mut tickets = Vec::new();
+        let mut wait: Option<Duration> = None;
+        let mut error = None;
+        for result in join_all(asks).await {
+            match result {
+                Ok(Ok(t)) => tickets.push(t),
+                Ok(Err(w)) => wait = Some(wait.map_or(w, |v| v.min(w))),
+                Err(e) => error = Some(e),
+            }
+        }
+        if let Some(e) = error {
+            for t in tickets {
+                self.give_back(t).await;
+            }
+            return Err(e);
+        }
+        if tickets.is_empty() {
+            return Ok(Err(wait.unwrap_or(Duration::from_millis(1))));
+        }
+        Ok(Ok(tickets))
+    }
+
     async fn decide_owner(
         &self,
         user: TornUserId,
@@ -480,6 +514,29 @@ impl QuotaGate {
     pub fn access_needs(&self) -> AccessNeeds {
         AccessNeeds::new(self.inner.limiter.clone())
     }
+}
+
+/// Polls every future together on this task, so that they reach the store in one burst.
+async fn join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut pending: Vec<_> = futures.map(|f| Some(Box::pin(f))).collect();
+    let mut results: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        for (slot, result) in pending.iter_mut().zip(results.iter_mut()) {
+            if let Some(f) = slot
+                && let std::task::Poll::Ready(v) = f.as_mut().poll(cx)
+            {
+                *result = Some(v);
+                *slot = None;
+            }
+        }
+        if pending.iter().all(Option::is_none) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    results.into_iter().flatten().collect()
 }
 
 fn refusal(remaining: u32, want: u32, wait: Duration) -> Refusal {
