@@ -6,8 +6,14 @@ mod common;
 
 use std::time::Duration;
 
+use std::num::NonZeroU32;
+
+use torn_quota::batch::{BatchConfig, BatchHandler, BatchRequest, PoolKey};
 use torn_quota::gate::QuotaGate;
-use torn_quota::torn::{CallOptions, KeyHash, TornClientConfig};
+use torn_quota::sim::{SimConfig, SimKey, Simulator};
+use torn_quota::torn::{
+    AccessLevel, ApiKey, CallOptions, KeyHash, KeyInfo, TornClient, TornClientConfig,
+};
 use torn_quota::{Limiter, TornUserId};
 
 fn client_config() -> TornClientConfig {
@@ -43,17 +49,105 @@ async fn a_settled_ticket_counts_one_window_from_the_answer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn probe_chunk() {
-    use torn_quota::Priority;
-    let limiter = Limiter::redis(common::config("gate-probe", 5, 300).build().unwrap()).unwrap();
-    let gate = QuotaGate::builder(limiter.clone(), &client_config())
-        .build()
+async fn a_request_never_sent_gives_back_every_unit() {
+    // Nothing listens on this port: every request is refused before it reaches anyone.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let limiter = Limiter::redis(common::config("gate-refused", 5, 60_000).build().unwrap()).unwrap();
+    let client = TornClient::new(
+        limiter.clone(),
+        TornClientConfig::builder()
+            .base_url(format!("http://127.0.0.1:{port}"))
+            .max_attempts(1)
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    let owner = TornUserId::new(8);
+    let key = ApiKey::new("AbCdEfGh12345678").unwrap();
+    client
+        .remember_owner(&key, KeyInfo { owner, access: AccessLevel::Full })
+        .await;
+    // Through the client, with retries off ...
+    let err = client.get(&key, "user/basic").await.unwrap_err();
+    assert!(matches!(err, torn_quota::Error::Http { .. }), "{err}");
+    // ... and through a batch, whose requests all fail the same way.
+    let outcome = BatchHandler::new(client.clone(), BatchConfig::default())
+        .run(
+            (1..=4).map(|i| BatchRequest::new(format!("user/{i}/basic"))),
+            vec![PoolKey::new(key.clone()).known(KeyInfo { owner, access: AccessLevel::Full })],
+        )
+        .await
         .unwrap();
-    let owner = TornUserId::new(7);
-    let t = gate.try_take(Some(owner), None, 5, Priority::High, None).await.unwrap().unwrap();
-    println!("units {}", t.units());
-    gate.settle(t).await;
-    let r = gate.try_take(Some(owner), None, 5, Priority::High, None).await.unwrap();
-    println!("{:?}", r.as_ref().map(|t| t.units()));
-    println!("{:?}", limiter.status(owner).await.unwrap());
+    assert!(outcome.results.iter().all(Result::is_err));
+    assert!(outcome.stats.sent > 0, "the batch tried");
+    let owner_used = limiter.status(owner).await.unwrap().used;
+    let ip_used = client.ip_limiter().status(TornUserId::new(0)).await.unwrap().used;
+    assert_eq!((owner_used, ip_used), (0, 0), "units kept for requests never sent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ip_refusal_charges_the_owner_nothing() {
+    let keys: Vec<SimKey> = vec![SimKey::new("IpRefusalKey0001", TornUserId::new(9), AccessLevel::Full)];
+    let sim = Simulator::start(keys.clone(), SimConfig::default()).await.unwrap();
+    // The owner's window is long, so every unit it was charged is still there at the end;
+    // the IP's is short and tight, so the batch keeps meeting IP refusals.
+    let limiter = Limiter::redis(common::config("gate-iprefusal", 100, 60_000).build().unwrap()).unwrap();
+    let client = TornClient::new(
+        limiter.clone(),
+        TornClientConfig::builder()
+            .base_url(sim.base_url())
+            .ip_limit(NonZeroU32::new(3).unwrap())
+            .ip_window(Duration::from_millis(300))
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    let owner = TornUserId::new(9);
+    let key = ApiKey::new(&keys[0].key).unwrap();
+    let outcome = BatchHandler::new(client, BatchConfig::default())
+        .run(
+            (1..=9).map(|i| BatchRequest::new(format!("user/{i}/basic"))),
+            vec![PoolKey::new(key).known(KeyInfo { owner, access: AccessLevel::Full })],
+        )
+        .await
+        .unwrap();
+    assert!(outcome.results.iter().all(Result::is_ok));
+    let counted = sim.counters().admitted;
+    assert_eq!(counted, 9);
+    let used = limiter.status(owner).await.unwrap().used;
+    assert_eq!(used, 9, "the owner paid for more requests than Torn counted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_ids_name_their_own_ip_buckets() {
+    let config = common::config("gate-egress", 100, 60_000).build().unwrap();
+    let gate = |egress: &str| {
+        // A limiter of its own, as another process would have.
+        let limiter = Limiter::redis(config.clone()).unwrap();
+        let torn = TornClientConfig::builder()
+            .ip_limit(NonZeroU32::new(2).unwrap())
+            .egress_id(egress)
+            .build()
+            .unwrap();
+        QuotaGate::builder(limiter, &torn).build().unwrap()
+    };
+    let hash = KeyHash::of("AbCdEfGh12345678");
+    let now = || CallOptions::new().deadline(tokio::time::Instant::now());
+    let a = gate("203.0.113.1");
+    let a_again = gate("203.0.113.1");
+    let b = gate("203.0.113.2");
+    let mut kept = Vec::new();
+    for _ in 0..2 {
+        kept.push(a.take(None, &hash, &now()).await.unwrap());
+    }
+    // The same id shares the bucket: full.
+    assert!(matches!(a_again.take(None, &hash, &now()).await, Err(torn_quota::Error::Cancelled)));
+    // Another id has its own.
+    for _ in 0..2 {
+        kept.push(b.take(None, &hash, &now()).await.unwrap());
+    }
+    assert!(b.take(None, &hash, &now()).await.is_err());
+    drop(kept);
 }
