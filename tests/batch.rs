@@ -568,3 +568,52 @@ async fn a_stalled_network_meets_no_code_5_at_full_pace() {
     );
     assert!(pace >= 0.85, "{:.1} % of the ideal pace", pace * 100.0);
 }
+
+/// Code 16 is learned per (section, selection), not per request: one batch meets at most
+/// one per low-access key, and a later batch in another process meets none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_access_need_is_learned_once_per_selection_for_every_process() {
+    let owner = TornUserId::new(41);
+    let minimal = SimKey::new(key(41, 1), owner, AccessLevel::Minimal);
+    let full = SimKey::new(key(41, 2), owner, AccessLevel::Full);
+    let sim = Simulator::start(
+        vec![minimal.clone(), full.clone()],
+        SimConfig::builder()
+            .limit(NonZeroU32::new(100).unwrap())
+            .build()
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let config = common::config("batch-access", 100, 60_000).build().unwrap();
+    let handler = |config: &RateLimitConfig| {
+        let client = TornClient::new(
+            Limiter::redis(config.clone()).unwrap(),
+            TornClientConfig::builder()
+                .base_url(sim.base_url())
+                .build()
+                .unwrap(),
+        )
+        .unwrap();
+        BatchHandler::new(client, BatchConfig::default().cache_for(Duration::ZERO))
+    };
+    let stats = |from: u64| (from..from + 12).map(|id| BatchRequest::new(format!("user/{id}/battlestats")));
+    let outcome = handler(&config)
+        .run(stats(500), api_keys(&[&minimal, &full]))
+        .await
+        .unwrap();
+    assert!(outcome.results.iter().all(Result::is_ok));
+    assert_eq!(sim.counters().errors(16), 1, "one probe of the minimal key: {:?}", sim.counters());
+    // Another process, the same Redis: the minimal key alone cannot serve the selection,
+    // which it now knows without asking Torn.
+    let before = sim.counters().requests;
+    let outcome = handler(&config)
+        .run(stats(600), api_keys(&[&minimal]))
+        .await
+        .unwrap();
+    assert!(outcome.results.iter().all(|r| r.as_ref().is_err_and(|e| e.code == Some(16))));
+    let after = sim.counters();
+    assert_eq!(after.errors(16), 1, "{after:?}");
+    // At most the key lookup reached Torn.
+    assert!(after.requests - before <= 1, "{after:?}");
+}

@@ -151,3 +151,98 @@ async fn egress_ids_name_their_own_ip_buckets() {
     assert!(b.take(None, &hash, &now()).await.is_err());
     drop(kept);
 }
+
+/// Accepts HTTP requests on loopback, answers each with a small Torn body, and keeps the
+/// request lines it saw.
+async fn recording_server() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else { return };
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                loop {
+                    let Ok(n) = socket.read(&mut buf).await else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+                    if let Some(line) = text.lines().next() {
+                        log.lock().unwrap().push(line.to_owned());
+                    }
+                    let body = r#"{"profile":{"id":1}}"#;
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if socket.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_comment_rides_on_every_call_of_the_client_and_the_batch() {
+    let (url, seen) = recording_server().await;
+    let limiter = Limiter::redis(common::config("gate-comment", 100, 60_000).build().unwrap()).unwrap();
+    let client = TornClient::new(
+        limiter,
+        TornClientConfig::builder()
+            .base_url(url)
+            .comment("tq-bot")
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    let owner = TornUserId::new(10);
+    let key = ApiKey::new("CommentKey000001").unwrap();
+    let info = KeyInfo { owner, access: AccessLevel::Full };
+    client.remember_owner(&key, info).await;
+    client.get(&key, "user/basic?striptags=false").await.unwrap();
+    client.get_v1(&key, "user/4", &["basic"]).await.unwrap();
+    let outcome = BatchHandler::new(client, BatchConfig::default())
+        .run(
+            (1..=2).map(|i| BatchRequest::new(format!("user/{i}/basic"))),
+            vec![PoolKey::new(key).known(info)],
+        )
+        .await
+        .unwrap();
+    assert!(outcome.results.iter().all(Result::is_ok));
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    for line in &seen {
+        assert!(line.contains("comment=tq-bot"), "{line}");
+        assert!(!line.contains("CommentKey"), "the key stays in the header: {line}");
+    }
+}
+
+#[test]
+fn a_comment_is_short_and_url_safe() {
+    for bad in ["", "eleven-char", "a b", "tq&x=1", "ünï"] {
+        let err = TornClientConfig::builder().comment(bad).build().unwrap_err();
+        assert!(err.to_string().contains("TORN_API_COMMENT"), "{bad}: {err}");
+    }
+    assert!(TornClientConfig::builder().comment("ten-chars.").build().is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batchs_share_overrides_expire_on_their_own() {
+    let limiter = Limiter::redis(common::config("gate-shares", 100, 1000).build().unwrap()).unwrap();
+    let gate = QuotaGate::builder(limiter.clone(), &client_config()).build().unwrap();
+    let owner = TornUserId::new(11);
+    let shares = gate.shares(&[(owner, NonZeroU32::new(5).unwrap())]).await.unwrap();
+    let key = shares.limiter().keys().bucket(owner).limit;
+    let mut conn = common::redis_conn().await;
+    let ttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut conn).await.unwrap();
+    assert!(ttl > 0 && ttl as u128 <= shares.ttl().as_millis(), "share override without expiry: {ttl}");
+    shares.close().await;
+}

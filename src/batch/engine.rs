@@ -10,7 +10,7 @@
 //! reached Torn. Where legacy decides (it counts per key), each ticket is asked for the
 //! key its request goes on.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::num::NonZeroU32;
 use std::time::Duration;
 
@@ -39,6 +39,8 @@ struct Fetch {
     indices: Vec<usize>,
     /// Sends that ended in a retryable failure.
     failures: u32,
+    /// Its (section, selection), whose access need the batch learns.
+    selection: Option<String>,
 }
 
 struct KeySlot {
@@ -79,6 +81,8 @@ struct Sent {
     fetch: usize,
     owner: usize,
     key: usize,
+    /// Sent as the one probe of its selection on a key not known to have the access.
+    probe: bool,
     result: Result<Value>,
 }
 
@@ -91,6 +95,10 @@ pub(super) struct Engine<'h> {
     gate: QuotaGate,
     shares: Option<Shares>,
     access: AccessNeeds,
+    /// Per selection, the lowest key level Torn answered it for.
+    confirmed: HashMap<String, AccessLevel>,
+    /// Selections with a probe in flight.
+    probing: HashSet<String>,
     /// Not asked for quota before this: the gate's store failed, and is waited out.
     store_ready_at: Instant,
     store_backoff: Duration,
@@ -126,6 +134,8 @@ impl<'h> Engine<'h> {
             gate,
             shares: None,
             access,
+            confirmed: HashMap::new(),
+            probing: HashSet::new(),
             store_ready_at: started,
             store_backoff: Duration::ZERO,
             results: (0..total).map(|_| None).collect(),
@@ -194,6 +204,7 @@ impl<'h> Engine<'h> {
                 seen.insert((r.path.clone(), r.min_access), self.fetches.len());
             }
             self.fetches.push(Fetch {
+                selection: AccessNeeds::selection_of(&r.path),
                 path: r.path,
                 min_access: r.min_access,
                 priority: r.priority,
@@ -439,7 +450,7 @@ impl<'h> Engine<'h> {
                     owner.stats.granted += tickets.len() as u64;
                     for ticket in tickets {
                         match self.pick(o, access) {
-                            Some((fetch, k)) => self.spawn_send(o, k, fetch, ticket),
+                            Some((fetch, k, probe)) => self.spawn_send(o, k, fetch, probe, ticket),
                             None => self.gate.give_back(ticket).await,
                         }
                     }
@@ -458,7 +469,7 @@ impl<'h> Engine<'h> {
     /// Where legacy decides for the owner: one ticket per request, for the key it goes on.
     async fn dispatch_per_key(&mut self, o: usize, access: AccessLevel, want: u32) -> Result<()> {
         for _ in 0..want {
-            let Some((fetch, k)) = self.pick(o, access) else {
+            let Some((fetch, k, probe)) = self.pick(o, access) else {
                 break;
             };
             let owner_id = self.owners[o].id;
@@ -479,17 +490,17 @@ impl<'h> Engine<'h> {
                     let owner = &mut self.owners[o];
                     owner.last_turn = self.turn;
                     owner.stats.granted += 1;
-                    self.spawn_send(o, k, fetch, ticket);
+                    self.spawn_send(o, k, fetch, probe, ticket);
                 }
                 Ok(Err(retry_after)) => {
-                    self.unpick(fetch);
+                    self.unpick(fetch, probe);
                     let owner = &mut self.owners[o];
                     // A wait for provisional units is at most a window once they settle.
                     owner.ready_at = Instant::now() + retry_after.min(self.gate.window());
                     break;
                 }
                 Err(e) => {
-                    self.unpick(fetch);
+                    self.unpick(fetch, probe);
                     return Err(e);
                 }
             }
@@ -497,14 +508,15 @@ impl<'h> Engine<'h> {
         Ok(())
     }
 
-    fn unpick(&mut self, fetch: usize) {
+    fn unpick(&mut self, fetch: usize, probe: bool) {
         self.sent -= 1;
+        self.end_probe(fetch, probe);
         self.requeue(fetch);
     }
 
     /// Takes the first waiting fetch this owner can serve, and its least-recently-used key
     /// with enough access.
-    fn pick(&mut self, o: usize, access: AccessLevel) -> Option<(usize, usize)> {
+    fn pick(&mut self, o: usize, access: AccessLevel) -> Option<(usize, usize, bool)> {
         // The earliest fetch among the levels the owner reaches, highest level first on a
         // tie so that scarce high-access keys go to what only they can serve.
         let level = (0..=access as usize)
@@ -515,21 +527,50 @@ impl<'h> Engine<'h> {
         let need = self.fetches[fetch].min_access;
         self.turn += 1;
         let owner = &mut self.owners[o];
-        let Some(k) = (0..owner.keys.len())
+        let eligible: Vec<usize> = (0..owner.keys.len())
             .filter(|&k| owner.keys[k].usable && owner.keys[k].access >= need)
-            .min_by_key(|&k| owner.keys[k].last_used)
-        else {
+            .collect();
+        // A key is safe for the selection when nothing is above it, or Torn already
+        // answered the selection for a key of its level. Other keys probe, one request of
+        // the selection at a time, so a selection that needs more meets one code 16, not
+        // one per request in flight.
+        let selection = self.fetches[fetch].selection.as_ref();
+        let confirmed = selection.and_then(|s| self.confirmed.get(s)).copied();
+        let keys = &owner.keys;
+        let safe = |k: usize| {
+            let a = keys[k].access;
+            a == AccessLevel::Full || confirmed.is_some_and(|c| a >= c)
+        };
+        let probing = selection.is_some_and(|s| self.probing.contains(s));
+        let mut by_age = eligible;
+        by_age.sort_by_key(|&k| keys[k].last_used);
+        let mut probe = false;
+        let k = by_age.into_iter().find(|&k| {
+            if safe(k) {
+                return true;
+            }
+            // No name to learn by: nothing to probe for, send as asked.
+            if selection.is_none() || (!probing && !probe) {
+                probe = selection.is_some();
+                return true;
+            }
+            false
+        });
+        let Some(k) = k else {
             self.pending[level].push_front(fetch);
             return None;
         };
         owner.keys[k].last_used = self.turn;
+        if probe && let Some(s) = selection {
+            self.probing.insert(s.clone());
+        }
         self.sent += 1;
-        Some((fetch, k))
+        Some((fetch, k, probe))
     }
 
     /// Sends a picked fetch on the owner's key `k` on `ticket`'s units, and settles the
     /// ticket on the answer (or gives it back when the request never reached Torn).
-    fn spawn_send(&mut self, o: usize, k: usize, fetch: usize, ticket: Ticket) {
+    fn spawn_send(&mut self, o: usize, k: usize, fetch: usize, probe: bool, ticket: Ticket) {
         let owner = &mut self.owners[o];
         owner.stats.sent += 1;
         let now = Instant::now();
@@ -553,6 +594,7 @@ impl<'h> Engine<'h> {
                 fetch,
                 owner: o,
                 key: k,
+                probe,
                 result,
             }
         });
@@ -564,14 +606,21 @@ impl<'h> Engine<'h> {
             fetch,
             owner: o,
             key: k,
+            probe,
             result,
         } = sent;
+        self.end_probe(fetch, probe);
         // A wait the gate advised while this unit was provisional assumed it would count
         // for the whole request timeout: ask again now (unless Torn held the owner).
         let owner = &mut self.owners[o];
         owner.ready_at = owner.ready_at.min(Instant::now()).max(owner.held_until);
         let err = match result {
             Ok(data) => {
+                if let Some(s) = &self.fetches[fetch].selection {
+                    let level = self.owners[o].keys[k].access;
+                    let c = self.confirmed.entry(s.clone()).or_insert(level);
+                    *c = (*c).min(level);
+                }
                 if let Some(cache) = &self.handler.cache {
                     let f = &self.fetches[fetch];
                     cache.insert((f.path.clone(), f.min_access), data.clone());
@@ -663,6 +712,12 @@ impl<'h> Engine<'h> {
                     self.pending[level].push_back(f);
                 }
             }
+        }
+    }
+
+    fn end_probe(&mut self, fetch: usize, probe: bool) {
+        if probe && let Some(s) = &self.fetches[fetch].selection {
+            self.probing.remove(s);
         }
     }
 
