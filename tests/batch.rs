@@ -617,3 +617,107 @@ async fn an_access_need_is_learned_once_per_selection_for_every_process() {
     // At most the key lookup reached Torn.
     assert!(after.requests - before <= 1, "{after:?}");
 }
+
+/// A `redis-server` of the test's own on a free port, so freezing it disturbs no other test.
+struct PrivateRedis {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl PrivateRedis {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("this test starts its own redis-server, which must be on PATH");
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while client
+            .get_connection()
+            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+            .is_err()
+        {
+            assert!(std::time::Instant::now() < deadline, "private redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { port, child }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Redis freezes for 3 s in the middle of a batch: the batch waits it out with back-off
+/// and finishes with every answer, none lost to an abort.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_freeze_mid_batch_is_waited_out() {
+    let redis = PrivateRedis::start();
+    let k = SimKey::new(key(45, 1), TornUserId::new(45), AccessLevel::Full);
+    let sim = sim(vec![k.clone()]).await;
+    let config = common::config("batch-freeze", LIMIT, WINDOW.as_millis() as u64)
+        .redis_url(redis.url())
+        .command_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let client = TornClient::new(
+        Limiter::redis(config).unwrap(),
+        TornClientConfig::builder()
+            .base_url(sim.base_url())
+            // A unit whose settle is lost in the freeze stays provisional this long.
+            .request_timeout(Duration::from_secs(1))
+            .retry_min_delay(Duration::from_millis(50))
+            .retry_max_delay(Duration::from_millis(400))
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    let done = Arc::new(Mutex::new(0usize));
+    let seen = done.clone();
+    let handler = BatchHandler::new(client, BatchConfig::default())
+        .on_progress(move |p: Progress| *seen.lock().unwrap() = p.done);
+    let freezer = {
+        let url = redis.url();
+        let done = done.clone();
+        tokio::spawn(async move {
+            while *done.lock().unwrap() < 15 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let client = redis::Client::open(url).unwrap();
+            let mut c = client.get_multiplexed_async_connection().await.unwrap();
+            let _: () = redis::cmd("CLIENT")
+                .arg("PAUSE")
+                .arg(3000)
+                .arg("ALL")
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            std::time::Instant::now()
+        })
+    };
+    let started = std::time::Instant::now();
+    let outcome = handler
+        .run(basic(900..940), api_keys(&[&k]))
+        .await
+        .expect("a frozen Redis must not abort the batch");
+    let frozen_at = freezer.await.unwrap();
+    assert_in_order(&outcome, 900);
+    assert_torn_satisfied(&sim);
+    assert!(
+        started.elapsed() > frozen_at.duration_since(started) + Duration::from_secs(2),
+        "the batch did not live through the freeze"
+    );
+}
