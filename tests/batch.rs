@@ -500,8 +500,16 @@ async fn a_stalled_network_meets_no_code_5_at_full_pace() {
     const WINDOW: Duration = Duration::from_secs(1);
     let mut keys = Vec::new();
     for owner in 31..=33u64 {
-        keys.push(SimKey::new(key(owner, 1), TornUserId::new(owner), AccessLevel::Full));
-        keys.push(SimKey::new(key(owner, 2), TornUserId::new(owner), AccessLevel::Minimal));
+        keys.push(SimKey::new(
+            key(owner, 1),
+            TornUserId::new(owner),
+            AccessLevel::Full,
+        ));
+        keys.push(SimKey::new(
+            key(owner, 2),
+            TornUserId::new(owner),
+            AccessLevel::Minimal,
+        ));
     }
     let sim_config = SimConfig::builder()
         .limit(NonZeroU32::new(LIMIT).unwrap())
@@ -541,7 +549,9 @@ async fn a_stalled_network_meets_no_code_5_at_full_pace() {
         .await
         .unwrap();
     for (i, r) in outcome.results.iter().enumerate() {
-        let data = r.as_ref().unwrap_or_else(|e| panic!("request {i} failed: {e}"));
+        let data = r
+            .as_ref()
+            .unwrap_or_else(|e| panic!("request {i} failed: {e}"));
         let id = &data["profile"]["id"];
         let id = if id.is_null() { &data["id"] } else { id };
         if !id.is_null() {
@@ -550,8 +560,16 @@ async fn a_stalled_network_meets_no_code_5_at_full_pace() {
     }
     let c = sim.counters();
     assert_eq!(c.errors(5), 0, "code-5 answers: {c:?}");
-    assert!(c.max_in_window <= LIMIT, "Torn counted {} in a window", c.max_in_window);
-    assert!(c.errors(16) <= 3, "more than one code 16 per minimal key: {}", c.errors(16));
+    assert!(
+        c.max_in_window <= LIMIT,
+        "Torn counted {} in a window",
+        c.max_in_window
+    );
+    assert!(
+        c.errors(16) <= 3,
+        "more than one code 16 per minimal key: {}",
+        c.errors(16)
+    );
     // The ideal pace: in an exact rolling window the n-th unit of the three owners goes
     // out no sooner than floor((n - 1) / (3 * LIMIT)) windows after the first, for every
     // request Torn counted (lookups and code 16 included).
@@ -597,13 +615,19 @@ async fn an_access_need_is_learned_once_per_selection_for_every_process() {
         .unwrap();
         BatchHandler::new(client, BatchConfig::default().cache_for(Duration::ZERO))
     };
-    let stats = |from: u64| (from..from + 12).map(|id| BatchRequest::new(format!("user/{id}/battlestats")));
+    let stats =
+        |from: u64| (from..from + 12).map(|id| BatchRequest::new(format!("user/{id}/battlestats")));
     let outcome = handler(&config)
         .run(stats(500), api_keys(&[&minimal, &full]))
         .await
         .unwrap();
     assert!(outcome.results.iter().all(Result::is_ok));
-    assert_eq!(sim.counters().errors(16), 1, "one probe of the minimal key: {:?}", sim.counters());
+    assert_eq!(
+        sim.counters().errors(16),
+        1,
+        "one probe of the minimal key: {:?}",
+        sim.counters()
+    );
     // Another process, the same Redis: the minimal key alone cannot serve the selection,
     // which it now knows without asking Torn.
     let before = sim.counters().requests;
@@ -611,7 +635,12 @@ async fn an_access_need_is_learned_once_per_selection_for_every_process() {
         .run(stats(600), api_keys(&[&minimal]))
         .await
         .unwrap();
-    assert!(outcome.results.iter().all(|r| r.as_ref().is_err_and(|e| e.code == Some(16))));
+    assert!(
+        outcome
+            .results
+            .iter()
+            .all(|r| r.as_ref().is_err_and(|e| e.code == Some(16)))
+    );
     let after = sim.counters();
     assert_eq!(after.errors(16), 1, "{after:?}");
     // At most the key lookup reached Torn.
@@ -632,7 +661,16 @@ impl PrivateRedis {
             .unwrap()
             .port();
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("this test starts its own redis-server, which must be on PATH");
@@ -643,7 +681,10 @@ impl PrivateRedis {
             .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
             .is_err()
         {
-            assert!(std::time::Instant::now() < deadline, "private redis-server did not start");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "private redis-server did not start"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         Self { port, child }
@@ -727,10 +768,21 @@ async fn a_redis_freeze_mid_batch_is_waited_out() {
 async fn redis_commands(url: &str) -> u64 {
     let client = redis::Client::open(url).unwrap();
     let mut c = client.get_multiplexed_async_connection().await.unwrap();
-    let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut c).await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut c)
+        .await
+        .unwrap();
     info.lines()
         .filter(|l| l.starts_with("cmdstat_eval:") || l.starts_with("cmdstat_evalsha:"))
-        .filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
         .sum()
 }
 
@@ -749,12 +801,18 @@ async fn a_batch_costs_redis_few_commands_per_torn_request() {
         .unwrap();
     let client = TornClient::new(
         Limiter::redis(config).unwrap(),
-        TornClientConfig::builder().base_url(sim.base_url()).build().unwrap(),
+        TornClientConfig::builder()
+            .base_url(sim.base_url())
+            .build()
+            .unwrap(),
     )
     .unwrap();
     let before = redis_commands(&redis.url()).await;
     let outcome = BatchHandler::new(client, BatchConfig::default())
-        .run(basic(1000..1090), api_keys(&keys.iter().collect::<Vec<_>>()))
+        .run(
+            basic(1000..1090),
+            api_keys(&keys.iter().collect::<Vec<_>>()),
+        )
         .await
         .unwrap();
     assert_in_order(&outcome, 1000);
@@ -766,5 +824,8 @@ async fn a_batch_costs_redis_few_commands_per_torn_request() {
     eprintln!("redis script calls per torn request: {commands} / {requests} = {per_request:.2}");
     // One by one it would be 4 (owner acquire, IP acquire, two settles), plus the refused
     // asks of every wait.
-    assert!(per_request < 3.0, "{per_request:.2} script calls per request");
+    assert!(
+        per_request < 3.0,
+        "{per_request:.2} script calls per request"
+    );
 }

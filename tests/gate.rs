@@ -54,7 +54,8 @@ async fn a_request_never_sent_gives_back_every_unit() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = closed.local_addr().unwrap().port();
     drop(closed);
-    let limiter = Limiter::redis(common::config("gate-refused", 5, 60_000).build().unwrap()).unwrap();
+    let limiter =
+        Limiter::redis(common::config("gate-refused", 5, 60_000).build().unwrap()).unwrap();
     let client = TornClient::new(
         limiter.clone(),
         TornClientConfig::builder()
@@ -67,7 +68,13 @@ async fn a_request_never_sent_gives_back_every_unit() {
     let owner = TornUserId::new(8);
     let key = ApiKey::new("AbCdEfGh12345678").unwrap();
     client
-        .remember_owner(&key, KeyInfo { owner, access: AccessLevel::Full })
+        .remember_owner(
+            &key,
+            KeyInfo {
+                owner,
+                access: AccessLevel::Full,
+            },
+        )
         .await;
     // Through the client, with retries off ...
     let err = client.get(&key, "user/basic").await.unwrap_err();
@@ -76,24 +83,47 @@ async fn a_request_never_sent_gives_back_every_unit() {
     let outcome = BatchHandler::new(client.clone(), BatchConfig::default())
         .run(
             (1..=4).map(|i| BatchRequest::new(format!("user/{i}/basic"))),
-            vec![PoolKey::new(key.clone()).known(KeyInfo { owner, access: AccessLevel::Full })],
+            vec![PoolKey::new(key.clone()).known(KeyInfo {
+                owner,
+                access: AccessLevel::Full,
+            })],
         )
         .await
         .unwrap();
     assert!(outcome.results.iter().all(Result::is_err));
     assert!(outcome.stats.sent > 0, "the batch tried");
     let owner_used = limiter.status(owner).await.unwrap().used;
-    let ip_used = client.ip_limiter().status(TornUserId::new(0)).await.unwrap().used;
-    assert_eq!((owner_used, ip_used), (0, 0), "units kept for requests never sent");
+    let ip_used = client
+        .ip_limiter()
+        .status(TornUserId::new(0))
+        .await
+        .unwrap()
+        .used;
+    assert_eq!(
+        (owner_used, ip_used),
+        (0, 0),
+        "units kept for requests never sent"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ip_refusal_charges_the_owner_nothing() {
-    let keys: Vec<SimKey> = vec![SimKey::new("IpRefusalKey0001", TornUserId::new(9), AccessLevel::Full)];
-    let sim = Simulator::start(keys.clone(), SimConfig::default()).await.unwrap();
+    let keys: Vec<SimKey> = vec![SimKey::new(
+        "IpRefusalKey0001",
+        TornUserId::new(9),
+        AccessLevel::Full,
+    )];
+    let sim = Simulator::start(keys.clone(), SimConfig::default())
+        .await
+        .unwrap();
     // The owner's window is long, so every unit it was charged is still there at the end;
     // the IP's is short and tight, so the batch keeps meeting IP refusals.
-    let limiter = Limiter::redis(common::config("gate-iprefusal", 100, 60_000).build().unwrap()).unwrap();
+    let limiter = Limiter::redis(
+        common::config("gate-iprefusal", 100, 60_000)
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
     let client = TornClient::new(
         limiter.clone(),
         TornClientConfig::builder()
@@ -109,7 +139,10 @@ async fn an_ip_refusal_charges_the_owner_nothing() {
     let outcome = BatchHandler::new(client, BatchConfig::default())
         .run(
             (1..=9).map(|i| BatchRequest::new(format!("user/{i}/basic"))),
-            vec![PoolKey::new(key).known(KeyInfo { owner, access: AccessLevel::Full })],
+            vec![PoolKey::new(key).known(KeyInfo {
+                owner,
+                access: AccessLevel::Full,
+            })],
         )
         .await
         .unwrap();
@@ -117,7 +150,10 @@ async fn an_ip_refusal_charges_the_owner_nothing() {
     let counted = sim.counters().admitted;
     assert_eq!(counted, 9);
     let used = limiter.status(owner).await.unwrap().used;
-    assert_eq!(used, 9, "the owner paid for more requests than Torn counted");
+    assert_eq!(
+        used, 9,
+        "the owner paid for more requests than Torn counted"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,7 +179,10 @@ async fn egress_ids_name_their_own_ip_buckets() {
         kept.push(a.take(None, &hash, &now()).await.unwrap());
     }
     // The same id shares the bucket: full.
-    assert!(matches!(a_again.take(None, &hash, &now()).await, Err(torn_quota::Error::Cancelled)));
+    assert!(matches!(
+        a_again.take(None, &hash, &now()).await,
+        Err(torn_quota::Error::Cancelled)
+    ));
     // Another id has its own.
     for _ in 0..2 {
         kept.push(b.take(None, &hash, &now()).await.unwrap());
@@ -162,12 +201,16 @@ async fn recording_server() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Stri
     let log = seen.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((mut socket, _)) = listener.accept().await else { return };
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
             let log = log.clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 8192];
                 loop {
-                    let Ok(n) = socket.read(&mut buf).await else { return };
+                    let Ok(n) = socket.read(&mut buf).await else {
+                        return;
+                    };
                     if n == 0 {
                         return;
                     }
@@ -193,7 +236,8 @@ async fn recording_server() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Stri
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_comment_rides_on_every_call_of_the_client_and_the_batch() {
     let (url, seen) = recording_server().await;
-    let limiter = Limiter::redis(common::config("gate-comment", 100, 60_000).build().unwrap()).unwrap();
+    let limiter =
+        Limiter::redis(common::config("gate-comment", 100, 60_000).build().unwrap()).unwrap();
     let client = TornClient::new(
         limiter,
         TornClientConfig::builder()
@@ -205,9 +249,15 @@ async fn the_comment_rides_on_every_call_of_the_client_and_the_batch() {
     .unwrap();
     let owner = TornUserId::new(10);
     let key = ApiKey::new("CommentKey000001").unwrap();
-    let info = KeyInfo { owner, access: AccessLevel::Full };
+    let info = KeyInfo {
+        owner,
+        access: AccessLevel::Full,
+    };
     client.remember_owner(&key, info).await;
-    client.get(&key, "user/basic?striptags=false").await.unwrap();
+    client
+        .get(&key, "user/basic?striptags=false")
+        .await
+        .unwrap();
     client.get_v1(&key, "user/4", &["basic"]).await.unwrap();
     let outcome = BatchHandler::new(client, BatchConfig::default())
         .run(
@@ -221,28 +271,52 @@ async fn the_comment_rides_on_every_call_of_the_client_and_the_batch() {
     assert_eq!(seen.len(), 4, "{seen:?}");
     for line in &seen {
         assert!(line.contains("comment=tq-bot"), "{line}");
-        assert!(!line.contains("CommentKey"), "the key stays in the header: {line}");
+        assert!(
+            !line.contains("CommentKey"),
+            "the key stays in the header: {line}"
+        );
     }
 }
 
 #[test]
 fn a_comment_is_short_and_url_safe() {
     for bad in ["", "eleven-char", "a b", "tq&x=1", "ünï"] {
-        let err = TornClientConfig::builder().comment(bad).build().unwrap_err();
+        let err = TornClientConfig::builder()
+            .comment(bad)
+            .build()
+            .unwrap_err();
         assert!(err.to_string().contains("TORN_API_COMMENT"), "{bad}: {err}");
     }
-    assert!(TornClientConfig::builder().comment("ten-chars.").build().is_ok());
+    assert!(
+        TornClientConfig::builder()
+            .comment("ten-chars.")
+            .build()
+            .is_ok()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batchs_share_overrides_expire_on_their_own() {
-    let limiter = Limiter::redis(common::config("gate-shares", 100, 1000).build().unwrap()).unwrap();
-    let gate = QuotaGate::builder(limiter.clone(), &client_config()).build().unwrap();
+    let limiter =
+        Limiter::redis(common::config("gate-shares", 100, 1000).build().unwrap()).unwrap();
+    let gate = QuotaGate::builder(limiter.clone(), &client_config())
+        .build()
+        .unwrap();
     let owner = TornUserId::new(11);
-    let shares = gate.shares(&[(owner, NonZeroU32::new(5).unwrap())]).await.unwrap();
+    let shares = gate
+        .shares(&[(owner, NonZeroU32::new(5).unwrap())])
+        .await
+        .unwrap();
     let key = shares.limiter().keys().bucket(owner).limit;
     let mut conn = common::redis_conn().await;
-    let ttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut conn).await.unwrap();
-    assert!(ttl > 0 && ttl as u128 <= shares.ttl().as_millis(), "share override without expiry: {ttl}");
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        ttl > 0 && ttl as u128 <= shares.ttl().as_millis(),
+        "share override without expiry: {ttl}"
+    );
     shares.close().await;
 }

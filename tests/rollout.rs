@@ -1204,16 +1204,28 @@ mod data_path {
     const WINDOW_MS: u64 = 1000;
 
     fn sim_key(n: u64, owner: u64) -> SimKey {
-        SimKey::new(format!("DataPath{owner:04}K{n:03}"), TornUserId::new(owner), AccessLevel::Full)
+        SimKey::new(
+            format!("DataPath{owner:04}K{n:03}"),
+            TornUserId::new(owner),
+            AccessLevel::Full,
+        )
     }
 
     async fn sim(keys: &[SimKey]) -> SimHandle {
-        Simulator::start(keys.to_vec(), SimConfig::default()).await.unwrap()
+        Simulator::start(keys.to_vec(), SimConfig::default())
+            .await
+            .unwrap()
     }
 
     /// A client whose gate follows `mode` and `percent`: legacy at 3 per key per second,
     /// per-user at `limit` per owner per second.
-    fn client(db: &TestDb, sim: &SimHandle, mode: Mode, percent: Option<u8>, limit: u32) -> TornClient {
+    fn client(
+        db: &TestDb,
+        sim: &SimHandle,
+        mode: Mode,
+        percent: Option<u8>,
+        limit: u32,
+    ) -> TornClient {
         let config = common::config("data-path", limit, WINDOW_MS)
             .mode(mode)
             .legacy_limit(NonZeroU32::new(3).unwrap())
@@ -1226,21 +1238,39 @@ mod data_path {
             .legacy(LegacyLimiter::from_config(db.pool.clone(), &config))
             .build()
             .unwrap();
-        let torn = TornClientConfig::builder().base_url(sim.base_url()).build().unwrap();
-        let gate = QuotaGate::builder(limiter.clone(), &torn).rollout(rollout).build().unwrap();
-        TornClient::builder(limiter, torn).gate(gate).build().unwrap()
+        let torn = TornClientConfig::builder()
+            .base_url(sim.base_url())
+            .build()
+            .unwrap();
+        let gate = QuotaGate::builder(limiter.clone(), &torn)
+            .rollout(rollout)
+            .build()
+            .unwrap();
+        TornClient::builder(limiter, torn)
+            .gate(gate)
+            .build()
+            .unwrap()
     }
 
-    async fn batch(client: &TornClient, keys: &[SimKey], n: u64) -> torn_quota::batch::BatchOutcome {
+    async fn batch(
+        client: &TornClient,
+        keys: &[SimKey],
+        n: u64,
+    ) -> torn_quota::batch::BatchOutcome {
         let pool: Vec<PoolKey> = keys
             .iter()
             .map(|k| {
-                PoolKey::new(ApiKey::new(&k.key).unwrap())
-                    .known(KeyInfo { owner: k.owner, access: k.access })
+                PoolKey::new(ApiKey::new(&k.key).unwrap()).known(KeyInfo {
+                    owner: k.owner,
+                    access: k.access,
+                })
             })
             .collect();
         BatchHandler::new(client.clone(), BatchConfig::default())
-            .run((0..n).map(|i| BatchRequest::new(format!("user/{}/basic", 100 + i))), pool)
+            .run(
+                (0..n).map(|i| BatchRequest::new(format!("user/{}/basic", 100 + i))),
+                pool,
+            )
             .await
             .unwrap()
     }
@@ -1261,20 +1291,38 @@ mod data_path {
         // Per-user would allow 100; legacy allows 3 per key per second.
         let c = client(&db, &sim, Mode::Legacy, None, 100);
         let k0 = ApiKey::new(&keys[0].key).unwrap();
-        c.remember_owner(&k0, KeyInfo { owner: keys[0].owner, access: AccessLevel::Full }).await;
+        c.remember_owner(
+            &k0,
+            KeyInfo {
+                owner: keys[0].owner,
+                access: AccessLevel::Full,
+            },
+        )
+        .await;
         for _ in 0..3 {
             c.get(&k0, "user/basic").await.unwrap();
         }
         assert_eq!(rows(&db, &keys[..1]).await, 3, "one row per call");
         let started = Instant::now();
         c.get(&k0, "user/basic").await.unwrap();
-        assert!(started.elapsed() >= Duration::from_millis(500), "the key's 4th call waited");
+        assert!(
+            started.elapsed() >= Duration::from_millis(500),
+            "the key's 4th call waited"
+        );
 
         let outcome = batch(&c, &keys, 8).await;
         assert!(outcome.results.iter().all(Result::is_ok));
-        assert_eq!(rows(&db, &keys).await, 4 + 8, "one row per call, batch included");
+        assert_eq!(
+            rows(&db, &keys).await,
+            4 + 8,
+            "one row per call, batch included"
+        );
         // 8 calls on 2 keys at 3 per key per second: at least a second.
-        assert!(outcome.stats.duration >= Duration::from_millis(900), "{:?}", outcome.stats.duration);
+        assert!(
+            outcome.stats.duration >= Duration::from_millis(900),
+            "{:?}",
+            outcome.stats.duration
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1287,7 +1335,11 @@ mod data_path {
         assert!(outcome.results.iter().all(Result::is_ok));
         assert_eq!(rows(&db, &keys).await, 0);
         // 8 calls at 4 per owner per second, whatever the keys: at least a window.
-        assert!(outcome.stats.duration >= Duration::from_millis(900), "{:?}", outcome.stats.duration);
+        assert!(
+            outcome.stats.duration >= Duration::from_millis(900),
+            "{:?}",
+            outcome.stats.duration
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1300,8 +1352,15 @@ mod data_path {
         let outcome = batch(&c, &keys, 6).await;
         assert!(outcome.results.iter().all(Result::is_ok));
         assert_eq!(rows(&db, &keys).await, 6, "legacy enforced");
-        assert!(outcome.stats.duration < Duration::from_millis(900), "per-user did not enforce");
-        let report = Disagreements::for_limiter(c.limiter()).unwrap().report(5).await.unwrap();
+        assert!(
+            outcome.stats.duration < Duration::from_millis(900),
+            "per-user did not enforce"
+        );
+        let report = Disagreements::for_limiter(c.limiter())
+            .unwrap()
+            .report(5)
+            .await
+            .unwrap();
         assert!(report.legacy_only >= 4, "{report:?}");
     }
 
@@ -1312,15 +1371,35 @@ mod data_path {
         let owners: Vec<u64> = (1000..)
             .filter(|&u| rollout_bucket(TornUserId::new(u)) < 50)
             .take(1)
-            .chain((1000..).filter(|&u| rollout_bucket(TornUserId::new(u)) >= 50).take(1))
+            .chain(
+                (1000..)
+                    .filter(|&u| rollout_bucket(TornUserId::new(u)) >= 50)
+                    .take(1),
+            )
             .collect();
         let inside = [sim_key(1, owners[0])];
         let outside = [sim_key(1, owners[1])];
         let sim = sim(&[inside[0].clone(), outside[0].clone()]).await;
         let c = client(&db, &sim, Mode::PerUser, Some(50), 100);
-        assert!(batch(&c, &inside, 3).await.results.iter().all(Result::is_ok));
-        assert!(batch(&c, &outside, 3).await.results.iter().all(Result::is_ok));
-        assert_eq!(rows(&db, &inside).await, 0, "in the rollout: per-user decides");
+        assert!(
+            batch(&c, &inside, 3)
+                .await
+                .results
+                .iter()
+                .all(Result::is_ok)
+        );
+        assert!(
+            batch(&c, &outside, 3)
+                .await
+                .results
+                .iter()
+                .all(Result::is_ok)
+        );
+        assert_eq!(
+            rows(&db, &inside).await,
+            0,
+            "in the rollout: per-user decides"
+        );
         assert_eq!(rows(&db, &outside).await, 3, "outside it: legacy decides");
     }
 
@@ -1336,7 +1415,13 @@ mod data_path {
         let keys_file = dir.join("keys");
         let input = dir.join("input");
         std::fs::write(&keys_file, format!("{}\n{}\n", keys[0].key, keys[1].key)).unwrap();
-        std::fs::write(&input, (0..6).map(|i| format!("user/{}/basic\n", 300 + i)).collect::<String>()).unwrap();
+        std::fs::write(
+            &input,
+            (0..6)
+                .map(|i| format!("user/{}/basic\n", 300 + i))
+                .collect::<String>(),
+        )
+        .unwrap();
         let prefix = common::unique_prefix("cli-batch-mode");
         let run = |mode: &str, n: u32| {
             let output = dir.join(format!("out-{mode}-{n}"));
@@ -1360,15 +1445,30 @@ mod data_path {
             .arg(&output)
             .output()
             .unwrap();
-            assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         };
         run("legacy", 1);
         assert_eq!(rows(&db, &keys).await, 6, "legacy: one row per call");
         run("shadow", 2);
         assert_eq!(rows(&db, &keys).await, 12, "shadow: legacy enforces");
-        let config = common::config("unused", 2, 1000).key_prefix(prefix.clone()).build().unwrap();
-        let report = Disagreements::redis(&config).unwrap().report(5).await.unwrap();
-        assert!(report.total() > 0, "shadow counted no disagreement from batch traffic");
+        let config = common::config("unused", 2, 1000)
+            .key_prefix(prefix.clone())
+            .build()
+            .unwrap();
+        let report = Disagreements::redis(&config)
+            .unwrap()
+            .report(5)
+            .await
+            .unwrap();
+        assert!(
+            report.total() > 0,
+            "shadow counted no disagreement from batch traffic"
+        );
         run("per-user", 3);
         assert_eq!(rows(&db, &keys).await, 12, "per-user: no legacy row");
         std::fs::remove_dir_all(&dir).unwrap();

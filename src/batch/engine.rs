@@ -701,8 +701,8 @@ impl<'h> Engine<'h> {
         for level in 0..(need as usize) {
             let queue = std::mem::take(&mut self.pending[level]);
             for f in queue {
-                let same = AccessNeeds::selection_of(&self.fetches[f].path).as_ref()
-                    == Some(&selection);
+                let same =
+                    AccessNeeds::selection_of(&self.fetches[f].path).as_ref() == Some(&selection);
                 if same {
                     self.fetches[f].min_access = need;
                     let target = &mut self.pending[need as usize];

@@ -122,7 +122,11 @@ impl AccessNeeds {
                 "torn code 16: the selection needs a higher access level"
             );
             let value = level.number().to_string();
-            if let Err(e) = self.limiter.remember(&memo(&name), &value, SHARED_FOR).await {
+            if let Err(e) = self
+                .limiter
+                .remember(&memo(&name), &value, SHARED_FOR)
+                .await
+            {
                 tracing::debug!(error = %e, "cannot share an access need");
             }
         }

@@ -127,8 +127,7 @@ impl QuotaGateBuilder {
             .filter(|h| h.checked_add(config.window()).is_some())
             .ok_or_else(|| Error::Config {
                 setting: "TORN_QUOTA_SAFETY_MARGIN_MS",
-                reason: "the request timeout, this margin and the window overflow together"
-                    .into(),
+                reason: "the request timeout, this margin and the window overflow together".into(),
             })?;
         let owners: Arc<dyn OwnerQuota> = match self.owners {
             Some(o) => o,
