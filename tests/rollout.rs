@@ -1417,9 +1417,12 @@ mod data_path {
         std::fs::write(&keys_file, format!("{}\n{}\n", keys[0].key, keys[1].key)).unwrap();
         std::fs::write(
             &input,
-            (0..6)
-                .map(|i| format!("user/{}/basic\n", 300 + i))
-                .collect::<String>(),
+            (0..6).fold(String::new(), |mut text, i| {
+                text.push_str("user/");
+                text.push_str(&(300 + i).to_string());
+                text.push_str("/basic\n");
+                text
+            }),
         )
         .unwrap();
         let prefix = common::unique_prefix("cli-batch-mode");

@@ -172,6 +172,7 @@ impl<'h> Engine<'h> {
             let Some(selection) = AccessNeeds::selection_of(&r.path) else {
                 continue;
             };
+            #[allow(clippy::single_match_else)]
             let need = match needs.get(&selection) {
                 Some(n) => *n,
                 None => {

@@ -137,6 +137,7 @@ impl QuotaGateBuilder {
             }
             None => Arc::new(self.limiter.clone()),
         };
+        #[allow(clippy::single_match_else)]
         let ip = match self.ip {
             Some(ip) => ip,
             None => {
@@ -304,6 +305,10 @@ impl QuotaGate {
     /// Up to `want` units of each quota now, without waiting: fewer when fewer are free
     /// in every quota, or the wait when none are. With `shares`, the owner's share for
     /// pooled work is taken too. `key` is needed whenever legacy decides for `owner`.
+    ///
+    /// # Panics
+    ///
+    /// Never: the owner's quota is asked only when there is an owner.
     pub async fn try_take(
         &self,
         owner: Option<TornUserId>,
@@ -353,21 +358,23 @@ impl QuotaGate {
                     }
                     Stage::Share => match share {
                         None => None,
-                        Some((s, user)) => match s.try_take(user, want, self.inner.hold).await {
-                            Ok(Ok(g)) => {
-                                ticket.share = Some((s.limiter().clone(), g));
-                                None
+                        Some((s, user)) => {
+                            match Box::pin(s.try_take(user, want, self.inner.hold)).await {
+                                Ok(Ok(g)) => {
+                                    ticket.share = Some((s.limiter().clone(), g));
+                                    None
+                                }
+                                Ok(Err((remaining, wait))) => Some(refusal(remaining, want, wait)),
+                                Err(e) => {
+                                    self.give_back(ticket).await;
+                                    return Err(e);
+                                }
                             }
-                            Ok(Err((remaining, wait))) => Some(refusal(remaining, want, wait)),
-                            Err(e) => {
-                                self.give_back(ticket).await;
-                                return Err(e);
-                            }
-                        },
+                        }
                     },
                     Stage::Ip => {
                         let request = Request::new(want).in_flight(self.inner.hold);
-                        match self.inner.ip.try_acquire_with(IP_BUCKET, &request).await {
+                        match Box::pin(self.inner.ip.try_acquire_with(IP_BUCKET, &request)).await {
                             Ok(d) => match d.retry_after() {
                                 _ if d.is_granted() => {
                                     ticket.ip = d.into_grant();
@@ -547,21 +554,21 @@ fn refusal(remaining: u32, want: u32, wait: Duration) -> Refusal {
 }
 
 async fn refund(limiter: &Limiter, grant: Option<Grant>) -> Option<Error> {
-    limiter.refund(grant?).await.err()
+    Box::pin(limiter.refund(grant?)).await.err()
 }
 
 async fn settle(limiter: &Limiter, grant: Option<Grant>) -> Option<Error> {
-    limiter.settle(grant?).await.err()
+    Box::pin(limiter.settle(grant?)).await.err()
 }
 
 async fn refund_pair(share: Option<(Limiter, Grant)>) -> Option<Error> {
     let (limiter, grant) = share?;
-    limiter.refund(grant).await.err()
+    Box::pin(limiter.refund(grant)).await.err()
 }
 
 async fn settle_pair(share: Option<(Limiter, Grant)>) -> Option<Error> {
     let (limiter, grant) = share?;
-    limiter.settle(grant).await.err()
+    Box::pin(limiter.settle(grant)).await.err()
 }
 
 /// Up to 5 % of the wait, at most 20 ms: enough to spread waiters, small enough to keep the

@@ -94,7 +94,10 @@ impl Shares {
         hold: Duration,
     ) -> Result<std::result::Result<Grant, (u32, Duration)>> {
         let stale = {
-            let mut at = self.refreshed.lock().unwrap_or_else(|e| e.into_inner());
+            let mut at = self
+                .refreshed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let stale = at.elapsed() > self.ttl / 2;
             if stale {
                 *at = Instant::now();

@@ -270,6 +270,7 @@ impl TornClientBuilder {
     /// client cannot.
     pub fn build(self) -> Result<TornClient> {
         let config = self.config;
+        #[allow(clippy::single_match_else)]
         let gate = match self.gate {
             Some(gate) => gate,
             None => {
