@@ -23,6 +23,7 @@
 
 pub mod batch;
 pub mod error;
+pub mod gate;
 pub mod limiter;
 pub mod metrics;
 pub mod rollout;

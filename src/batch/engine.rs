@@ -2,12 +2,15 @@
 //! (no locks), and a set of requests in flight.
 //!
 //! Each turn it fills the free slots: for the owners with the most room first, it takes
-//! as many units as it has requests ready for that owner (one script call), and sends
-//! them at once on the owner's least-recently-used keys. Units are never taken ahead of
-//! sending: Torn counts a request when it arrives, so a unit held back would let our
-//! window expire before Torn's.
+//! as many units as it has requests ready for that owner from the [quota gate](crate::gate)
+//! (one ticket per request, the owner's, the IP's and the share's units together, all
+//! asked in one burst), and sends them at once on the owner's least-recently-used keys.
+//! Units are never taken ahead of sending: Torn counts a request when it arrives. Each
+//! ticket is settled on its own request's answer, or given back when the request never
+//! reached Torn. Where legacy decides (it counts per key), each ticket is asked for the
+//! key its request goes on.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::num::NonZeroU32;
 use std::time::Duration;
 
@@ -20,7 +23,8 @@ use super::{
     RequestError,
 };
 use crate::error::{Error, Result};
-use crate::limiter::{Decision, Limiter, Priority, Request, TornUserId};
+use crate::gate::{AccessNeeds, QuotaGate, Reach, Shares, Ticket};
+use crate::limiter::{Priority, TornUserId};
 use crate::torn::{AccessLevel, ApiKey, ErrorClass, KeyInfo, TornClient, TornErrorCode};
 
 /// Access levels, lowest first: the pending queues are kept per level needed.
@@ -35,6 +39,8 @@ struct Fetch {
     indices: Vec<usize>,
     /// Sends that ended in a retryable failure.
     failures: u32,
+    /// Its (section, selection), whose access need the batch learns.
+    selection: Option<String>,
 }
 
 struct KeySlot {
@@ -53,6 +59,8 @@ struct Owner {
     room: Option<u32>,
     /// Not asked before this (its bucket is full, or Torn said code 5).
     ready_at: Instant,
+    /// Held back by Torn's code 5 until this.
+    held_until: Instant,
     /// The turn it last got units: among owners with equal room, the longest idle goes.
     last_turn: u64,
     stats: OwnerStats,
@@ -73,6 +81,8 @@ struct Sent {
     fetch: usize,
     owner: usize,
     key: usize,
+    /// Sent as the one probe of its selection on a key not known to have the access.
+    probe: bool,
     result: Result<Value>,
 }
 
@@ -82,7 +92,16 @@ pub(super) struct Engine<'h> {
     /// Fetch ids waiting, per access level needed, in order.
     pending: [VecDeque<usize>; LEVELS],
     owners: Vec<Owner>,
-    share: Option<Limiter>,
+    gate: QuotaGate,
+    shares: Option<Shares>,
+    access: AccessNeeds,
+    /// Per selection, the lowest key level Torn answered it for.
+    confirmed: HashMap<String, AccessLevel>,
+    /// Selections with a probe in flight.
+    probing: HashSet<String>,
+    /// Not asked for quota before this: the gate's store failed, and is waited out.
+    store_ready_at: Instant,
+    store_backoff: Duration,
     results: Vec<Option<std::result::Result<Value, RequestError>>>,
     in_flight: JoinSet<Sent>,
     turn: u64,
@@ -105,12 +124,20 @@ impl<'h> Engine<'h> {
     ) -> Result<BatchOutcome> {
         let started = Instant::now();
         let total = requests.len();
+        let gate = handler.client.gate().clone();
+        let access = gate.access_needs();
         let mut engine = Self {
             handler,
             fetches: Vec::new(),
             pending: Default::default(),
             owners: Vec::new(),
-            share: None,
+            gate,
+            shares: None,
+            access,
+            confirmed: HashMap::new(),
+            probing: HashSet::new(),
+            store_ready_at: started,
+            store_backoff: Duration::ZERO,
             results: (0..total).map(|_| None).collect(),
             in_flight: JoinSet::new(),
             turn: 0,
@@ -124,10 +151,42 @@ impl<'h> Engine<'h> {
             first_send: None,
             last_send: None,
         };
+        let mut requests = requests;
+        engine.raise_known_needs(&mut requests).await;
         engine.plan(requests);
         engine.resolve(pool).await?;
-        engine.run().await?;
+        let run = engine.run().await;
+        if let Some(shares) = &engine.shares {
+            shares.close().await;
+        }
+        run?;
         Ok(engine.finish())
+    }
+
+    /// Raises each request's access to what its selection is known to need (learned from
+    /// an earlier code 16, here or in another process), so it goes to a key that can serve
+    /// it at once.
+    async fn raise_known_needs(&self, requests: &mut [BatchRequest]) {
+        let mut needs: HashMap<String, Option<AccessLevel>> = HashMap::new();
+        for r in requests.iter_mut() {
+            let Some(selection) = AccessNeeds::selection_of(&r.path) else {
+                continue;
+            };
+            #[allow(clippy::single_match_else)]
+            let need = match needs.get(&selection) {
+                Some(n) => *n,
+                None => {
+                    let n = self.access.need(&r.path).await;
+                    needs.insert(selection, n);
+                    n
+                }
+            };
+            if let Some(need) = need
+                && need > r.min_access
+            {
+                r.min_access = need;
+            }
+        }
     }
 
     /// Merges identical requests and queues the fetches, high priority first.
@@ -146,6 +205,7 @@ impl<'h> Engine<'h> {
                 seen.insert((r.path.clone(), r.min_access), self.fetches.len());
             }
             self.fetches.push(Fetch {
+                selection: AccessNeeds::selection_of(&r.path),
                 path: r.path,
                 min_access: r.min_access,
                 priority: r.priority,
@@ -218,6 +278,7 @@ impl<'h> Engine<'h> {
                     share_cap: None,
                     room: None,
                     ready_at: Instant::now(),
+                    held_until: Instant::now(),
                     last_turn: 0,
                     stats: OwnerStats::default(),
                 });
@@ -244,16 +305,13 @@ impl<'h> Engine<'h> {
                 reason: "no key of the pool is usable".into(),
             }));
         }
-        if self.owners.iter().any(|o| o.share_cap.is_some()) {
-            let limiter = self.handler.client.limiter();
-            let config = limiter.config();
-            let share = limiter.sibling("share", config.limit(), config.window())?;
-            for o in &self.owners {
-                if let Some(cap) = o.share_cap {
-                    share.set_user_limit(o.id, Some(cap)).await?;
-                }
-            }
-            self.share = Some(share);
+        let caps: Vec<(TornUserId, NonZeroU32)> = self
+            .owners
+            .iter()
+            .filter_map(|o| o.share_cap.map(|c| (o.id, c)))
+            .collect();
+        if !caps.is_empty() {
+            self.shares = Some(self.gate.shares(&caps).await?);
         }
         Ok(())
     }
@@ -269,17 +327,21 @@ impl<'h> Engine<'h> {
             if !waiting && self.in_flight.is_empty() {
                 return Ok(());
             }
-            if waiting && !cancel.is_cancelled() && self.handler.client.paused_for().is_none() {
+            if waiting
+                && !cancel.is_cancelled()
+                && self.handler.client.paused_for().is_none()
+                && Instant::now() >= self.store_ready_at
+            {
                 self.dispatch().await?;
             }
             let wake = self.next_wake();
             tokio::select! {
                 Some(joined) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
-                    self.complete(joined.map_err(|e| internal(&e))?);
+                    self.complete(joined.map_err(|e| internal(&e))?).await;
                     // Take every answer already in, so the next dispatch fills all the
                     // free slots with as few script calls as it can.
                     while let Some(joined) = self.in_flight.try_join_next() {
-                        self.complete(joined.map_err(|e| internal(&e))?);
+                        self.complete(joined.map_err(|e| internal(&e))?).await;
                     }
                 }
                 () = tokio::time::sleep_until(wake) => {}
@@ -296,6 +358,9 @@ impl<'h> Engine<'h> {
         if let Some(p) = self.handler.client.paused_for() {
             return (now + p).min(cap);
         }
+        if self.store_ready_at > now {
+            return self.store_ready_at.min(cap);
+        }
         self.owners
             .iter()
             .filter(|o| o.max_access().is_some())
@@ -306,10 +371,33 @@ impl<'h> Engine<'h> {
             .min(cap)
     }
 
-    /// Fills the free slots, owner by owner, most room first.
+    /// Fills the free slots, owner by owner, most room first. A failure of the gate's
+    /// store (Redis unreachable or slow) is waited out with back-off, never the batch's
+    /// end: answers already fetched are kept, and the next turn asks again.
     async fn dispatch(&mut self) -> Result<()> {
-        let limiter = self.handler.client.limiter().clone();
-        let margin = self.handler.client.config().safety_margin();
+        match self.dispatch_owners().await {
+            Ok(()) => {
+                self.store_backoff = Duration::ZERO;
+                Ok(())
+            }
+            Err(e) if e.is_unavailable() => {
+                let config = self.handler.client.config();
+                self.store_backoff = (self.store_backoff * 2)
+                    .max(config.retry_min_delay())
+                    .min(config.retry_max_delay());
+                self.store_ready_at = Instant::now() + self.store_backoff;
+                tracing::warn!(
+                    error = %e,
+                    backoff_ms = self.store_backoff.as_millis() as u64,
+                    "batch: the quota store does not answer; waiting it out"
+                );
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn dispatch_owners(&mut self) -> Result<()> {
         let max_chunk = self.handler.config.max_chunk.get() as usize;
         let now = Instant::now();
         let mut order: Vec<usize> = (0..self.owners.len())
@@ -319,7 +407,7 @@ impl<'h> Engine<'h> {
             let owner = &self.owners[o];
             let room = owner
                 .room
-                .unwrap_or_else(|| limiter.config().limit_for(owner.id).get());
+                .unwrap_or_else(|| self.gate.limit_for(owner.id).get());
             (std::cmp::Reverse(room), owner.last_turn)
         });
         for o in order {
@@ -334,84 +422,158 @@ impl<'h> Engine<'h> {
                 .iter()
                 .map(VecDeque::len)
                 .sum();
-            let mut want = ready.min(free).min(max_chunk) as u32;
+            let want = ready.min(free).min(max_chunk) as u32;
             if want == 0 {
                 continue;
             }
             let owner_id = self.owners[o].id;
-            // The owner's share for pooled work, when it has one, bounds the chunk first.
-            let mut share_grant = None;
-            if let (Some(share), Some(_)) = (&self.share, self.owners[o].share_cap) {
-                match ask(share, owner_id, want, Duration::ZERO).await? {
-                    Ok(g) => {
-                        want = g.cost();
-                        share_grant = Some(g);
-                    }
-                    Err(retry_after) => {
-                        self.owners[o].ready_at = Instant::now() + retry_after;
-                        continue;
-                    }
-                }
+            if self.gate.per_key(owner_id) {
+                self.dispatch_per_key(o, access, want).await?;
+                continue;
             }
-            match ask(&limiter, owner_id, want, margin).await? {
-                Ok(grant) => {
-                    let units = grant.cost();
-                    if let (Some(share), Some(g)) = (&self.share, share_grant)
-                        && g.cost() > units
-                    {
-                        // Only part of the share was usable: give it back whole and
-                        // take just what is sent.
-                        share.refund(g).await?;
-                        let _ = ask(share, owner_id, units, Duration::ZERO).await?;
-                    }
+            let taken = self
+                .gate
+                .try_take_each(
+                    Some(owner_id),
+                    None,
+                    want,
+                    Priority::High,
+                    self.shares.as_ref(),
+                )
+                .await?;
+            match taken {
+                Ok(tickets) => {
                     self.turn += 1;
                     let owner = &mut self.owners[o];
-                    owner.room = Some(grant.remaining());
+                    let room = tickets.iter().filter_map(Ticket::owner_remaining).min();
+                    owner.room = room.or(owner.room);
                     owner.last_turn = self.turn;
-                    owner.stats.granted += u64::from(units);
-                    for _ in 0..units {
-                        self.send_next(o, access);
+                    owner.stats.granted += tickets.len() as u64;
+                    for ticket in tickets {
+                        match self.pick(o, access) {
+                            Some((fetch, k, probe)) => self.spawn_send(o, k, fetch, probe, ticket),
+                            None => self.gate.give_back(ticket).await,
+                        }
                     }
                 }
                 Err(retry_after) => {
-                    if let (Some(share), Some(g)) = (&self.share, share_grant) {
-                        share.refund(g).await?;
-                    }
                     let owner = &mut self.owners[o];
                     owner.room = Some(0);
-                    owner.ready_at = Instant::now() + retry_after;
+                    // A wait for provisional units is at most a window once they settle.
+                    owner.ready_at = Instant::now() + retry_after.min(self.gate.window());
                 }
             }
         }
         Ok(())
     }
 
-    /// Sends the first waiting fetch this owner can serve on its least-recently-used key
+    /// Where legacy decides for the owner: one ticket per request, for the key it goes on.
+    async fn dispatch_per_key(&mut self, o: usize, access: AccessLevel, want: u32) -> Result<()> {
+        for _ in 0..want {
+            let Some((fetch, k, probe)) = self.pick(o, access) else {
+                break;
+            };
+            let owner_id = self.owners[o].id;
+            let hash = self.owners[o].keys[k].key.hash();
+            let taken = self
+                .gate
+                .try_take(
+                    Some(owner_id),
+                    Some(&hash),
+                    1,
+                    Priority::High,
+                    self.shares.as_ref(),
+                )
+                .await;
+            match taken {
+                Ok(Ok(ticket)) => {
+                    self.turn += 1;
+                    let owner = &mut self.owners[o];
+                    owner.last_turn = self.turn;
+                    owner.stats.granted += 1;
+                    self.spawn_send(o, k, fetch, probe, ticket);
+                }
+                Ok(Err(retry_after)) => {
+                    self.unpick(fetch, probe);
+                    let owner = &mut self.owners[o];
+                    // A wait for provisional units is at most a window once they settle.
+                    owner.ready_at = Instant::now() + retry_after.min(self.gate.window());
+                    break;
+                }
+                Err(e) => {
+                    self.unpick(fetch, probe);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn unpick(&mut self, fetch: usize, probe: bool) {
+        self.sent -= 1;
+        self.end_probe(fetch, probe);
+        self.requeue(fetch);
+    }
+
+    /// Takes the first waiting fetch this owner can serve, and its least-recently-used key
     /// with enough access.
-    fn send_next(&mut self, o: usize, access: AccessLevel) {
+    fn pick(&mut self, o: usize, access: AccessLevel) -> Option<(usize, usize, bool)> {
         // The earliest fetch among the levels the owner reaches, highest level first on a
         // tie so that scarce high-access keys go to what only they can serve.
         let level = (0..=access as usize)
             .rev()
             .filter(|&l| !self.pending[l].is_empty())
-            .min_by_key(|&l| self.pending[l].front().copied().unwrap_or(usize::MAX));
-        let Some(level) = level else { return };
-        let Some(fetch) = self.pending[level].pop_front() else {
-            return;
-        };
+            .min_by_key(|&l| self.pending[l].front().copied().unwrap_or(usize::MAX))?;
+        let fetch = self.pending[level].pop_front()?;
         let need = self.fetches[fetch].min_access;
         self.turn += 1;
         let owner = &mut self.owners[o];
-        let Some(k) = (0..owner.keys.len())
+        let eligible: Vec<usize> = (0..owner.keys.len())
             .filter(|&k| owner.keys[k].usable && owner.keys[k].access >= need)
-            .min_by_key(|&k| owner.keys[k].last_used)
-        else {
+            .collect();
+        // A key is safe for the selection when nothing is above it, or Torn already
+        // answered the selection for a key of its level. Other keys probe, one request of
+        // the selection at a time, so a selection that needs more meets one code 16, not
+        // one per request in flight.
+        let selection = self.fetches[fetch].selection.as_ref();
+        let confirmed = selection.and_then(|s| self.confirmed.get(s)).copied();
+        let keys = &owner.keys;
+        let safe = |k: usize| {
+            let a = keys[k].access;
+            a == AccessLevel::Full || confirmed.is_some_and(|c| a >= c)
+        };
+        let probing = selection.is_some_and(|s| self.probing.contains(s));
+        let mut by_age = eligible;
+        by_age.sort_by_key(|&k| keys[k].last_used);
+        let mut probe = false;
+        let k = by_age.into_iter().find(|&k| {
+            if safe(k) {
+                return true;
+            }
+            // No name to learn by: nothing to probe for, send as asked.
+            if selection.is_none() || (!probing && !probe) {
+                probe = selection.is_some();
+                return true;
+            }
+            false
+        });
+        let Some(k) = k else {
             self.pending[level].push_front(fetch);
-            return;
+            return None;
         };
         owner.keys[k].last_used = self.turn;
-        owner.stats.sent += 1;
+        if probe && let Some(s) = selection {
+            self.probing.insert(s.clone());
+        }
         self.sent += 1;
+        Some((fetch, k, probe))
+    }
+
+    /// Sends a picked fetch on the owner's key `k` on `ticket`'s units, and settles the
+    /// ticket on the answer (or gives it back when the request never reached Torn).
+    fn spawn_send(&mut self, o: usize, k: usize, fetch: usize, probe: bool, ticket: Ticket) {
+        let owner = &mut self.owners[o];
+        owner.stats.sent += 1;
         let now = Instant::now();
         self.first_send.get_or_insert(now);
         self.last_send = Some(now);
@@ -419,27 +581,47 @@ impl<'h> Engine<'h> {
         let owner_id = owner.id;
         let path = self.fetches[fetch].path.clone();
         let client = self.handler.client.clone();
+        let gate = self.gate.clone();
         self.in_flight.spawn(async move {
-            let result = client.send_prepaid(&key, owner_id, &path).await;
+            let (result, reach) = client.send_on_ticket(&key, owner_id, &path).await;
+            match reach {
+                Reach::Answered => gate.settle(ticket).await,
+                Reach::NotSent => gate.give_back(ticket).await,
+                // Sent without an answer: Torn may count it, so its units keep their
+                // provisional records.
+                Reach::Unknown => drop(ticket),
+            }
             Sent {
                 fetch,
                 owner: o,
                 key: k,
+                probe,
                 result,
             }
         });
     }
 
     /// Handles an answer: data, or what Torn's code says to do.
-    fn complete(&mut self, sent: Sent) {
+    async fn complete(&mut self, sent: Sent) {
         let Sent {
             fetch,
             owner: o,
             key: k,
+            probe,
             result,
         } = sent;
+        self.end_probe(fetch, probe);
+        // A wait the gate advised while this unit was provisional assumed it would count
+        // for the whole request timeout: ask again now (unless Torn held the owner).
+        let owner = &mut self.owners[o];
+        owner.ready_at = owner.ready_at.min(Instant::now()).max(owner.held_until);
         let err = match result {
             Ok(data) => {
+                if let Some(s) = &self.fetches[fetch].selection {
+                    let level = self.owners[o].keys[k].access;
+                    let c = self.confirmed.entry(s.clone()).or_insert(level);
+                    *c = (*c).min(level);
+                }
                 if let Some(cache) = &self.handler.cache {
                     let f = &self.fetches[fetch];
                     cache.insert((f.path.clone(), f.min_access), data.clone());
@@ -475,19 +657,26 @@ impl<'h> Engine<'h> {
                 let owner = &mut self.owners[o];
                 owner.stats.rate_limited += 1;
                 owner.room = Some(0);
-                owner.ready_at = Instant::now() + self.handler.client.config().owner_hold();
+                owner.held_until = Instant::now() + self.handler.client.config().owner_hold();
+                owner.ready_at = owner.held_until;
                 self.requeue(fetch);
             }
             // The client pauses itself; the loop waits for it.
             ErrorClass::PauseAll => self.requeue(fetch),
             ErrorClass::Reroute => {
                 let key_access = self.owners[o].keys[k].access;
-                match AccessLevel::from_number(key_access.number() + 1) {
-                    Some(higher) if higher > self.fetches[fetch].min_access => {
-                        self.fetches[fetch].min_access = higher;
+                let path = self.fetches[fetch].path.clone();
+                // Learned for the selection, in every process: later requests of it go
+                // straight to a key that can serve them.
+                let need = self.access.learn(&path, key_access).await;
+                match need.or_else(|| AccessLevel::from_number(key_access.number() + 1)) {
+                    Some(higher) => {
+                        if higher > self.fetches[fetch].min_access {
+                            self.fetches[fetch].min_access = higher;
+                        }
+                        self.raise_pending(&path, higher);
                         self.requeue(fetch);
                     }
-                    Some(_) => self.requeue(fetch),
                     None => self.answer(fetch, Err(RequestError::torn(code, &message))),
                 }
             }
@@ -502,6 +691,34 @@ impl<'h> Engine<'h> {
             self.answer(fetch, Err(error));
         } else {
             self.requeue(fetch);
+        }
+    }
+
+    /// Moves every waiting fetch of `path`'s selection up to `need`, keeping their order.
+    fn raise_pending(&mut self, path: &str, need: AccessLevel) {
+        let Some(selection) = AccessNeeds::selection_of(path) else {
+            return;
+        };
+        for level in 0..(need as usize) {
+            let queue = std::mem::take(&mut self.pending[level]);
+            for f in queue {
+                let same =
+                    AccessNeeds::selection_of(&self.fetches[f].path).as_ref() == Some(&selection);
+                if same {
+                    self.fetches[f].min_access = need;
+                    let target = &mut self.pending[need as usize];
+                    let at = target.partition_point(|&g| g < f);
+                    target.insert(at, f);
+                } else {
+                    self.pending[level].push_back(f);
+                }
+            }
+        }
+    }
+
+    fn end_probe(&mut self, fetch: usize, probe: bool) {
+        if probe && let Some(s) = &self.fetches[fetch].selection {
+            self.probing.remove(s);
         }
     }
 
@@ -576,13 +793,12 @@ impl<'h> Engine<'h> {
 
     fn finish(self) -> BatchOutcome {
         let duration = self.started.elapsed();
-        let limiter = self.handler.client.limiter();
-        let window = limiter.config().window();
+        let window = self.gate.window();
         let windows = (duration.as_secs_f64() / window.as_secs_f64()).max(1.0);
         let allowed: f64 = self
             .owners
             .iter()
-            .map(|o| f64::from(limiter.config().limit_for(o.id).get()) * windows)
+            .map(|o| f64::from(self.gate.limit_for(o.id).get()) * windows)
             .sum();
         let results: Vec<_> = self
             .results
@@ -623,8 +839,8 @@ impl<'h> Engine<'h> {
 /// spends, so it can meet a full window (code 5) or a pause: those are waited out, for up
 /// to two windows, instead of dropping a good key.
 async fn resolve_owner(client: &TornClient, key: &ApiKey) -> Result<KeyInfo> {
-    let window = client.limiter().config().window() + client.config().safety_margin();
-    let give_up = Instant::now() + 2 * window;
+    let window = client.gate().window().saturating_add(client.gate().hold());
+    let give_up = Instant::now() + window.saturating_mul(2);
     loop {
         match client.owner_of(key).await {
             Err(Error::Torn { code, .. })
@@ -638,41 +854,6 @@ async fn resolve_owner(client: &TornClient, key: &ApiKey) -> Result<KeyInfo> {
                 tokio::time::sleep(wait).await;
             }
             other => return other,
-        }
-    }
-}
-
-/// Takes `want` units from `user`'s bucket, or fewer when fewer are left; the wait when
-/// none are.
-async fn ask(
-    limiter: &Limiter,
-    user: TornUserId,
-    want: u32,
-    margin: Duration,
-) -> Result<std::result::Result<crate::Grant, Duration>> {
-    let mut want = want;
-    loop {
-        match limiter
-            .try_acquire_with(user, &Request::new(want).margin(margin))
-            .await
-        {
-            Ok(Decision::Granted(g)) => return Ok(Ok(g)),
-            Ok(Decision::Limited {
-                retry_after,
-                remaining,
-                ..
-            }) => {
-                if remaining > 0 && remaining < want {
-                    want = remaining;
-                } else {
-                    return Ok(Err(retry_after));
-                }
-            }
-            // A limit lowered below the chunk at run time: ask for what fits.
-            Err(Error::CostExceedsLimit { limit, .. }) if limit > 0 && limit < want => {
-                want = limit;
-            }
-            Err(e) => return Err(e),
         }
     }
 }

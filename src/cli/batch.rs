@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use torn_quota::batch::{BatchConfig, BatchHandler, BatchOutcome, BatchRequest, RequestError};
-use torn_quota::torn::{ApiKey, TornClient, TornClientConfig, check_path};
+use torn_quota::torn::{ApiKey, TornClientConfig, check_path};
 use torn_quota::{Limiter, RateLimitConfig};
 
 use super::{CliResult, emit};
@@ -48,7 +48,7 @@ pub(crate) async fn run(file: Option<&Path>, args: Args) -> CliResult {
     let (requests, refused) = split_lines(lines);
 
     let limiter = limiter(config).await?;
-    let client = TornClient::new(limiter, torn)?;
+    let client = super::rollout::client(file, limiter, torn)?;
     let bar = ProgressBar::new(requests.len() as u64).with_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} {msg} ({eta} left)")
             .expect("valid template")

@@ -30,8 +30,8 @@ pub(crate) struct Args {
     /// Window length in milliseconds.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..))]
     window_ms: u64,
-    /// The safety margin in milliseconds (default: 1 % of the window): the most delay
-    /// between our grant and Torn's count that can never turn into a code 5.
+    /// An extra safety margin in milliseconds (default 0: grants are settled on the
+    /// simulator's answer, so delay between our grant and its count never becomes a code 5).
     #[arg(long)]
     margin_ms: Option<u64>,
 }
@@ -109,8 +109,8 @@ pub(crate) async fn run(file: Option<&Path>, args: Args) -> CliResult {
         .connect_timeout(Duration::from_millis(300))
         .build()?;
     let limiter = pick_limiter(config).await?;
-    // Loopback jitter is well under this; the margin is the only quota given up.
-    let margin = Duration::from_millis(args.margin_ms.unwrap_or(args.window_ms / 100));
+    // Grants settle on the simulator's answer, so no margin is needed unless asked for.
+    let margin = Duration::from_millis(args.margin_ms.unwrap_or(0));
     let client = TornClient::new(
         limiter,
         TornClientConfig::builder()

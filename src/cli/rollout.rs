@@ -59,6 +59,29 @@ pub(crate) fn open(
     file: Option<&Path>,
     config: RateLimitConfig,
 ) -> Result<RolloutLimiter, Box<dyn std::error::Error + Send + Sync>> {
+    Ok(open_on(file, Limiter::redis(config)?)?)
+}
+
+/// A Torn client whose every call takes its quota through the gate the configuration's
+/// mode and percentage choose (the legacy limiter on `DATABASE_URL` when they route anyone
+/// to it), over `limiter`.
+pub(crate) fn client(
+    file: Option<&Path>,
+    limiter: Limiter,
+    torn: torn_quota::torn::TornClientConfig,
+) -> Result<torn_quota::torn::TornClient, torn_quota::Error> {
+    let rollout = open_on(file, limiter.clone())?;
+    let gate = torn_quota::gate::QuotaGate::builder(limiter.clone(), &torn)
+        .rollout(rollout)
+        .build()?;
+    torn_quota::torn::TornClient::builder(limiter, torn)
+        .gate(gate)
+        .build()
+}
+
+/// The router for `limiter`'s configuration, as [`open`] builds it.
+fn open_on(file: Option<&Path>, limiter: Limiter) -> Result<RolloutLimiter, torn_quota::Error> {
+    let config = limiter.config().clone();
     let needs = needs_legacy(config.mode(), config.rollout_percent());
     #[cfg(feature = "legacy")]
     let legacy = if needs {
@@ -86,13 +109,13 @@ pub(crate) fn open(
     };
     #[cfg(not(feature = "legacy"))]
     let _ = (needs, file, env as fn(&str) -> Option<String>);
-    let builder = RolloutLimiter::builder(Limiter::redis(config)?);
+    let builder = RolloutLimiter::builder(limiter);
     #[cfg(feature = "legacy")]
     let builder = match legacy {
         Some(l) => builder.legacy(l),
         None => builder,
     };
-    Ok(builder.build()?)
+    builder.build()
 }
 
 pub(crate) async fn run(file: Option<&Path>, args: Args) -> CliResult {

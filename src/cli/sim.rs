@@ -3,6 +3,7 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use serde_json::json;
 use torn_quota::RateLimitConfig;
@@ -19,6 +20,16 @@ pub(crate) struct Args {
     /// paused, inactive, jail. Any other key answers code 2.
     #[arg(long)]
     keys: PathBuf,
+    /// Every request reaches the count this many milliseconds after it arrives.
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// The share of requests (0 to 1) that reach the count --stall-ms late: a hostile
+    /// network between the client and Torn.
+    #[arg(long, default_value_t = 0.0)]
+    stall_share: f64,
+    /// How late a stalled request reaches the count.
+    #[arg(long, default_value_t = 400)]
+    stall_ms: u64,
 }
 
 pub(crate) async fn run(config: RateLimitConfig, args: Args) -> CliResult {
@@ -30,6 +41,8 @@ pub(crate) async fn run(config: RateLimitConfig, args: Args) -> CliResult {
     let sim_config = SimConfig::builder()
         .limit(config.limit())
         .window(config.window())
+        .latency(Duration::from_millis(args.latency_ms))
+        .stalls(args.stall_share, Duration::from_millis(args.stall_ms))
         .build()?;
     let sim = Simulator::start_on(args.port, keys, sim_config)
         .await

@@ -442,5 +442,9 @@ async fn resolver(config: Option<&Path>) -> Result<TornClient, Error> {
         );
         Limiter::in_memory(limits)
     };
-    TornClient::new(limiter, TornClientConfig::from_sources(config, env)?)
+    super::rollout::client(
+        config,
+        limiter,
+        TornClientConfig::from_sources(config, env)?,
+    )
 }

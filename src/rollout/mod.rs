@@ -622,6 +622,87 @@ impl RolloutLimiter {
     }
 }
 
+/// A boxed future, its type erased: the decision futures nest sqlx and Redis deeply, and
+/// a trait object needs one type.
+pub type QuotaFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<RolloutDecision>> + Send + 'a>>;
+
+/// Whatever decides an owner's unit for a Torn call: the per-user [`Limiter`], the
+/// [`LegacyLimiter`], or the [`RolloutLimiter`] that routes between them by
+/// `TORN_QUOTA_MODE` and `TORN_QUOTA_ROLLOUT_PERCENT`. The
+/// [quota gate](crate::gate::QuotaGate) holds one and takes every owner unit through it,
+/// so one setting governs every call; every implementation answers with the one decision
+/// type, [`RolloutDecision`].
+pub trait OwnerQuota: Send + Sync + std::fmt::Debug {
+    /// One decision for `user` calling with the key whose hash is `key_hash` (legacy
+    /// counts per key and needs it), now, without waiting.
+    fn decide<'a>(
+        &'a self,
+        user: TornUserId,
+        key_hash: Option<&'a str>,
+        request: &'a Request,
+    ) -> QuotaFuture<'a>;
+
+    /// True when `user`'s calls are counted per key (legacy enforces): a caller then asks
+    /// for each key separately instead of one chunk for the owner.
+    fn per_key(&self, user: TornUserId) -> bool;
+}
+
+impl OwnerQuota for Limiter {
+    fn decide<'a>(
+        &'a self,
+        user: TornUserId,
+        _key_hash: Option<&'a str>,
+        request: &'a Request,
+    ) -> QuotaFuture<'a> {
+        Box::pin(async move { Ok(from_per_user(self.try_acquire_with(user, request).await?)) })
+    }
+    fn per_key(&self, _user: TornUserId) -> bool {
+        false
+    }
+}
+
+#[cfg(feature = "legacy")]
+impl OwnerQuota for LegacyLimiter {
+    fn decide<'a>(
+        &'a self,
+        _user: TornUserId,
+        key_hash: Option<&'a str>,
+        request: &'a Request,
+    ) -> QuotaFuture<'a> {
+        Box::pin(async move {
+            let key_hash = require_key(Mode::Legacy, key_hash)?;
+            let d = self.try_acquire(key_hash, request.cost()).await?;
+            Ok(RolloutDecision {
+                granted: d.granted,
+                remaining: d.remaining,
+                retry_after: d.retry_after,
+                enforced_by: EnforcedBy::Legacy,
+                degraded: false,
+                shadow: None,
+                grant: None,
+            })
+        })
+    }
+    fn per_key(&self, _user: TornUserId) -> bool {
+        true
+    }
+}
+
+impl OwnerQuota for RolloutLimiter {
+    fn decide<'a>(
+        &'a self,
+        user: TornUserId,
+        key_hash: Option<&'a str>,
+        request: &'a Request,
+    ) -> QuotaFuture<'a> {
+        Box::pin(self.try_acquire(user, key_hash, request))
+    }
+    fn per_key(&self, user: TornUserId) -> bool {
+        self.route(user).enforced_by() == EnforcedBy::Legacy
+    }
+}
+
 fn from_per_user(decision: Decision) -> RolloutDecision {
     let granted = decision.is_granted();
     let remaining = decision.remaining();

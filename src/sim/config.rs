@@ -28,6 +28,8 @@ pub struct SimConfig {
     ip_window: Duration,
     latency: Duration,
     latency_jitter: Duration,
+    stall_share: f64,
+    stall: Duration,
     random_faults: RandomFaults,
 }
 
@@ -40,6 +42,8 @@ impl Default for SimConfig {
             ip_window: Duration::from_secs(60),
             latency: Duration::ZERO,
             latency_jitter: Duration::ZERO,
+            stall_share: 0.0,
+            stall: Duration::ZERO,
             random_faults: RandomFaults::default(),
         }
     }
@@ -75,6 +79,14 @@ impl SimConfig {
     /// The most random extra time added to [`latency`](Self::latency), per request.
     pub fn latency_jitter(&self) -> Duration {
         self.latency_jitter
+    }
+    /// The share of requests (0 to 1) that reach the count [`stall`](Self::stall) late.
+    pub fn stall_share(&self) -> f64 {
+        self.stall_share
+    }
+    /// How much later a stalled request reaches the count.
+    pub fn stall(&self) -> Duration {
+        self.stall
     }
     /// The random faults.
     pub fn random_faults(&self) -> RandomFaults {
@@ -148,6 +160,14 @@ impl SimConfigBuilder {
         self.config.latency_jitter = jitter;
         self
     }
+    /// Stalls on the way in (default none): each request, with probability `share`, reaches
+    /// the count `stall` later than the others, on top of the latency. A hostile network:
+    /// a grant taken long before Torn counts it must still not become a code 5.
+    pub fn stalls(mut self, share: f64, stall: Duration) -> Self {
+        self.config.stall_share = share;
+        self.config.stall = stall;
+        self
+    }
     /// Random faults per admitted request (default none).
     pub fn random_faults(mut self, faults: RandomFaults) -> Self {
         self.config.random_faults = faults;
@@ -161,6 +181,12 @@ impl SimConfigBuilder {
             if window < Duration::from_millis(1) {
                 return Err(invalid(name, "must be at least 1 millisecond".into()));
             }
+        }
+        if !(0.0..=1.0).contains(&c.stall_share) {
+            return Err(invalid(
+                "stall_share",
+                format!("a share is between 0 and 1, got {}", c.stall_share),
+            ));
         }
         let f = c.random_faults;
         for (name, p) in [
@@ -234,5 +260,10 @@ mod tests {
             .build()
             .unwrap_err();
         assert!(e.to_string().contains("add up"), "{e}");
+        let e = SimConfig::builder()
+            .stalls(1.5, Duration::from_millis(5))
+            .build()
+            .unwrap_err();
+        assert!(e.to_string().contains("stall_share"), "{e}");
     }
 }

@@ -58,7 +58,10 @@ impl Shared {
             let nanos = u64::try_from(jitter.as_nanos()).unwrap_or(u64::MAX);
             Duration::from_nanos(rand::rng().random_range(0..=nanos))
         };
-        self.config.latency() + extra
+        let c = &self.config;
+        let stalled = c.stall_share() > 0.0 && rand::rng().random_bool(c.stall_share());
+        let stall = if stalled { c.stall() } else { Duration::ZERO };
+        c.latency() + extra + stall
     }
 }
 

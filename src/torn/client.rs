@@ -21,10 +21,8 @@ use super::KeyInfo;
 use super::config::TornClientConfig;
 use super::{AccessLevel, ApiKey, ErrorClass, KeyHash, TornErrorCode};
 use crate::error::{Error, Result};
-use crate::limiter::{Decision, Grant, Limiter, Priority, Request, TornUserId, Wait};
-
-/// The one bucket of the IP limiter: every request of this client leaves from one IP.
-const IP_BUCKET: TornUserId = TornUserId::new(0);
+use crate::gate::{QuotaGate, Reach, Ticket};
+use crate::limiter::{Limiter, Priority, TornUserId};
 
 /// How many hex characters of a key's hash a log line shows: enough to tell keys apart,
 /// too few to look one up.
@@ -97,14 +95,17 @@ impl CallOptions {
         self
     }
 
-    fn wait(&self) -> Wait {
-        match self.deadline {
-            Some(d) => Wait::forever().until(d),
-            None => Wait::forever(),
-        }
+    pub(crate) fn priority_of(&self) -> Priority {
+        self.priority
     }
 
-    fn too_late(&self, at: Instant) -> bool {
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.cancel
+            .as_ref()
+            .is_some_and(CancellationToken::is_cancelled)
+    }
+
+    pub(crate) fn too_late(&self, at: Instant) -> bool {
         self.deadline.is_some_and(|d| at > d)
     }
 }
@@ -167,9 +168,10 @@ struct Pause {
 /// The Torn API client. Cheap to clone; clones share everything (HTTP connections, the
 /// owner cache, disabled keys, pauses).
 ///
-/// Before each request it takes one unit of the key's owner's quota (with the configured
-/// [safety margin](crate::Request::margin)), then one unit of the per-IP bucket. The owner
-/// comes from [`owner_of`](Self::owner_of), cached for the configured TTL.
+/// Before each request it takes its quota through the [quota gate](crate::gate): one unit of
+/// the key's owner's quota (under `TORN_QUOTA_MODE`) and one of the per-IP bucket, as one
+/// ticket, settled when Torn answers and given back when the request is never sent. The
+/// owner comes from [`owner_of`](Self::owner_of), cached for the configured TTL.
 ///
 /// What Torn's answers do, by [`ErrorClass`]:
 ///
@@ -217,8 +219,7 @@ struct Inner {
     config: TornClientConfig,
     http: reqwest::Client,
     user_agent: HeaderValue,
-    limiter: Limiter,
-    ip: Limiter,
+    gate: QuotaGate,
     owners: moka::future::Cache<KeyHash, KeyInfo>,
     /// Refused keys: bounded, so a flood of bad keys cannot grow it without end.
     blocks: moka::sync::Cache<KeyHash, Block>,
@@ -236,7 +237,8 @@ impl fmt::Debug for TornClient {
         let i = &self.inner;
         f.debug_struct("TornClient")
             .field("base_url", &i.base)
-            .field("limiter", &i.limiter.backend_name())
+            .field("limiter", &i.gate.limiter().backend_name())
+            .field("mode", &i.gate.mode().as_str())
             .field("owners_cached", &i.owners.entry_count())
             .field("keys_blocked", &i.blocks.entry_count())
             .field("paused", &self.paused_for())
@@ -251,6 +253,7 @@ impl fmt::Debug for TornClient {
 pub struct TornClientBuilder {
     limiter: Limiter,
     config: TornClientConfig,
+    gate: Option<QuotaGate>,
     ip: Option<Limiter>,
     shutdown: Option<CancellationToken>,
     wall: Option<Arc<dyn WallClock>>,
@@ -263,6 +266,14 @@ impl TornClientBuilder {
     /// configured IP limit and window. The client uses one bucket of it, user id 0.
     pub fn ip_limiter(mut self, limiter: Limiter) -> Self {
         self.ip = Some(limiter);
+        self
+    }
+    /// The quota gate every call takes its quota through, instead of one built from the
+    /// limiter and the configuration (say, one over a
+    /// [`RolloutLimiter`](crate::rollout::RolloutLimiter) with its legacy database). Its
+    /// per-user limiter replaces the builder's.
+    pub fn gate(mut self, gate: QuotaGate) -> Self {
+        self.gate = Some(gate);
         self
     }
     /// Every call ends with [`Error::Cancelled`] once `token` is cancelled (shutdown).
@@ -283,24 +294,22 @@ impl TornClientBuilder {
         self
     }
 
-    /// Builds the client. Fails when the safety margin is not shorter than the owner
-    /// limiter's window, or when the IP limiter or the HTTP client cannot be built.
+    /// Builds the client. Fails when the gate cannot be built (see
+    /// [`QuotaGateBuilder::build`](crate::gate::QuotaGateBuilder::build)), or the HTTP
+    /// client cannot.
     pub fn build(self) -> Result<TornClient> {
         let config = self.config;
-        let window = self.limiter.config().window();
-        if config.safety_margin() >= window {
-            return Err(Error::Config {
-                setting: "TORN_QUOTA_SAFETY_MARGIN_MS",
-                reason: format!(
-                    "must be shorter than the limiter's window ({} ms), got {} ms",
-                    window.as_millis(),
-                    config.safety_margin().as_millis()
-                ),
-            });
-        }
-        let ip = match self.ip {
-            Some(ip) => ip,
-            None => ip_limiter_for(&self.limiter, &config)?,
+        #[allow(clippy::single_match_else)]
+        let gate = match self.gate {
+            Some(gate) => gate,
+            None => {
+                let b = QuotaGate::builder(self.limiter, &config);
+                match self.ip {
+                    Some(ip) => b.ip_limiter(ip),
+                    None => b,
+                }
+                .build()?
+            }
         };
         let http = match self.http {
             Some(http) => http,
@@ -319,8 +328,7 @@ impl TornClientBuilder {
             inner: Arc::new(Inner {
                 http,
                 user_agent,
-                limiter: self.limiter,
-                ip,
+                gate,
                 owners,
                 blocks: moka::sync::Cache::builder()
                     .max_capacity(config.owner_cache_capacity().get())
@@ -337,12 +345,6 @@ impl TornClientBuilder {
             }),
         })
     }
-}
-
-/// The IP limiter for an owner limiter: the same backend (Redis, Cluster or memory),
-/// keys under its prefix + `:ip`, the IP's limit and window.
-fn ip_limiter_for(limiter: &Limiter, config: &TornClientConfig) -> Result<Limiter> {
-    limiter.sibling("ip", config.ip_limit(), config.ip_window())
 }
 
 fn http_client_for(config: &TornClientConfig) -> Result<reqwest::Client> {
@@ -383,6 +385,25 @@ struct Failure {
     retry: bool,
 }
 
+impl Reach {
+    /// Whether the request of an exchange reached Torn, from what the exchange returned.
+    fn of(result: &Result<Value, Failure>) -> Self {
+        let Err(f) = result else {
+            return Self::Answered;
+        };
+        match &f.error {
+            Error::Http { source, .. } => match source.downcast_ref::<reqwest::Error>() {
+                Some(e) if e.is_connect() => Self::NotSent,
+                // Timed out or cut while sending or waiting: Torn may have counted it.
+                Some(e) if e.is_timeout() || e.is_request() => Self::Unknown,
+                // A status, a body or JSON that came back: an answer.
+                _ => Self::Answered,
+            },
+            _ => Self::Answered,
+        }
+    }
+}
+
 impl Failure {
     fn fatal(error: Error) -> Self {
         Self {
@@ -393,12 +414,6 @@ impl Failure {
     fn transient(error: Error) -> Self {
         Self { error, retry: true }
     }
-}
-
-/// The units one attempt holds: the owner's (none while the owner is unknown) and the IP's.
-struct Grants {
-    owner: Option<Grant>,
-    ip: Grant,
 }
 
 /// An error and its causes on one line, for logs. Every error here is free of keys and
@@ -580,6 +595,7 @@ impl TornClient {
         TornClientBuilder {
             limiter,
             config,
+            gate: None,
             ip: None,
             shutdown: None,
             wall: None,
@@ -592,14 +608,19 @@ impl TornClient {
         &self.inner.config
     }
 
-    /// The owners' limiter.
+    /// The owners' limiter (the gate's per-user limiter).
     pub fn limiter(&self) -> &Limiter {
-        &self.inner.limiter
+        self.inner.gate.limiter()
     }
 
-    /// The per-IP limiter.
+    /// The per-IP limiter (the gate's).
     pub fn ip_limiter(&self) -> &Limiter {
-        &self.inner.ip
+        self.inner.gate.ip_limiter()
+    }
+
+    /// The quota gate every call of this client takes its quota through.
+    pub fn gate(&self) -> &QuotaGate {
+        &self.inner.gate
     }
 
     /// GETs a v2 path, e.g. `user/4/basic` or `user/basic?striptags=false` (a leading `/`
@@ -669,46 +690,48 @@ impl TornClient {
         .await
     }
 
-    /// Sends one v2 request on a unit of `owner`'s quota that the caller has already taken
-    /// (with [`safety_margin`](TornClientConfig::safety_margin)), as the batch handler does
-    /// when it takes quota in chunks. Once, without retries: the caller re-queues, since
-    /// another attempt needs another unit.
+    /// Sends one v2 request on quota the caller already took from the
+    /// [gate](Self::gate) (the batch handler takes a chunk of owner and IP units as one
+    /// ticket, and settles or gives it back when its requests are done). Once, without
+    /// retries and without taking quota: the caller re-queues, since another attempt needs
+    /// another unit.
     ///
     /// Everything else is as for [`get`](Self::get): a disabled or held key fails at once,
-    /// Torn's codes act by class (code 5 penalizes the owner, 8 and 9 pause the client),
-    /// and the call takes one unit of the IP bucket. A unit taken in advance must be sent at
-    /// once, or Torn's count drifts from ours: while the client is paused the call fails at
-    /// once with the code that paused it, and when the IP bucket is full the call waits for
-    /// it and then takes a fresh unit of the owner's quota, leaving the prepaid one counted
-    /// (the IP is then the tighter limit, so the owner loses nothing that it could use).
+    /// and Torn's codes act by class (code 5 penalizes the owner, 8 and 9 pause the client).
+    /// A unit taken in advance must be sent at once, or Torn's count drifts from ours: while
+    /// the client is paused the call fails at once with the code that paused it.
     pub async fn send_prepaid(&self, key: &ApiKey, owner: TornUserId, path: &str) -> Result<Value> {
-        let url = self.v2_url(key, path)?;
+        self.send_on_ticket(key, owner, path).await.0
+    }
+
+    /// [`send_prepaid`](Self::send_prepaid), and whether the request reached Torn, for the
+    /// caller's ticket.
+    pub(crate) async fn send_on_ticket(
+        &self,
+        key: &ApiKey,
+        owner: TornUserId,
+        path: &str,
+    ) -> (Result<Value>, Reach) {
+        let url = match self.v2_url(key, path) {
+            Ok(url) => url,
+            Err(e) => return (Err(e), Reach::NotSent),
+        };
         let opts = CallOptions::new();
-        // Boxed: the limiter's futures inside would make every caller's future large.
+        let reach = Mutex::new(Reach::NotSent);
+        // Boxed: the futures inside would make every caller's future large.
         let call: Boxed<'_, Result<Value>> = Box::pin(async {
             self.admit_key(key, &opts).await?;
             let now = CallOptions::new().deadline(Instant::now());
             self.wait_out_pause(Some(owner), &now).await?;
-            let ip_request = Request::new(1).margin(self.inner.config.safety_margin());
-            let decision = self
-                .inner
-                .ip
-                .try_acquire_with(IP_BUCKET, &ip_request)
-                .await?;
-            let grants = if let Decision::Granted(ip) = decision {
-                Grants { owner: None, ip }
-            } else {
-                tracing::debug!(
-                    owner = owner.get(),
-                    "ip bucket full: waiting for it, then taking a fresh owner unit"
-                );
-                self.take_grants(Some(owner), &opts).await?
-            };
-            self.exchange(key, Some(owner), &url, "torn request", grants)
-                .await
-                .map_err(|f| f.error)
+            let result = self
+                .exchange(key, Some(owner), &url, "torn request", None)
+                .await;
+            *lock(&reach) = Reach::of(&result);
+            result.map_err(|f| f.error)
         });
-        self.guarded(&opts, call).await
+        let result = self.guarded(&opts, call).await;
+        let reach = *lock(&reach);
+        (result, reach)
     }
 
     /// Asks Torn (`/v2/key/info`) for the key's owner and access level, now, and remembers
@@ -736,10 +759,8 @@ impl TornClient {
     ///
     /// That call reaches Torn before the owner is known, so it cannot wait for the owner's
     /// quota: it takes a unit of the IP bucket first and, once the answer names the owner,
-    /// records one unit on the owner's bucket (a `try_acquire`, with the safety margin).
-    /// When the owner's bucket is already full that unit is not recorded (logged at
-    /// debug): Torn may then answer the owner's next call with code 5, which penalizes the
-    /// bucket. Callers that know the owner already (the vault's key-hash mapping) avoid the
+    /// records one unit on the owner's bucket for certain, even when it is full (Torn
+    /// counted the call), so later grants see it. Callers that know the owner already (the vault's key-hash mapping) avoid the
     /// call with [`remember_owner`](Self::remember_owner).
     pub async fn owner_of(&self, key: &ApiKey) -> Result<KeyInfo> {
         let opts = CallOptions::new();
@@ -827,8 +848,16 @@ impl TornClient {
     }
 
     fn url(&self, path: &str) -> Result<url::Url> {
-        url::Url::parse(&format!("{}/{path}", self.inner.base))
-            .map_err(|e| bad_path(&format!("does not make a valid URL ({e})")))
+        let mut url = url::Url::parse(&format!("{}/{path}", self.inner.base))
+            .map_err(|e| bad_path(&format!("does not make a valid URL ({e})")))?;
+        // `TORN_API_COMMENT` names the tool in the owner's usage log, on every call; a
+        // caller's own comment wins.
+        if let Some(comment) = self.inner.config.comment()
+            && !url.query_pairs().any(|(k, _)| k == "comment")
+        {
+            url.query_pairs_mut().append_pair("comment", comment);
+        }
+        Ok(url)
     }
 
     /// The cached owner, or one shared call to Torn.
@@ -848,7 +877,7 @@ impl TornClient {
     async fn lookup(&self, key: &ApiKey, opts: &CallOptions) -> Result<KeyInfo> {
         let hash = key.hash();
         let memo = format!("owner:{hash}");
-        let limiter = &self.inner.limiter;
+        let limiter = self.inner.gate.limiter();
         match limiter.recall(&memo).await {
             Ok(Some(v)) => {
                 if let Some(info) = parse_owner_memo(&v) {
@@ -893,7 +922,7 @@ impl TornClient {
         };
         if owner.is_none() {
             for _ in 0..calls {
-                self.record_resolution(info.owner).await;
+                self.inner.gate.record_lookup(info.owner).await;
             }
         }
         tracing::debug!(
@@ -903,24 +932,6 @@ impl TornClient {
             "torn key resolved"
         );
         Ok(info)
-    }
-
-    /// Counts an owner resolution, which reached Torn before its owner was known, on the
-    /// owner's bucket.
-    async fn record_resolution(&self, owner: TornUserId) {
-        let request = Request::new(1).margin(self.inner.config.safety_margin());
-        match self.inner.limiter.try_acquire_with(owner, &request).await {
-            Ok(Decision::Granted(_)) => {}
-            Ok(_) => tracing::debug!(
-                owner = owner.get(),
-                "owner's bucket full: the key-info call that resolved it is not counted"
-            ),
-            Err(e) => tracing::debug!(
-                owner = owner.get(),
-                error = %e,
-                "cannot count the key-info call on the owner's bucket"
-            ),
-        }
     }
 
     /// [`check_key`](Self::check_key), after re-checking a parked key whose time has come:
@@ -1056,80 +1067,6 @@ impl TornClient {
         Ok(())
     }
 
-    /// One unit of the owner's quota (when known), then one of the IP's. When the IP
-    /// bucket refuses, the owner's unit goes back and the call waits for the IP bucket
-    /// before asking both again: holding one unit while waiting for the other would waste
-    /// it.
-    async fn take_quota(&self, owner: Option<TornUserId>, opts: &CallOptions) -> Result<Grants> {
-        let margin = self.inner.config.safety_margin();
-        let owner_request = Request::new(1).margin(margin).priority(opts.priority);
-        let ip_request = Request::new(1).margin(margin);
-        loop {
-            let owner_grant = match owner {
-                Some(user) => Some(self.owner_grant(user, &owner_request, opts).await?),
-                None => None,
-            };
-            let retry_after = match self.inner.ip.try_acquire_with(IP_BUCKET, &ip_request).await {
-                Ok(Decision::Granted(ip)) => {
-                    return Ok(Grants {
-                        owner: owner_grant,
-                        ip,
-                    });
-                }
-                Ok(decision) => decision.retry_after(),
-                Err(e) => {
-                    self.refund(&self.inner.limiter, owner_grant).await;
-                    return Err(e);
-                }
-            };
-            self.refund(&self.inner.limiter, owner_grant).await;
-            let wake = Instant::now() + retry_after;
-            tracing::debug!(
-                owner = owner.map(TornUserId::get),
-                wait_ms = retry_after.as_millis() as u64,
-                "ip bucket full: owner's unit given back, waiting for the ip bucket"
-            );
-            if opts.too_late(wake) {
-                return Err(Error::Cancelled);
-            }
-            tokio::time::sleep_until(wake).await;
-        }
-    }
-
-    /// One unit of `user`'s quota, waiting up to the call's deadline.
-    async fn owner_grant(
-        &self,
-        user: TornUserId,
-        request: &Request,
-        opts: &CallOptions,
-    ) -> Result<Grant> {
-        let decision = self
-            .inner
-            .limiter
-            .acquire_with(user, request, &opts.wait())
-            .await?;
-        decision.into_grant().ok_or_else(|| {
-            tracing::debug!(
-                owner = user.get(),
-                "the owner's quota is not free before the call's deadline"
-            );
-            Error::Cancelled
-        })
-    }
-
-    /// Gives back units that never reached Torn.
-    async fn refund(&self, limiter: &Limiter, grant: Option<Grant>) {
-        let Some(grant) = grant else { return };
-        if let Err(e) = limiter.refund(grant).await {
-            tracing::debug!(error = %e, "cannot give back a unit that was never sent");
-        }
-    }
-
-    async fn refund_both(&self, grants: Grants) {
-        self.refund(&self.inner.limiter, grants.owner).await;
-        self.refund(&self.inner.ip, Some(grants.ip)).await;
-    }
-
     /// A call with bounded retries: each attempt waits out pauses, takes its own grants and
     /// sends once.
     async fn call(
@@ -1198,35 +1135,43 @@ impl TornClient {
         // Another call may have disabled the key, or paused everything, while this one
         // waited for its back-off.
         self.check_key(key).map_err(Failure::fatal)?;
-        let grants = self
-            .take_grants(owner, opts)
+        let ticket = self
+            .take_ticket(key, owner, opts)
             .await
             .map_err(Failure::fatal)?;
-        self.exchange(key, owner, url, operation, grants).await
+        self.exchange(key, owner, url, operation, Some(ticket))
+            .await
     }
 
-    /// Waits out any pause, then takes the owner's and the IP's units.
-    async fn take_grants(&self, owner: Option<TornUserId>, opts: &CallOptions) -> Result<Grants> {
+    /// Waits out any pause, then takes the call's ticket from the gate.
+    async fn take_ticket(
+        &self,
+        key: &ApiKey,
+        owner: Option<TornUserId>,
+        opts: &CallOptions,
+    ) -> Result<Ticket> {
+        let hash = key.hash();
         loop {
             self.wait_out_pause(owner, opts).await?;
-            let grants = self.take_quota(owner, opts).await?;
+            let ticket = self.inner.gate.take(owner, &hash, opts).await?;
             // A pause may have begun while this call waited for quota.
             if self.current_pause().is_none() {
-                return Ok(grants);
+                return Ok(ticket);
             }
-            self.refund_both(grants).await;
+            self.inner.gate.give_back(ticket).await;
         }
     }
 
-    /// Sends once on units already taken, and reads the answer, inside a span that names
-    /// the owner (never the key), counting the answer by Torn's code.
+    /// Sends once on units already taken (the call's ticket, or the caller's when `None`),
+    /// and reads the answer, inside a span that names the owner (never the key), counting
+    /// the answer by Torn's code.
     async fn exchange(
         &self,
         key: &ApiKey,
         owner: Option<TornUserId>,
         url: &url::Url,
         operation: &'static str,
-        grants: Grants,
+        ticket: Option<Ticket>,
     ) -> Result<Value, Failure> {
         use tracing::Instrument as _;
         let span = tracing::info_span!(
@@ -1235,7 +1180,7 @@ impl TornClient {
             operation
         );
         let result = self
-            .exchange_once(key, owner, url, operation, grants)
+            .exchange_once(key, owner, url, operation, ticket)
             .instrument(span)
             .await;
         crate::metrics::torn_answer(match &result {
@@ -1255,7 +1200,7 @@ impl TornClient {
         owner: Option<TornUserId>,
         url: &url::Url,
         operation: &'static str,
-        grants: Grants,
+        ticket: Option<Ticket>,
     ) -> Result<Value, Failure> {
         tracing::debug!(
             owner = owner.map(TornUserId::get),
@@ -1270,12 +1215,18 @@ impl TornClient {
             Ok(r) => r,
             Err(e) => {
                 // A request that never connected never reached Torn: its units go back.
-                if e.is_connect() {
-                    self.refund_both(grants).await;
+                // Any other failure may have reached it: the units keep their records.
+                if let Some(ticket) = ticket.filter(|_| e.is_connect()) {
+                    self.inner.gate.give_back(ticket).await;
                 }
                 return Err(Failure::transient(http_err(e)));
             }
         };
+        // An answer came, so Torn has counted the request: from now its units count for one
+        // window, not for the whole timeout.
+        if let Some(ticket) = ticket {
+            self.inner.gate.settle(ticket).await;
+        }
         let status = response.status();
         if status == StatusCode::TOO_MANY_REQUESTS {
             // Torn's front refuses this address: the same as code 8, for every call.
@@ -1339,7 +1290,7 @@ impl TornClient {
     /// Penalizes the owner's bucket, so every process holds the owner back.
     async fn hold_owner(&self, user: TornUserId) {
         let hold = self.inner.config.owner_hold();
-        match self.inner.limiter.penalize(user, hold).await {
+        match self.inner.gate.limiter().penalize(user, hold).await {
             Ok(held) => tracing::warn!(
                 owner = user.get(),
                 hold_ms = held.as_millis() as u64,
@@ -1376,10 +1327,16 @@ impl TornClient {
     /// process resolves a key Torn refused from it (the memo lives up to the owner cache's
     /// TTL). A failure is logged only: the memo expires on its own.
     async fn forget_shared_owner(&self, hash: &KeyHash) {
-        let memo = self.inner.limiter.keys().memo(&owner_memo_name(hash));
+        let memo = self
+            .inner
+            .gate
+            .limiter()
+            .keys()
+            .memo(&owner_memo_name(hash));
         let deleted = self
             .inner
-            .limiter
+            .gate
+            .limiter()
             .with_redis("forget owner memo", |mut c| async move {
                 ::redis::cmd("DEL").arg(&memo).exec_async(&mut c).await
             })

@@ -30,6 +30,8 @@ pub const CLIENT_SETTINGS: &[&str] = &[
     "TORN_QUOTA_IP_WINDOW_MS",
     "TORN_QUOTA_OWNER_HOLD_MS",
     "TORN_API_KEY_RECHECK_MS",
+    "TORN_QUOTA_EGRESS_ID",
+    "TORN_API_COMMENT",
 ];
 
 /// The Torn client's configuration. Build it with [`TornClientConfig::builder`] or read it
@@ -47,11 +49,13 @@ pub const CLIENT_SETTINGS: &[&str] = &[
 /// | `TORN_API_PAUSE_MS` | 60 000 | how long codes 8 (IP block) and 9 (API disabled) pause every call |
 /// | `TORN_API_OWNER_CACHE_TTL_MS` | 3 600 000 | how long a key's owner is remembered |
 /// | `TORN_API_OWNER_CACHE_CAPACITY` | 100 000 | how many keys' owners are remembered |
-/// | `TORN_QUOTA_SAFETY_MARGIN_MS` | 250 | added to the window of every grant: network jitter must never turn into a code 5 |
+/// | `TORN_QUOTA_SAFETY_MARGIN_MS` | 0 | added to every grant's provisional hold (the request timeout), on top of settling on Torn's answer |
 /// | `TORN_QUOTA_IP_LIMIT` | 1 000 | requests per IP window, Torn's per-IP cap |
 /// | `TORN_QUOTA_IP_WINDOW_MS` | 60 000 | the IP window |
 /// | `TORN_QUOTA_OWNER_HOLD_MS` | 10 000 | how long a code 5 holds the owner back, in every process |
 /// | `TORN_API_KEY_RECHECK_MS` | 86 400 000 | how long a key refused with code 13 or 18 is parked before one `/v2/key/info` call re-checks it (at most one day) |
+/// | `TORN_QUOTA_EGRESS_ID` | unset | the public address (or a name for it) this process sends from: processes with the same id share one per-IP bucket; unset, every process shares one |
+/// | `TORN_API_COMMENT` | unset | added to every call as `comment=` (Torn shows it in the owner's usage log): 1 to 10 of `A-Z a-z 0-9 - _ . ~` |
 ///
 /// ```
 /// use std::time::Duration;
@@ -63,7 +67,7 @@ pub const CLIENT_SETTINGS: &[&str] = &[
 ///     .retry_min_delay(Duration::from_millis(10))
 ///     .build()?;
 /// assert_eq!(config.base_url().as_str(), "http://127.0.0.1:8080/");
-/// assert_eq!(config.safety_margin(), Duration::from_millis(250));
+/// assert_eq!(config.safety_margin(), Duration::ZERO);
 /// # Ok::<(), torn_quota::Error>(())
 /// ```
 #[derive(Debug, Clone)]
@@ -83,6 +87,8 @@ pub struct TornClientConfig {
     ip_window: Duration,
     owner_hold: Duration,
     key_recheck: Duration,
+    egress_id: Option<String>,
+    comment: Option<String>,
 }
 
 impl Default for TornClientConfig {
@@ -99,11 +105,13 @@ impl Default for TornClientConfig {
             pause: Duration::from_secs(60),
             owner_cache_ttl: Duration::from_secs(3600),
             owner_cache_capacity: NonZeroU64::new(100_000).expect("not zero"),
-            safety_margin: Duration::from_millis(250),
+            safety_margin: Duration::ZERO,
             ip_limit: NonZeroU32::new(1000).expect("1000 is not zero"),
             ip_window: Duration::from_secs(60),
             owner_hold: Duration::from_secs(10),
             key_recheck: MAX_KEY_RECHECK,
+            egress_id: None,
+            comment: None,
         }
     }
 }
@@ -187,6 +195,12 @@ impl TornClientConfig {
         if let Some(v) = get("TORN_API_KEY_RECHECK_MS") {
             b = b.key_recheck(millis(&v, "TORN_API_KEY_RECHECK_MS")?);
         }
+        if let Some(v) = get("TORN_QUOTA_EGRESS_ID") {
+            b = b.egress_id(v);
+        }
+        if let Some(v) = get("TORN_API_COMMENT") {
+            b = b.comment(v);
+        }
         b.build()
     }
 
@@ -249,6 +263,14 @@ impl TornClientConfig {
     /// How long a key refused with code 13 or 18 is parked before it is re-checked.
     pub fn key_recheck(&self) -> Duration {
         self.key_recheck
+    }
+    /// The egress id naming this process's per-IP bucket; `None`: the one shared bucket.
+    pub fn egress_id(&self) -> Option<&str> {
+        self.egress_id.as_deref()
+    }
+    /// The `comment=` added to every call, if any.
+    pub fn comment(&self) -> Option<&str> {
+        self.comment.as_deref()
     }
 }
 
@@ -318,9 +340,10 @@ impl TornClientConfigBuilder {
         self.config.owner_cache_capacity = capacity;
         self
     }
-    /// The safety margin of every grant (default 250 ms; 0 turns it off): Torn counts a
-    /// request when it arrives, so the gap between our grant and Torn's count may vary by
-    /// up to this much without a code 5. Costs `margin / window` of the quota.
+    /// An extra margin on every grant's provisional hold (default 0). A grant counts from
+    /// when it is taken until one window after Torn's answer (settled), or for the request
+    /// timeout plus this margin plus a window when no answer comes: network delay cannot
+    /// become a code 5, so a margin is rarely needed.
     pub fn safety_margin(mut self, margin: Duration) -> Self {
         self.config.safety_margin = margin;
         self
@@ -345,6 +368,19 @@ impl TornClientConfigBuilder {
     /// time at which such a key comes back, and a day keeps the re-checks rare.
     pub fn key_recheck(mut self, after: Duration) -> Self {
         self.config.key_recheck = after;
+        self
+    }
+    /// The public address (or a name for it) this process sends from (default unset: one
+    /// per-IP bucket for every process on the Redis). Processes with the same id share one
+    /// bucket; different ids get their own. 1 to 64 of `A-Z a-z 0-9 . : _ -`.
+    pub fn egress_id(mut self, id: impl Into<String>) -> Self {
+        self.config.egress_id = Some(id.into());
+        self
+    }
+    /// Adds `comment=<comment>` to every call (default none): Torn shows it in the key
+    /// owner's usage log, its first ten characters. 1 to 10 of `A-Z a-z 0-9 - _ . ~`.
+    pub fn comment(mut self, comment: impl Into<String>) -> Self {
+        self.config.comment = Some(comment.into());
         self
     }
 
@@ -403,6 +439,38 @@ impl TornClientConfigBuilder {
                     c.key_recheck.as_millis()
                 ),
             ));
+        }
+        if let Some(id) = &c.egress_id {
+            let ok = (1..=64).contains(&id.len())
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b':' | b'_' | b'-'));
+            if !ok {
+                return Err(invalid(
+                    "TORN_QUOTA_EGRESS_ID",
+                    format!(
+                        "must be 1 to 64 of A-Z a-z 0-9 . : _ - (an address or a name), got {} \
+                         characters",
+                        id.len()
+                    ),
+                ));
+            }
+        }
+        if let Some(comment) = &c.comment {
+            let ok = (1..=10).contains(&comment.len())
+                && comment
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~'));
+            if !ok {
+                return Err(invalid(
+                    "TORN_API_COMMENT",
+                    format!(
+                        "must be 1 to 10 of A-Z a-z 0-9 - _ . ~ (Torn shows ten characters), \
+                         got {} characters",
+                        comment.len()
+                    ),
+                ));
+            }
         }
         if c.retry_max_delay < c.retry_min_delay {
             return Err(invalid(
@@ -514,7 +582,8 @@ mod tests {
             format!("torn-quota/{}", env!("CARGO_PKG_VERSION"))
         );
         assert_eq!(c.max_attempts().get(), 3);
-        assert_eq!(c.safety_margin(), Duration::from_millis(250));
+        assert_eq!(c.safety_margin(), Duration::ZERO);
+        assert_eq!((c.egress_id(), c.comment()), (None, None));
         assert_eq!(c.ip_limit().get(), 1000);
         assert_eq!(c.ip_window(), Duration::from_secs(60));
         assert_eq!(c.owner_cache_ttl(), Duration::from_secs(3600));
@@ -541,6 +610,8 @@ mod tests {
                 ("TORN_QUOTA_IP_LIMIT", "30"),
                 ("TORN_QUOTA_IP_WINDOW_MS", "1000"),
                 ("TORN_QUOTA_OWNER_HOLD_MS", "2000"),
+                ("TORN_QUOTA_EGRESS_ID", "203.0.113.7"),
+                ("TORN_API_COMMENT", "tq-bot"),
             ]),
         )
         .unwrap();
@@ -558,6 +629,8 @@ mod tests {
         assert_eq!(c.ip_limit().get(), 30);
         assert_eq!(c.ip_window(), Duration::from_secs(1));
         assert_eq!(c.owner_hold(), Duration::from_secs(2));
+        assert_eq!(c.egress_id(), Some("203.0.113.7"));
+        assert_eq!(c.comment(), Some("tq-bot"));
     }
 
     #[test]
@@ -587,6 +660,10 @@ mod tests {
             ("TORN_QUOTA_IP_LIMIT", "0"),
             ("TORN_QUOTA_IP_WINDOW_MS", "0"),
             ("TORN_QUOTA_OWNER_HOLD_MS", "x"),
+            ("TORN_QUOTA_EGRESS_ID", "a b"),
+            ("TORN_QUOTA_EGRESS_ID", "{slot}"),
+            ("TORN_API_COMMENT", "far-too-long"),
+            ("TORN_API_COMMENT", "a&b=c"),
         ] {
             let err = TornClientConfig::from_sources(None, env(&[(name, value)])).unwrap_err();
             assert_eq!(setting_of(&err), name, "{name}={value}: {err}");
