@@ -322,7 +322,7 @@ impl Vault {
         let hash = key.hash();
         // Torn is asked every time, before anything is written: a row or a memo saying the
         // key was fine an hour ago says nothing about whether Torn serves it now.
-        let info = match resolver.verify(key).await {
+        let info = match Box::pin(resolver.verify(key)).await {
             Ok(info) => info,
             Err(e) => {
                 if let Error::Torn { code, .. } = &e
