@@ -27,7 +27,8 @@ pub mod gate;
 pub mod limiter;
 pub mod metrics;
 pub mod rollout;
-mod settings;
+#[cfg(feature = "settings")]
+pub mod settings;
 pub mod sim;
 pub mod torn;
 pub mod vault;

@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
-use std::path::Path;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -71,7 +70,7 @@ impl std::str::FromStr for Mode {
 }
 
 /// The limiter's configuration. Build it with [`RateLimitConfig::builder`] or read it with
-/// [`RateLimitConfig::from_env`]; both validate, so an instance is always usable.
+/// [`RateLimitConfig::from_env`] (with the `settings` feature); both validate, so an instance is always usable.
 ///
 /// ```
 /// use std::num::NonZeroU32;
@@ -146,106 +145,11 @@ impl RateLimitConfig {
         }
     }
 
-    /// Reads the process environment, and the TOML file named by `TORN_QUOTA_CONFIG` when set.
-    /// Environment values win over the file's.
+    /// Reads the settings once through [`Settings`](crate::settings::Settings): the process
+    /// environment over the TOML file that `TORN_QUOTA_CONFIG` names, when set.
+    #[cfg(feature = "settings")]
     pub fn from_env() -> Result<Self> {
-        let file = std::env::var("TORN_QUOTA_CONFIG").ok();
-        Self::from_sources(file.as_deref().map(Path::new), |name| {
-            std::env::var(name).ok()
-        })
-    }
-
-    /// Reads settings from an optional TOML file (keys are the environment names, e.g.
-    /// `TORN_QUOTA_LIMIT = 100`) and then from `env`, which wins. `env` is injected so tests
-    /// and embedding programs control it.
-    pub fn from_sources(file: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<Self> {
-        let values = crate::settings::Sources::read(file, env, SETTINGS)?;
-        let mut b = Self::builder();
-        let get = |name: &str| values.get(name).map(str::to_owned);
-        if let Some(v) = get("REDIS_URL") {
-            b = b.redis_url(v);
-        }
-        if let Some(v) = get("REDIS_CLUSTER_URLS") {
-            let urls = parse_cluster_urls(&v)?;
-            b = b.redis_cluster_urls(urls);
-        }
-        if let Some(v) = get("TORN_QUOTA_LIMIT") {
-            b = b.limit(parse(&v, "TORN_QUOTA_LIMIT")?);
-        }
-        if let Some(v) = get("TORN_QUOTA_WINDOW_MS") {
-            let ms: NonZeroU64 = parse(&v, "TORN_QUOTA_WINDOW_MS")?;
-            b = b.window(Duration::from_millis(ms.get()));
-        }
-        if let Some(v) = get("TORN_QUOTA_USER_LIMITS") {
-            for (user, limit) in parse_user_limits(&v)? {
-                b = b.user_limit(user, limit);
-            }
-        }
-        if let Some(v) = get("TORN_QUOTA_KEY_PREFIX") {
-            b = b.key_prefix(v);
-        }
-        if let Some(v) = get("TORN_QUOTA_LOG_DECISIONS") {
-            b = b.log_decisions(parse_bool(&v, "TORN_QUOTA_LOG_DECISIONS")?);
-        }
-        if let Some(v) = get("TORN_QUOTA_CLEANUP_INTERVAL_MS") {
-            b = b.cleanup_interval(millis(&v, "TORN_QUOTA_CLEANUP_INTERVAL_MS")?);
-        }
-        if let Some(v) = get("TORN_QUOTA_REDIS_CONNECT_TIMEOUT_MS") {
-            b = b.connect_timeout(millis(&v, "TORN_QUOTA_REDIS_CONNECT_TIMEOUT_MS")?);
-        }
-        if let Some(v) = get("TORN_QUOTA_REDIS_COMMAND_TIMEOUT_MS") {
-            b = b.command_timeout(millis(&v, "TORN_QUOTA_REDIS_COMMAND_TIMEOUT_MS")?);
-        }
-        if let Some(v) = get("TORN_QUOTA_RECONNECT_INTERVAL_MS") {
-            b = b.reconnect_interval(millis(&v, "TORN_QUOTA_RECONNECT_INTERVAL_MS")?);
-        }
-        if let Some(v) = get("TORN_QUOTA_REDIS_CONNECTIONS") {
-            b = b.connections(parse(&v, "TORN_QUOTA_REDIS_CONNECTIONS")?);
-        }
-        if let Some(v) = get("TORN_QUOTA_RESERVE") {
-            b = b.low_priority_reserve(parse(&v, "TORN_QUOTA_RESERVE")?);
-        }
-        if let Some(v) = get("TORN_QUOTA_MODE") {
-            b = b.mode(v.parse()?);
-        }
-        if let Some(v) = get("TORN_QUOTA_ROLLOUT_PERCENT") {
-            b = b.rollout_percent(parse_percent(&v)?);
-        }
-        if let Some(v) = get("TORN_QUOTA_LEGACY_LIMIT") {
-            b = b.legacy_limit(parse(&v, "TORN_QUOTA_LEGACY_LIMIT")?);
-        }
-        if let Some(v) = get("TORN_QUOTA_LEGACY_WINDOW_MS") {
-            b = b.legacy_window(millis(&v, "TORN_QUOTA_LEGACY_WINDOW_MS")?);
-        }
-        if let Some(v) = get("TORN_QUOTA_LEGACY_CLEANUP_INTERVAL_MS") {
-            b = b.legacy_cleanup_interval(millis(&v, "TORN_QUOTA_LEGACY_CLEANUP_INTERVAL_MS")?);
-        }
-        let policy = get("TORN_QUOTA_ON_REDIS_DOWN");
-        let workers = get("TORN_QUOTA_WORKERS");
-        match policy.as_deref() {
-            None | Some("fail") => {}
-            Some("local") => {
-                let workers = match workers {
-                    Some(w) => parse(&w, "TORN_QUOTA_WORKERS")?,
-                    None => {
-                        return Err(invalid(
-                            "TORN_QUOTA_WORKERS",
-                            "required when TORN_QUOTA_ON_REDIS_DOWN=local: how many processes \
-                             share each user's quota"
-                                .into(),
-                        ));
-                    }
-                };
-                b = b.on_redis_down(OnRedisDown::LocalFallback { workers });
-            }
-            Some(other) => {
-                return Err(invalid(
-                    "TORN_QUOTA_ON_REDIS_DOWN",
-                    format!("expected fail or local, got '{other}'"),
-                ));
-            }
-        }
-        b.build()
+        crate::settings::Settings::from_env()?.rate_limit()
     }
 
     /// Units admitted per window for users without an override.
@@ -640,112 +544,8 @@ fn check_bounds(c: &RateLimitConfig) -> Result<()> {
     Ok(())
 }
 
-/// Every setting's name, in the environment and in the TOML file.
-pub const SETTINGS: &[&str] = &[
-    "REDIS_URL",
-    "REDIS_CLUSTER_URLS",
-    "TORN_QUOTA_LIMIT",
-    "TORN_QUOTA_WINDOW_MS",
-    "TORN_QUOTA_USER_LIMITS",
-    "TORN_QUOTA_KEY_PREFIX",
-    "TORN_QUOTA_LOG_DECISIONS",
-    "TORN_QUOTA_CLEANUP_INTERVAL_MS",
-    "TORN_QUOTA_REDIS_CONNECT_TIMEOUT_MS",
-    "TORN_QUOTA_REDIS_COMMAND_TIMEOUT_MS",
-    "TORN_QUOTA_RECONNECT_INTERVAL_MS",
-    "TORN_QUOTA_REDIS_CONNECTIONS",
-    "TORN_QUOTA_RESERVE",
-    "TORN_QUOTA_MODE",
-    "TORN_QUOTA_ROLLOUT_PERCENT",
-    "TORN_QUOTA_LEGACY_LIMIT",
-    "TORN_QUOTA_LEGACY_WINDOW_MS",
-    "TORN_QUOTA_LEGACY_CLEANUP_INTERVAL_MS",
-    "TORN_QUOTA_ON_REDIS_DOWN",
-    "TORN_QUOTA_WORKERS",
-];
-
 fn invalid(setting: &'static str, reason: String) -> Error {
     Error::Config { setting, reason }
-}
-
-fn setting_name(name: &str) -> &'static str {
-    SETTINGS
-        .iter()
-        .find(|s| **s == name)
-        .copied()
-        .unwrap_or("unknown")
-}
-
-fn parse<T: std::str::FromStr>(raw: &str, name: &str) -> Result<T>
-where
-    T::Err: std::fmt::Display,
-{
-    raw.parse().map_err(|e: T::Err| {
-        invalid(
-            setting_name(name),
-            format!("expected a positive integer, got '{raw}' ({e})"),
-        )
-    })
-}
-
-/// `TORN_QUOTA_ROLLOUT_PERCENT`: a whole number from 0 to 100 (a trailing `%` is allowed,
-/// since operators write it).
-fn parse_percent(raw: &str) -> Result<u8> {
-    let digits = raw.strip_suffix('%').unwrap_or(raw).trim();
-    match digits.parse::<u8>() {
-        Ok(p) if p <= 100 => Ok(p),
-        _ => Err(invalid(
-            "TORN_QUOTA_ROLLOUT_PERCENT",
-            format!("expected a whole number from 0 to 100, got '{raw}'"),
-        )),
-    }
-}
-
-fn millis(raw: &str, name: &str) -> Result<Duration> {
-    let ms: NonZeroU64 = parse(raw, name)?;
-    Ok(Duration::from_millis(ms.get()))
-}
-
-fn parse_bool(raw: &str, name: &str) -> Result<bool> {
-    match raw.to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Ok(true),
-        "0" | "false" | "no" | "off" => Ok(false),
-        _ => Err(invalid(
-            setting_name(name),
-            format!("expected true or false, got '{raw}'"),
-        )),
-    }
-}
-
-/// `TORN_QUOTA_USER_LIMITS`: `ID=LIMIT` pairs separated by commas, e.g. `1234=50,5678=200`.
-/// An id given twice is refused: which limit was meant is anyone's guess.
-fn parse_user_limits(raw: &str) -> Result<Vec<(TornUserId, NonZeroU32)>> {
-    let bad = |part: &str| {
-        invalid(
-            "TORN_QUOTA_USER_LIMITS",
-            format!("expected ID=LIMIT pairs separated by commas (LIMIT >= 1), got '{part}'"),
-        )
-    };
-    raw.split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .map(|part| {
-            let (id, limit) = part.split_once('=').ok_or_else(|| bad(part))?;
-            let id: u64 = id.trim().parse().map_err(|_| bad(part))?;
-            let limit: NonZeroU32 = limit.trim().parse().map_err(|_| bad(part))?;
-            Ok((TornUserId::new(id), limit))
-        })
-        .collect::<Result<Vec<_>>>()
-        .and_then(|pairs| {
-            let mut seen = std::collections::HashSet::new();
-            match pairs.iter().find(|(user, _)| !seen.insert(*user)) {
-                Some((user, _)) => Err(invalid(
-                    "TORN_QUOTA_USER_LIMITS",
-                    format!("user {user} is given twice"),
-                )),
-                None => Ok(pairs),
-            }
-        })
 }
 
 fn validate_redis_url(raw: &str) -> Result<()> {
@@ -768,26 +568,6 @@ fn validate_redis_url(raw: &str) -> Result<()> {
         return Err(invalid("REDIS_URL", "has no host".into()));
     }
     Ok(())
-}
-
-/// `REDIS_CLUSTER_URLS`: node URLs separated by commas (blanks around them ignored); at
-/// least one.
-fn parse_cluster_urls(raw: &str) -> Result<Vec<String>> {
-    let urls: Vec<String> = raw
-        .split(',')
-        .map(str::trim)
-        .filter(|u| !u.is_empty())
-        .map(str::to_owned)
-        .collect();
-    if urls.is_empty() {
-        return Err(invalid(
-            "REDIS_CLUSTER_URLS",
-            "expected node URLs separated by commas, e.g. \
-             redis://10.0.0.1:7000,redis://10.0.0.2:7000; got none"
-                .into(),
-        ));
-    }
-    Ok(urls)
 }
 
 /// One cluster node's URL: `redis://` or `rediss://` with a host (a cluster is reached over
@@ -821,6 +601,16 @@ fn validate_cluster_url(raw: &str) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// The configuration the one [`Settings`](crate::settings::Settings) reader makes of
+    /// `file` and `env`, as the binary reads it.
+    #[cfg(feature = "settings")]
+    fn from_sources(
+        file: Option<&std::path::Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<RateLimitConfig> {
+        crate::settings::Settings::from_sources(file, env)?.rate_limit()
+    }
+
     fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
         move |name| {
             pairs
@@ -838,8 +628,9 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "settings")]
     fn defaults_are_torns_limit() {
-        let c = RateLimitConfig::from_sources(None, env(&[])).unwrap();
+        let c = from_sources(None, env(&[])).unwrap();
         assert_eq!(c.limit().get(), 100);
         assert_eq!(c.window_ms(), 60_000);
         assert_eq!(c.mode(), Mode::PerUser);
@@ -847,6 +638,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "settings")]
     fn bad_values_name_their_setting() {
         for (pairs, setting) in [
             (vec![("TORN_QUOTA_LIMIT", "0")], "TORN_QUOTA_LIMIT"),
@@ -901,7 +693,7 @@ mod tests {
                 "TORN_QUOTA_LEGACY_WINDOW_MS",
             ),
         ] {
-            let err = RateLimitConfig::from_sources(None, env(&pairs)).unwrap_err();
+            let err = from_sources(None, env(&pairs)).unwrap_err();
             let message = err.to_string();
             assert_eq!(setting_of(err), setting, "for {pairs:?}");
             assert!(message.contains(setting), "{message}");
@@ -909,13 +701,14 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "settings")]
     fn rollout_percent_and_legacy_settings_parse() {
-        let c = RateLimitConfig::from_sources(None, env(&[])).unwrap();
+        let c = from_sources(None, env(&[])).unwrap();
         assert_eq!(c.rollout_percent(), None);
         assert_eq!(c.legacy_limit().get(), 50);
         assert_eq!(c.legacy_window(), Duration::from_secs(60));
         for (raw, want) in [("0", 0), ("10", 10), (" 50% ", 50), ("100", 100)] {
-            let c = RateLimitConfig::from_sources(
+            let c = from_sources(
                 None,
                 env(&[
                     ("TORN_QUOTA_ROLLOUT_PERCENT", raw),
@@ -981,6 +774,7 @@ mod tests {
     /// Issue 12 items 2 and 5: limits, windows, timeouts, connections and workers bounded,
     /// each refusal naming its setting.
     #[test]
+    #[cfg(feature = "settings")]
     fn bounds_name_their_setting() {
         let huge = u64::MAX.to_string();
         let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
@@ -1035,11 +829,11 @@ mod tests {
             ),
         ];
         for (pairs, setting) in cases {
-            let err = RateLimitConfig::from_sources(None, env(&pairs)).unwrap_err();
+            let err = from_sources(None, env(&pairs)).unwrap_err();
             assert_eq!(setting_of(err), setting, "{pairs:?}");
         }
         // The bounds themselves are fine.
-        let c = RateLimitConfig::from_sources(
+        let c = from_sources(
             None,
             env(&[
                 ("TORN_QUOTA_LIMIT", "10000"),
@@ -1056,8 +850,9 @@ mod tests {
 
     /// Issue 12 item 10: an id given twice in TORN_QUOTA_USER_LIMITS is refused, by name.
     #[test]
+    #[cfg(feature = "settings")]
     fn a_user_given_twice_is_refused() {
-        let err = RateLimitConfig::from_sources(
+        let err = from_sources(
             None,
             env(&[("TORN_QUOTA_USER_LIMITS", "7=40, 8=5, 7=50")]),
         )
@@ -1068,11 +863,12 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "settings")]
     fn cluster_urls_parse_validate_and_stay_redacted() {
-        let c = RateLimitConfig::from_sources(None, env(&[])).unwrap();
+        let c = from_sources(None, env(&[])).unwrap();
         assert!(!c.is_redis_cluster());
         assert!(c.redis_cluster_urls().is_empty());
-        let c = RateLimitConfig::from_sources(
+        let c = from_sources(
             None,
             env(&[(
                 "REDIS_CLUSTER_URLS",
@@ -1102,7 +898,7 @@ mod tests {
             "unix:///tmp/redis.sock",
             "redis://10.0.0.1:7000,redis://:s3cret@[bad",
         ] {
-            let err = RateLimitConfig::from_sources(None, env(&[("REDIS_CLUSTER_URLS", bad)]))
+            let err = from_sources(None, env(&[("REDIS_CLUSTER_URLS", bad)]))
                 .unwrap_err();
             let message = err.to_string();
             assert!(!message.contains("s3cret"), "{message}");
@@ -1111,6 +907,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "settings")]
     fn cluster_urls_read_from_a_toml_list() {
         let dir = std::env::temp_dir().join(format!("tq-config-cluster-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -1120,7 +917,7 @@ mod tests {
             "REDIS_CLUSTER_URLS = [\"redis://10.0.0.1:7000\", \"redis://10.0.0.2:7000\"]\n",
         )
         .unwrap();
-        let c = RateLimitConfig::from_sources(Some(&path), env(&[])).unwrap();
+        let c = from_sources(Some(&path), env(&[])).unwrap();
         std::fs::remove_dir_all(&dir).ok();
         assert_eq!(
             c.redis_cluster_urls(),
@@ -1138,6 +935,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "settings")]
     fn env_wins_over_the_file_and_overrides_parse() {
         let dir = std::env::temp_dir().join(format!("tq-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -1149,14 +947,14 @@ mod tests {
         )
         .unwrap();
         let c =
-            RateLimitConfig::from_sources(Some(&path), env(&[("TORN_QUOTA_LIMIT", "90")])).unwrap();
+            from_sources(Some(&path), env(&[("TORN_QUOTA_LIMIT", "90")])).unwrap();
         assert_eq!(c.limit().get(), 90);
         assert_eq!(c.window_ms(), 1000);
         assert_eq!(c.limit_for(TornUserId::new(7)).get(), 40);
         assert_eq!(c.limit_for(TornUserId::new(8)).get(), 90);
 
         std::fs::write(&path, "TORN_QUOTA_LIMT = 80\n").unwrap();
-        let err = RateLimitConfig::from_sources(Some(&path), env(&[])).unwrap_err();
+        let err = from_sources(Some(&path), env(&[])).unwrap_err();
         assert!(
             std::error::Error::source(&err)
                 .unwrap()

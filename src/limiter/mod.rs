@@ -24,7 +24,7 @@ use redis::RedisBackend;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{
-    MAX_CONNECTIONS, Mode, OnRedisDown, RateLimitConfig, RateLimitConfigBuilder, SETTINGS,
+    MAX_CONNECTIONS, Mode, OnRedisDown, RateLimitConfig, RateLimitConfigBuilder,
 };
 pub use keys::{BucketKeys, KeyBuilder};
 

@@ -3,7 +3,6 @@
 //! naming its setting, never a surprise on the first call.
 
 use std::num::{NonZeroU32, NonZeroU64};
-use std::path::Path;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -13,29 +12,8 @@ const MAX_ATTEMPTS: u32 = 10;
 /// The longest a refused key stays parked before its re-check: one day.
 const MAX_KEY_RECHECK: Duration = Duration::from_secs(86_400);
 
-/// Every setting the Torn client reads, in the environment and in the TOML file.
-pub const CLIENT_SETTINGS: &[&str] = &[
-    "TORN_API_BASE_URL",
-    "TORN_API_USER_AGENT",
-    "TORN_API_TIMEOUT_MS",
-    "TORN_API_CONNECT_TIMEOUT_MS",
-    "TORN_API_MAX_ATTEMPTS",
-    "TORN_API_RETRY_MIN_DELAY_MS",
-    "TORN_API_RETRY_MAX_DELAY_MS",
-    "TORN_API_PAUSE_MS",
-    "TORN_API_OWNER_CACHE_TTL_MS",
-    "TORN_API_OWNER_CACHE_CAPACITY",
-    "TORN_QUOTA_SAFETY_MARGIN_MS",
-    "TORN_QUOTA_IP_LIMIT",
-    "TORN_QUOTA_IP_WINDOW_MS",
-    "TORN_QUOTA_OWNER_HOLD_MS",
-    "TORN_API_KEY_RECHECK_MS",
-    "TORN_QUOTA_EGRESS_ID",
-    "TORN_API_COMMENT",
-];
-
 /// The Torn client's configuration. Build it with [`TornClientConfig::builder`] or read it
-/// with [`TornClientConfig::from_env`]; both validate, so an instance is always usable.
+/// with [`TornClientConfig::from_env`] (with the `settings` feature); both validate, so an instance is always usable.
 ///
 /// | setting | default | what |
 /// |---|---|---|
@@ -127,81 +105,11 @@ impl TornClientConfig {
         }
     }
 
-    /// Reads the process environment, and the TOML file named by `TORN_QUOTA_CONFIG` when
-    /// set. Environment values win over the file's.
+    /// Reads the settings once through [`Settings`](crate::settings::Settings): the process
+    /// environment over the TOML file that `TORN_QUOTA_CONFIG` names, when set.
+    #[cfg(feature = "settings")]
     pub fn from_env() -> Result<Self> {
-        let file = std::env::var("TORN_QUOTA_CONFIG").ok();
-        Self::from_sources(file.as_deref().map(Path::new), |name| {
-            std::env::var(name).ok()
-        })
-    }
-
-    /// Reads settings from an optional TOML file (keys are the environment names, e.g.
-    /// `TORN_API_MAX_ATTEMPTS = 5`) and then from `env`, which wins. The file may hold the
-    /// limiter's and the vault's settings too (one file for the whole tool); any other name
-    /// is refused, so that a typo does not silently leave a default in force.
-    pub fn from_sources(file: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<Self> {
-        let values = crate::settings::Sources::read(file, env, CLIENT_SETTINGS)?;
-        let get = |name: &str| values.get(name).map(str::to_owned);
-        let mut b = Self::builder();
-        if let Some(v) = get("TORN_API_BASE_URL") {
-            b = b.base_url(v);
-        }
-        if let Some(v) = get("TORN_API_USER_AGENT") {
-            b = b.user_agent(v);
-        }
-        if let Some(v) = get("TORN_API_TIMEOUT_MS") {
-            b = b.request_timeout(millis(&v, "TORN_API_TIMEOUT_MS")?);
-        }
-        if let Some(v) = get("TORN_API_CONNECT_TIMEOUT_MS") {
-            b = b.connect_timeout(millis(&v, "TORN_API_CONNECT_TIMEOUT_MS")?);
-        }
-        if let Some(v) = get("TORN_API_MAX_ATTEMPTS") {
-            b = b.max_attempts(positive(&v, "TORN_API_MAX_ATTEMPTS")?);
-        }
-        if let Some(v) = get("TORN_API_RETRY_MIN_DELAY_MS") {
-            b = b.retry_min_delay(millis(&v, "TORN_API_RETRY_MIN_DELAY_MS")?);
-        }
-        if let Some(v) = get("TORN_API_RETRY_MAX_DELAY_MS") {
-            b = b.retry_max_delay(millis(&v, "TORN_API_RETRY_MAX_DELAY_MS")?);
-        }
-        if let Some(v) = get("TORN_API_PAUSE_MS") {
-            b = b.pause(millis(&v, "TORN_API_PAUSE_MS")?);
-        }
-        if let Some(v) = get("TORN_API_OWNER_CACHE_TTL_MS") {
-            b = b.owner_cache_ttl(millis(&v, "TORN_API_OWNER_CACHE_TTL_MS")?);
-        }
-        if let Some(v) = get("TORN_API_OWNER_CACHE_CAPACITY") {
-            b = b.owner_cache_capacity(positive(&v, "TORN_API_OWNER_CACHE_CAPACITY")?);
-        }
-        if let Some(v) = get("TORN_QUOTA_SAFETY_MARGIN_MS") {
-            let ms: u64 = v.parse().map_err(|_| {
-                invalid(
-                    "TORN_QUOTA_SAFETY_MARGIN_MS",
-                    format!("expected a number of milliseconds (0 or more), got '{v}'"),
-                )
-            })?;
-            b = b.safety_margin(Duration::from_millis(ms));
-        }
-        if let Some(v) = get("TORN_QUOTA_IP_LIMIT") {
-            b = b.ip_limit(positive(&v, "TORN_QUOTA_IP_LIMIT")?);
-        }
-        if let Some(v) = get("TORN_QUOTA_IP_WINDOW_MS") {
-            b = b.ip_window(millis(&v, "TORN_QUOTA_IP_WINDOW_MS")?);
-        }
-        if let Some(v) = get("TORN_QUOTA_OWNER_HOLD_MS") {
-            b = b.owner_hold(millis(&v, "TORN_QUOTA_OWNER_HOLD_MS")?);
-        }
-        if let Some(v) = get("TORN_API_KEY_RECHECK_MS") {
-            b = b.key_recheck(millis(&v, "TORN_API_KEY_RECHECK_MS")?);
-        }
-        if let Some(v) = get("TORN_QUOTA_EGRESS_ID") {
-            b = b.egress_id(v);
-        }
-        if let Some(v) = get("TORN_API_COMMENT") {
-            b = b.comment(v);
-        }
-        b.build()
+        crate::settings::Settings::from_env()?.torn_client()
     }
 
     /// Torn's address, e.g. `https://api.torn.com/`. v2 paths go under `/v2/`.
@@ -538,24 +446,19 @@ fn invalid(setting: &'static str, reason: String) -> Error {
     Error::Config { setting, reason }
 }
 
-fn positive<T: std::str::FromStr>(raw: &str, name: &'static str) -> Result<T> {
-    raw.parse()
-        .map_err(|_| invalid(name, format!("expected a positive integer, got '{raw}'")))
-}
-
-fn millis(raw: &str, name: &'static str) -> Result<Duration> {
-    let ms: NonZeroU64 = raw.parse().map_err(|_| {
-        invalid(
-            name,
-            format!("expected a number of milliseconds (1 or more), got '{raw}'"),
-        )
-    })?;
-    Ok(Duration::from_millis(ms.get()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The configuration the one [`Settings`](crate::settings::Settings) reader makes of
+    /// `file` and `env`, as the binary reads it.
+    #[cfg(feature = "settings")]
+    fn from_sources(
+        file: Option<&std::path::Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<TornClientConfig> {
+        crate::settings::Settings::from_sources(file, env)?.torn_client()
+    }
 
     fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
         move |name| {
@@ -574,8 +477,9 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "settings")]
     fn defaults_follow_the_design() {
-        let c = TornClientConfig::from_sources(None, env(&[])).unwrap();
+        let c = from_sources(None, env(&[])).unwrap();
         assert_eq!(c.base_url().as_str(), "https://api.torn.com/");
         assert_eq!(
             c.user_agent(),
@@ -592,8 +496,9 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "settings")]
     fn every_setting_is_read() {
-        let c = TornClientConfig::from_sources(
+        let c = from_sources(
             None,
             env(&[
                 ("TORN_API_BASE_URL", " http://127.0.0.1:9/torn "),
@@ -634,6 +539,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "settings")]
     fn bad_values_name_their_setting() {
         for (name, value) in [
             ("TORN_API_BASE_URL", "api.torn.com"),
@@ -665,7 +571,7 @@ mod tests {
             ("TORN_API_COMMENT", "far-too-long"),
             ("TORN_API_COMMENT", "a&b=c"),
         ] {
-            let err = TornClientConfig::from_sources(None, env(&[(name, value)])).unwrap_err();
+            let err = from_sources(None, env(&[(name, value)])).unwrap_err();
             assert_eq!(setting_of(&err), name, "{name}={value}: {err}");
             let shown = err.to_string();
             assert!(shown.contains(name), "{shown}");
@@ -716,6 +622,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "settings")]
     fn the_file_is_shared_with_the_other_settings_and_env_wins() {
         let dir = std::env::temp_dir().join(format!("tq-torn-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -726,28 +633,29 @@ mod tests {
              TORN_API_MAX_ATTEMPTS = 4\nTORN_API_PAUSE_MS = 900\n",
         )
         .unwrap();
-        let c = TornClientConfig::from_sources(Some(&path), env(&[("TORN_API_PAUSE_MS", "100")]))
+        let c = from_sources(Some(&path), env(&[("TORN_API_PAUSE_MS", "100")]))
             .unwrap();
         assert_eq!(c.max_attempts().get(), 4);
         assert_eq!(c.pause(), Duration::from_millis(100));
 
         std::fs::write(&path, "TORN_API_MAX_ATEMPTS = 4\n").unwrap();
-        let err = TornClientConfig::from_sources(Some(&path), env(&[])).unwrap_err();
+        let err = from_sources(Some(&path), env(&[])).unwrap_err();
         let source = std::error::Error::source(&err).unwrap().to_string();
         assert!(source.contains("TORN_API_MAX_ATEMPTS"), "{source}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
+    #[cfg(feature = "settings")]
     fn the_key_recheck_defaults_to_a_day_and_is_bounded_by_one() {
-        let c = TornClientConfig::from_sources(None, env(&[])).unwrap();
+        let c = from_sources(None, env(&[])).unwrap();
         assert_eq!(c.key_recheck(), Duration::from_secs(86_400));
-        let c = TornClientConfig::from_sources(None, env(&[("TORN_API_KEY_RECHECK_MS", "500")]))
+        let c = from_sources(None, env(&[("TORN_API_KEY_RECHECK_MS", "500")]))
             .unwrap();
         assert_eq!(c.key_recheck(), Duration::from_millis(500));
         for bad in ["0", "86400001", "soon"] {
             let err =
-                TornClientConfig::from_sources(None, env(&[("TORN_API_KEY_RECHECK_MS", bad)]))
+                from_sources(None, env(&[("TORN_API_KEY_RECHECK_MS", bad)]))
                     .unwrap_err();
             assert_eq!(setting_of(&err), "TORN_API_KEY_RECHECK_MS", "{bad}");
         }

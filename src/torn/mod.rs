@@ -12,7 +12,7 @@ pub use client::{
     CallOptions, KeyStatus, SystemWallClock, TornClient, TornClientBuilder, WallClock, check_path,
 };
 pub use code::{ErrorClass, TornErrorCode};
-pub use config::{CLIENT_SETTINGS, TornClientConfig, TornClientConfigBuilder};
+pub use config::{TornClientConfig, TornClientConfigBuilder};
 pub use key::{ApiKey, KeyHash};
 
 /// What Torn says about a key: whose it is and how much it may read, as

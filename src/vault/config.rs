@@ -2,7 +2,6 @@
 //! keys. Validated at start; an error names the setting and never repeats its value.
 
 use std::num::NonZeroU32;
-use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -10,16 +9,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
-use crate::vault::crypto::{ENCRYPTION_KEY_SETTING, Keyring};
-
-/// Every setting the vault reads, in the environment and in the TOML file.
-pub const VAULT_SETTINGS: &[&str] = &[
-    "DATABASE_URL",
-    ENCRYPTION_KEY_SETTING,
-    "TORN_QUOTA_DATABASE_MAX_CONNECTIONS",
-    "TORN_QUOTA_DATABASE_ACQUIRE_TIMEOUT_MS",
-    "TORN_QUOTA_DATABASE_STATEMENT_TIMEOUT_MS",
-];
+use crate::vault::crypto::Keyring;
 
 /// The query parameters of `DATABASE_URL` the PostgreSQL driver understands (besides
 /// `options[NAME]`); any other is refused.
@@ -217,39 +207,12 @@ impl DatabaseConfig {
         })
     }
 
-    /// Reads `DATABASE_URL` and the `TORN_QUOTA_DATABASE_*` settings from the environment,
-    /// with `TORN_QUOTA_CONFIG` as the optional TOML file.
+    /// Reads `DATABASE_URL` and the `TORN_QUOTA_DATABASE_*` settings once through
+    /// [`Settings`](crate::settings::Settings): the process environment over the TOML file
+    /// that `TORN_QUOTA_CONFIG` names, when set.
+    #[cfg(feature = "settings")]
     pub fn from_env() -> Result<Self> {
-        let file = std::env::var("TORN_QUOTA_CONFIG").ok();
-        Self::from_sources(file.as_deref().map(Path::new), |n| std::env::var(n).ok())
-    }
-
-    /// Reads the settings from an optional TOML file (keys are the environment names; keys
-    /// that belong to other parts of torn-quota are left to them) and then from `env`, which
-    /// wins.
-    pub fn from_sources(file: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<Self> {
-        let values = Settings::read(file, env)?;
-        Self::from_settings(&values)
-    }
-
-    fn from_settings(values: &Settings) -> Result<Self> {
-        let url = values.get("DATABASE_URL").ok_or_else(|| Error::Config {
-            setting: "DATABASE_URL",
-            reason: "is not set; expected postgres://user:password@host:5432/database".into(),
-        })?;
-        let mut config = Self::new(url)?;
-        if let Some(v) = values.get("TORN_QUOTA_DATABASE_MAX_CONNECTIONS") {
-            config.max_connections = parse_setting(v, "TORN_QUOTA_DATABASE_MAX_CONNECTIONS")?;
-        }
-        if let Some(v) = values.get("TORN_QUOTA_DATABASE_ACQUIRE_TIMEOUT_MS") {
-            let ms: NonZeroU32 = parse_setting(v, "TORN_QUOTA_DATABASE_ACQUIRE_TIMEOUT_MS")?;
-            config.acquire_timeout = Duration::from_millis(ms.get().into());
-        }
-        if let Some(v) = values.get("TORN_QUOTA_DATABASE_STATEMENT_TIMEOUT_MS") {
-            let ms: u32 = parse_setting(v, "TORN_QUOTA_DATABASE_STATEMENT_TIMEOUT_MS")?;
-            config.statement_timeout = (ms > 0).then(|| Duration::from_millis(ms.into()));
-        }
-        Ok(config)
+        crate::settings::Settings::from_env()?.database()
     }
 
     /// At most this many connections.
@@ -362,45 +325,30 @@ pub struct VaultConfig {
 
 impl VaultConfig {
     /// Reads `DATABASE_URL`, `TORN_QUOTA_ENCRYPTION_KEY` and the `TORN_QUOTA_DATABASE_*`
-    /// settings from the environment, with `TORN_QUOTA_CONFIG` as the optional TOML file.
+    /// settings once through [`Settings`](crate::settings::Settings).
+    #[cfg(feature = "settings")]
     pub fn from_env() -> Result<Self> {
-        let file = std::env::var("TORN_QUOTA_CONFIG").ok();
-        Self::from_sources(file.as_deref().map(Path::new), |n| std::env::var(n).ok())
+        crate::settings::Settings::from_env()?.vault()
     }
-
-    /// As [`DatabaseConfig::from_sources`], plus the encryption keys.
-    pub fn from_sources(file: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<Self> {
-        let values = Settings::read(file, env)?;
-        let keyring = Keyring::from_setting(values.get(ENCRYPTION_KEY_SETTING))?;
-        let database = DatabaseConfig::from_settings(&values)?;
-        Ok(Self { database, keyring })
-    }
-}
-
-/// The vault's settings (wiped when dropped: two of them are secrets); an empty value
-/// counts as unset.
-struct Settings(crate::settings::Sources);
-
-impl Settings {
-    fn read(file: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<Self> {
-        crate::settings::Sources::read(file, env, VAULT_SETTINGS).map(Self)
-    }
-
-    fn get(&self, name: &str) -> Option<&str> {
-        self.0.get(name).filter(|v| !v.is_empty())
-    }
-}
-
-fn parse_setting<T: FromStr>(raw: &str, setting: &'static str) -> Result<T> {
-    raw.parse().map_err(|_| Error::Config {
-        setting,
-        reason: format!("expected a positive integer, got '{raw}'"),
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
+
+    /// The database configuration the one [`Settings`](crate::settings::Settings) reader
+    /// makes of `file` and `env`.
+    #[cfg(feature = "settings")]
+    fn database(file: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<DatabaseConfig> {
+        crate::settings::Settings::from_sources(file, env)?.database()
+    }
+
+    /// As [`database`], the whole vault's.
+    #[cfg(feature = "settings")]
+    fn vault(file: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<VaultConfig> {
+        crate::settings::Settings::from_sources(file, env)?.vault()
+    }
 
     fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
         move |name| {
@@ -419,8 +367,9 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "settings")]
     fn database_url_is_required_and_never_echoed() {
-        let (name, _) = setting(DatabaseConfig::from_sources(None, env(&[])).unwrap_err());
+        let (name, _) = setting(database(None, env(&[])).unwrap_err());
         assert_eq!(name, "DATABASE_URL");
         for bad in [
             "mysql://u:hunter2pass@h/db",
@@ -429,7 +378,7 @@ mod tests {
             "postgres://u:hunter2pass@h/db?sslmode=hunter2pass",
         ] {
             let (name, reason) = setting(
-                DatabaseConfig::from_sources(None, env(&[("DATABASE_URL", bad)])).unwrap_err(),
+                database(None, env(&[("DATABASE_URL", bad)])).unwrap_err(),
             );
             assert_eq!(name, "DATABASE_URL", "{bad}");
             assert!(!reason.contains("hunter2pass"), "{reason}");
@@ -495,6 +444,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "settings")]
     fn numeric_settings_are_validated() {
         let url = ("DATABASE_URL", "postgres://localhost/db");
         for name in [
@@ -502,10 +452,10 @@ mod tests {
             "TORN_QUOTA_DATABASE_ACQUIRE_TIMEOUT_MS",
         ] {
             let (got, _) =
-                setting(DatabaseConfig::from_sources(None, env(&[url, (name, "0")])).unwrap_err());
+                setting(database(None, env(&[url, (name, "0")])).unwrap_err());
             assert_eq!(got, name);
         }
-        let c = DatabaseConfig::from_sources(
+        let c = database(
             None,
             env(&[url, ("TORN_QUOTA_DATABASE_STATEMENT_TIMEOUT_MS", "0")]),
         )
@@ -514,9 +464,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "settings")]
     fn the_vault_needs_the_encryption_key() {
         let (name, _) = setting(
-            VaultConfig::from_sources(None, env(&[("DATABASE_URL", "postgres://localhost/db")]))
+            vault(None, env(&[("DATABASE_URL", "postgres://localhost/db")]))
                 .unwrap_err(),
         );
         assert_eq!(name, ENCRYPTION_KEY_SETTING);

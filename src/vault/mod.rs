@@ -52,7 +52,7 @@ mod store;
 use std::fmt;
 use std::str::FromStr;
 
-pub use config::{DatabaseConfig, DatabaseUrl, VAULT_SETTINGS, VaultConfig};
+pub use config::{DatabaseConfig, DatabaseUrl, VaultConfig};
 pub use crypto::{ENCRYPTION_KEY_SETTING, EncryptionKeyId, Keyring};
 pub use migrate::{MIGRATOR, MigrationInfo, MigrationReport, migrate};
 pub use store::{

@@ -1,61 +1,16 @@
-//! The one reader of settings for every part of the crate: an optional TOML file whose keys
-//! are the environment names, under the environment, which wins.
-//!
-//! One file configures the whole tool, so the file may hold any part's settings and each
-//! part reads its own; a name no part knows is refused, because a typo must not silently
-//! leave a default in force. Values are wiped when dropped (two of them are secrets), and a
-//! syntax error names its line only: the parser's own message quotes the line, which may
-//! hold a secret.
+//! The settings file: TOML whose keys are the environment names. Read here rather than by
+//! figment's own TOML provider because the parser's messages quote the line they fail on,
+//! which may hold a secret: a syntax error names its line only.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
 
-/// The environment variable naming the settings file.
-pub(crate) const CONFIG_FILE: &str = "TORN_QUOTA_CONFIG";
-
-/// Every setting any part of the crate reads.
-fn known() -> impl Iterator<Item = &'static str> + Clone {
-    crate::limiter::SETTINGS
-        .iter()
-        .chain(crate::torn::CLIENT_SETTINGS)
-        .chain(crate::vault::VAULT_SETTINGS)
-        .copied()
-        .chain(std::iter::once(CONFIG_FILE))
-}
-
-/// One part's settings: the file's values, overridden by the environment's for `own`.
-pub(crate) struct Sources(BTreeMap<&'static str, Zeroizing<String>>);
-
-impl Sources {
-    /// Reads `file` (when given), then `env` for each of `own`, which wins.
-    pub(crate) fn read(
-        file: Option<&Path>,
-        env: impl Fn(&str) -> Option<String>,
-        own: &[&'static str],
-    ) -> Result<Self> {
-        let mut values = match file {
-            Some(path) => read_toml(path)?,
-            None => BTreeMap::new(),
-        };
-        for name in own {
-            if let Some(v) = env(name) {
-                values.insert(name, Zeroizing::new(v));
-            }
-        }
-        Ok(Self(values))
-    }
-
-    /// A setting's value, trimmed; `None` when neither source sets it.
-    pub(crate) fn get(&self, name: &str) -> Option<&str> {
-        self.0.get(name).map(|v| v.trim())
-    }
-}
-
-fn read_toml(path: &Path) -> Result<BTreeMap<&'static str, Zeroizing<String>>> {
+/// The file's table, every key one of `names`; a name no setting has is refused, because a
+/// typo must not silently leave a default in force.
+pub(super) fn read(path: &Path, names: &[&str]) -> Result<toml::Table> {
     let file_err = |e: Box<dyn std::error::Error + Send + Sync>| Error::ConfigFile {
         path: path.display().to_string(),
         source: e,
@@ -77,56 +32,18 @@ fn read_toml(path: &Path) -> Result<BTreeMap<&'static str, Zeroizing<String>>> {
         };
         file_err(format!("{what} at line {line}").into())
     })?;
-    let mut out = BTreeMap::new();
-    for (key, value) in table {
-        let Some(name) = known().find(|n| *n == key) else {
-            return Err(file_err(
-                format!(
-                    "unknown setting '{key}'; known settings: {}",
-                    known().collect::<Vec<_>>().join(", ")
-                )
-                .into(),
-            ));
-        };
-        out.insert(name, Zeroizing::new(flatten(name, value)?));
+    if let Some(key) = table.keys().find(|k| !names.contains(&k.as_str())) {
+        return Err(unknown(Some(path), key, names));
     }
-    Ok(out)
+    Ok(table)
 }
 
-/// A TOML value as the environment would spell it: a table of integers (per-user limits)
-/// as `key=value,...`, a list of strings (cluster URLs) comma-separated.
-fn flatten(name: &'static str, value: toml::Value) -> Result<String> {
-    let invalid = |reason: String| Error::Config {
-        setting: name,
-        reason,
-    };
-    Ok(match value {
-        toml::Value::String(s) => s,
-        toml::Value::Integer(i) => i.to_string(),
-        toml::Value::Boolean(b) => b.to_string(),
-        toml::Value::Table(t) => t
-            .iter()
-            .map(|(k, v)| match v {
-                toml::Value::Integer(i) => Ok(format!("{k}={i}")),
-                _ => Err(invalid(format!("the value for {k} is not an integer"))),
-            })
-            .collect::<Result<Vec<_>>>()?
-            .join(","),
-        toml::Value::Array(items) => items
-            .iter()
-            .map(|v| match v {
-                toml::Value::String(s) => Ok(s.clone()),
-                _ => Err(invalid("expected a list of strings".into())),
-            })
-            .collect::<Result<Vec<_>>>()?
-            .join(","),
-        other => {
-            return Err(invalid(format!(
-                "expected a string, an integer or a boolean, got a {}",
-                other.type_str()
-            )));
-        }
-    })
+/// The refusal of a name no setting has, listing the ones there are.
+pub(super) fn unknown(path: Option<&Path>, key: &str, names: &[&str]) -> Error {
+    Error::ConfigFile {
+        path: path.map_or_else(|| "settings".to_owned(), |p| p.display().to_string()),
+        source: format!("unknown setting '{key}'; known settings: {}", names.join(", ")).into(),
+    }
 }
 
 #[cfg(test)]
