@@ -393,7 +393,7 @@ async fn redis_cluster_urls_from_the_environment_switch_to_the_cluster() {
     let c = cluster();
     let urls = c.urls().join(",");
     let prefix = common::unique_prefix("cluster-env");
-    let config = RateLimitConfig::from_sources(None, |name| match name {
+    let config = torn_quota::settings::Settings::from_sources(None, |name| match name {
         "REDIS_CLUSTER_URLS" => Some(urls.clone()),
         // Nothing listens here: the cluster must win over REDIS_URL.
         "REDIS_URL" => Some("redis://127.0.0.1:1".to_owned()),
@@ -401,6 +401,7 @@ async fn redis_cluster_urls_from_the_environment_switch_to_the_cluster() {
         "TORN_QUOTA_LIMIT" => Some("3".to_owned()),
         _ => None,
     })
+    .and_then(|s| s.rate_limit())
     .unwrap();
     assert!(config.is_redis_cluster());
     let l = Limiter::redis(config).unwrap();

@@ -1,7 +1,6 @@
 //! `torn-quota acquire`: one decision under the configured mode, as JSON, with the exit
 //! code saying granted or not.
 
-use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -9,7 +8,7 @@ use serde_json::json;
 use torn_quota::rollout::Shadow;
 use torn_quota::{RateLimitConfig, Request, TornUserId};
 
-use super::{CliResult, emit, user_id};
+use super::{CliResult, Settings, emit, user_id};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
@@ -41,11 +40,11 @@ fn key_hash(raw: &str) -> Result<String, String> {
     }
 }
 
-pub(crate) async fn run(file: Option<&Path>, config: RateLimitConfig, args: Args) -> CliResult {
+pub(crate) async fn run(settings: &Settings, config: RateLimitConfig, args: Args) -> CliResult {
     let deadline = args
         .timeout_ms
         .map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
-    let rollout = super::rollout::open(file, config)?;
+    let rollout = super::rollout::open(settings, config)?;
     let request = Request::new(args.cost);
     let key = args.key_hash.as_deref();
     let decision = if args.wait {

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use torn_quota::batch::{BatchConfig, BatchHandler, BatchOutcome, BatchRequest, RequestError};
-use torn_quota::torn::{ApiKey, TornClientConfig, check_path};
+use torn_quota::torn::{ApiKey, check_path};
 use torn_quota::{Limiter, RateLimitConfig};
 
 use super::{CliResult, emit};
@@ -33,13 +33,13 @@ pub(crate) struct Args {
     concurrency: NonZeroUsize,
 }
 
-pub(crate) async fn run(file: Option<&Path>, args: Args) -> CliResult {
+pub(crate) async fn run(settings: &super::Settings, args: Args) -> CliResult {
     // Before anything reads a file: a signal from now on ends the batch cleanly, with
     // every line written.
     let cancel = tokio_util::sync::CancellationToken::new();
     spawn_signal_handler(cancel.clone())?;
-    let config = super::load_config(file)?;
-    let torn = TornClientConfig::from_sources(file, |n| std::env::var(n).ok())?;
+    let config = settings.rate_limit()?;
+    let torn = settings.torn_client()?;
     let target = output_target(&args.output, &[&args.input, &args.keys])?;
     let keys = read_keys(&args.keys)?;
     let lines = read_requests(&args.input, &keys)?;
@@ -48,7 +48,7 @@ pub(crate) async fn run(file: Option<&Path>, args: Args) -> CliResult {
     let (requests, refused) = split_lines(lines);
 
     let limiter = limiter(config).await?;
-    let client = super::rollout::client(file, limiter, torn)?;
+    let client = super::rollout::client(settings, limiter, torn)?;
     let bar = ProgressBar::new(requests.len() as u64).with_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} {msg} ({eta} left)")
             .expect("valid template")

@@ -4,7 +4,6 @@
 //! in-memory backend, and says which.
 
 use std::num::{NonZeroU32, NonZeroUsize};
-use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -17,7 +16,7 @@ use torn_quota::sim::{KeyState, SimConfig, SimCounters, SimKey, Simulator};
 use torn_quota::torn::{AccessLevel, ApiKey, TornClient, TornClientConfig};
 use torn_quota::{Limiter, RateLimitConfig, TornUserId};
 
-use super::{CliResult, emit};
+use super::{CliResult, Settings, emit};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
@@ -83,8 +82,8 @@ async fn pick_limiter(config: RateLimitConfig) -> Result<Limiter, torn_quota::Er
     Ok(Limiter::in_memory(config))
 }
 
-pub(crate) async fn run(file: Option<&Path>, args: Args) -> CliResult {
-    let base = super::load_config(file)?;
+pub(crate) async fn run(settings: &Settings, args: Args) -> CliResult {
+    let base = settings.rate_limit()?;
     let window = Duration::from_millis(args.window_ms);
 
     let (known, pool) = demo_keys()?;

@@ -14,7 +14,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use torn_quota::{RateLimitConfig, TornUserId};
+use torn_quota::TornUserId;
+pub(crate) use torn_quota::settings::Settings;
 
 /// Share each Torn player's API quota exactly across every process of a tool.
 #[derive(Debug, Parser)]
@@ -86,27 +87,22 @@ pub(crate) fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        start_metrics(cli.metrics_addr, cli.config.as_deref())?;
+        // Read once, here: every command takes its configurations from this one value.
+        let settings = Settings::load(cli.config.as_deref())?;
+        start_metrics(cli.metrics_addr, &settings)?;
         match cli.command {
-            Command::Demo(args) => demo::run(cli.config.as_deref(), args).await,
-            Command::Acquire(args) => {
-                let file = cli.config.as_deref();
-                acquire::run(file, load_config(file)?, args).await
-            }
-            Command::Rollout(args) => rollout::run(cli.config.as_deref(), args).await,
-            Command::Status(args) => status::run(load_config(cli.config.as_deref())?, args).await,
-            Command::SetLimit(args) => {
-                status::set_limit(load_config(cli.config.as_deref())?, args).await
-            }
-            Command::Bench(args) => bench::run(load_config(cli.config.as_deref())?, args).await,
-            Command::Batch(args) => batch::run(cli.config.as_deref(), args).await,
-            Command::Soak(args) => soak::run(args).await,
-            Command::Sim(args) => sim::run(load_config(cli.config.as_deref())?, args).await,
-            Command::Migrate(args) => vault::run_migrate(cli.config.as_deref(), args).await,
-            Command::Keys(args) => vault::run_keys(cli.config.as_deref(), args).await,
-            Command::ImportLegacy(args) => {
-                vault::run_import_legacy(cli.config.as_deref(), args).await
-            }
+            Command::Demo(args) => demo::run(&settings, args).await,
+            Command::Acquire(args) => acquire::run(&settings, settings.rate_limit()?, args).await,
+            Command::Rollout(args) => rollout::run(&settings, args).await,
+            Command::Status(args) => status::run(settings.rate_limit()?, args).await,
+            Command::SetLimit(args) => status::set_limit(settings.rate_limit()?, args).await,
+            Command::Bench(args) => bench::run(settings.rate_limit()?, args).await,
+            Command::Batch(args) => batch::run(&settings, args).await,
+            Command::Soak(args) => soak::run(&settings, args).await,
+            Command::Sim(args) => sim::run(settings.rate_limit()?, args).await,
+            Command::Migrate(args) => vault::run_migrate(&settings, args).await,
+            Command::Keys(args) => vault::run_keys(&settings, args).await,
+            Command::ImportLegacy(args) => vault::run_import_legacy(&settings, args).await,
         }
     });
     match result {
@@ -120,25 +116,19 @@ pub(crate) fn main() -> ExitCode {
 
 pub(crate) type CliResult = Result<ExitCode, Box<dyn std::error::Error + Send + Sync>>;
 
-pub(crate) fn load_config(
-    file: Option<&std::path::Path>,
-) -> Result<RateLimitConfig, torn_quota::Error> {
-    RateLimitConfig::from_sources(file, |name| std::env::var(name).ok())
-}
-
 /// Starts the Prometheus exporter when `--metrics-addr` is given, with a task that keeps
 /// the clock-gap gauge fresh against the configured Redis.
 #[cfg(feature = "prometheus")]
 fn start_metrics(
     addr: Option<std::net::SocketAddr>,
-    file: Option<&std::path::Path>,
+    settings: &Settings,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let Some(addr) = addr else { return Ok(()) };
     torn_quota::metrics::install_prometheus(addr)?;
     eprintln!("metrics on http://{addr}/metrics");
     // Without a usable Redis configuration the gauge stays unset; the command itself says
     // what is wrong with the configuration.
-    if let Ok(limiter) = load_config(file).and_then(torn_quota::Limiter::redis) {
+    if let Ok(limiter) = settings.rate_limit().and_then(torn_quota::Limiter::redis) {
         torn_quota::metrics::spawn_clock_gap_task(limiter, std::time::Duration::from_secs(30));
     }
     Ok(())
@@ -148,7 +138,7 @@ fn start_metrics(
 #[cfg(not(feature = "prometheus"))]
 fn start_metrics(
     addr: Option<std::net::SocketAddr>,
-    _file: Option<&std::path::Path>,
+    _settings: &Settings,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     match addr {
         None => Ok(()),

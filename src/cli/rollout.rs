@@ -1,7 +1,6 @@
 //! `torn-quota rollout`: what the shadow found (report, reset), where a user is routed, and
 //! the legacy table's cleanup; plus the router every deciding command builds.
 
-use std::path::Path;
 use std::process::ExitCode;
 
 use serde_json::json;
@@ -10,7 +9,7 @@ use torn_quota::rollout::{
 };
 use torn_quota::{Limiter, RateLimitConfig, TornUserId};
 
-use super::{CliResult, emit, load_config, user_id};
+use super::{CliResult, Settings, emit, user_id};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
@@ -47,30 +46,26 @@ struct RouteArgs {
     user: TornUserId,
 }
 
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok()
-}
-
 /// The router for the configuration: the per-user limiter in Redis and, when the mode or the
 /// percentage may route anyone to legacy, the legacy limiter on `DATABASE_URL`. Neither
 /// connects before its first decision, so a call that only one of them decides never needs
 /// the other to answer.
 pub(crate) fn open(
-    file: Option<&Path>,
+    settings: &Settings,
     config: RateLimitConfig,
 ) -> Result<RolloutLimiter, Box<dyn std::error::Error + Send + Sync>> {
-    Ok(open_on(file, Limiter::redis(config)?)?)
+    Ok(open_on(settings, Limiter::redis(config)?)?)
 }
 
 /// A Torn client whose every call takes its quota through the gate the configuration's
 /// mode and percentage choose (the legacy limiter on `DATABASE_URL` when they route anyone
 /// to it), over `limiter`.
 pub(crate) fn client(
-    file: Option<&Path>,
+    settings: &Settings,
     limiter: Limiter,
     torn: torn_quota::torn::TornClientConfig,
 ) -> Result<torn_quota::torn::TornClient, torn_quota::Error> {
-    let rollout = open_on(file, limiter.clone())?;
+    let rollout = open_on(settings, limiter.clone())?;
     let gate = torn_quota::gate::QuotaGate::builder(limiter.clone(), &torn)
         .rollout(rollout)
         .build()?;
@@ -80,12 +75,12 @@ pub(crate) fn client(
 }
 
 /// The router for `limiter`'s configuration, as [`open`] builds it.
-fn open_on(file: Option<&Path>, limiter: Limiter) -> Result<RolloutLimiter, torn_quota::Error> {
+fn open_on(settings: &Settings, limiter: Limiter) -> Result<RolloutLimiter, torn_quota::Error> {
     let config = limiter.config().clone();
     let needs = needs_legacy(config.mode(), config.rollout_percent());
     #[cfg(feature = "legacy")]
     let legacy = if needs {
-        let db = torn_quota::vault::DatabaseConfig::from_sources(file, env).map_err(|e| {
+        let db = settings.database().map_err(|e| {
             match e {
                 // Say why a per-user deployment suddenly wants a database.
                 torn_quota::Error::Config { setting, reason } => torn_quota::Error::Config {
@@ -108,7 +103,7 @@ fn open_on(file: Option<&Path>, limiter: Limiter) -> Result<RolloutLimiter, torn
         None
     };
     #[cfg(not(feature = "legacy"))]
-    let _ = (needs, file, env as fn(&str) -> Option<String>);
+    let _ = (needs, settings);
     let builder = RolloutLimiter::builder(limiter);
     #[cfg(feature = "legacy")]
     let builder = match legacy {
@@ -118,8 +113,8 @@ fn open_on(file: Option<&Path>, limiter: Limiter) -> Result<RolloutLimiter, torn
     builder.build()
 }
 
-pub(crate) async fn run(file: Option<&Path>, args: Args) -> CliResult {
-    let config = load_config(file)?;
+pub(crate) async fn run(settings: &Settings, args: Args) -> CliResult {
+    let config = settings.rate_limit()?;
     match args.command {
         RolloutCommand::Report(a) => report(&config, a.top).await,
         RolloutCommand::Reset => {
@@ -145,7 +140,8 @@ pub(crate) async fn run(file: Option<&Path>, args: Args) -> CliResult {
         }
         #[cfg(feature = "legacy")]
         RolloutCommand::Cleanup => {
-            let pool = torn_quota::vault::DatabaseConfig::from_sources(file, env)?
+            let pool = settings
+                .database()?
                 .statement_timeout(None)
                 .connect()
                 .await?;

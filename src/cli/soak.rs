@@ -30,8 +30,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::{Value, json};
 use torn_quota::batch::{BatchConfig, BatchHandler, BatchRequest, PoolKey};
 use torn_quota::sim::{RandomFaults, SimConfig, SimKey, Simulator};
-use torn_quota::torn::{AccessLevel, ApiKey, KeyInfo, TornClient, TornClientConfig};
-use torn_quota::vault::{AddOptions, AppUserId, ResolveOwner, Vault, VaultConfig};
+use torn_quota::torn::{AccessLevel, ApiKey, KeyInfo, TornClient};
+use torn_quota::vault::{AddOptions, AppUserId, ResolveOwner, Vault};
 use torn_quota::{Limiter, OnRedisDown, RateLimitConfig, TornUserId};
 
 use super::{CliResult, emit};
@@ -115,9 +115,9 @@ pub(crate) struct Args {
     until_ms: u64,
 }
 
-pub(crate) async fn run(args: Args) -> CliResult {
+pub(crate) async fn run(settings: &super::Settings, args: Args) -> CliResult {
     if args.worker {
-        return worker(&args).await;
+        return worker(settings, &args).await;
     }
     if args.window_ms == 0 {
         return Err("--window-ms must be at least 1".into());
@@ -413,9 +413,10 @@ async fn setup_vault(
         base64::engine::general_purpose::STANDARD.encode(bytes)
     };
     let env = vault_env(&pg, &encryption_key);
-    let config = VaultConfig::from_sources(None, |name| {
+    let config = super::Settings::from_sources(None, |name| {
         env.iter().find(|(n, _)| *n == name).map(|(_, v)| v.clone())
     })
+    .and_then(|s| s.vault())
     .map_err(|e| e.to_string())?;
     let vault = Vault::connect(&config).await.map_err(|e| e.to_string())?;
     torn_quota::vault::migrate(vault.pool())
@@ -971,19 +972,19 @@ async fn limiter_recovered(limiter: &Limiter, probe: TornUserId) -> bool {
     }
 }
 
-async fn worker(args: &Args) -> CliResult {
+async fn worker(settings: &super::Settings, args: &Args) -> CliResult {
     let keys = args.keys.as_deref().ok_or("--worker needs --keys")?;
     let mut pool = read_pool(keys)?;
-    let config = super::load_config(None)?;
+    let config = settings.rate_limit()?;
     if !matches!(config.on_redis_down(), OnRedisDown::LocalFallback { .. }) {
         return Err("a soak worker runs with TORN_QUOTA_ON_REDIS_DOWN=local".into());
     }
     let limiter = Limiter::redis(config)?;
-    let torn = TornClientConfig::from_sources(None, |n| std::env::var(n).ok())?;
+    let torn = settings.torn_client()?;
     let client = TornClient::new(limiter.clone(), torn)?;
     let mut vault = match &args.vault_user {
         Some(user) => Some(VaultPool {
-            vault: Vault::connect(&VaultConfig::from_env()?).await?,
+            vault: Vault::connect(&settings.vault()?).await?,
             user: user.parse()?,
             down: None,
             degraded: Duration::ZERO,

@@ -4,18 +4,15 @@
 
 use std::io::{IsTerminal, Read};
 use std::num::{NonZeroU32, NonZeroU64};
-use std::path::Path;
 use std::process::ExitCode;
 
 use serde_json::{Value, json};
-use torn_quota::torn::{ApiKey, TornClient, TornClientConfig, TornErrorCode};
-use torn_quota::vault::{
-    AddOptions, AppUserId, DatabaseConfig, StoredKey, StoredKeyId, Vault, VaultConfig, migrate,
-};
+use torn_quota::torn::{ApiKey, TornClient, TornErrorCode};
+use torn_quota::vault::{AddOptions, AppUserId, StoredKey, StoredKeyId, Vault, migrate};
 use torn_quota::{Error, Limiter};
 use zeroize::Zeroizing;
 
-use super::{CliResult, emit};
+use super::{CliResult, Settings, emit};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct MigrateArgs {}
@@ -96,14 +93,10 @@ fn key_id(raw: &str) -> Result<StoredKeyId, String> {
         .map_err(|_| format!("'{raw}' is not a key id (a UUID, as `keys list` shows)"))
 }
 
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok()
-}
-
 /// `torn-quota migrate`.
-pub(crate) async fn run_migrate(config: Option<&Path>, _args: MigrateArgs) -> CliResult {
+pub(crate) async fn run_migrate(settings: &Settings, _args: MigrateArgs) -> CliResult {
     // A backfill of a large legacy table may take longer than any statement timeout.
-    let db = DatabaseConfig::from_sources(config, env)?.statement_timeout(None);
+    let db = settings.database()?.statement_timeout(None);
     let pool = db.connect().await?;
     let report = migrate(&pool).await?;
     for m in &report.applied {
@@ -127,10 +120,10 @@ pub(crate) async fn run_migrate(config: Option<&Path>, _args: MigrateArgs) -> Cl
 }
 
 /// `torn-quota keys ...`.
-pub(crate) async fn run_keys(config: Option<&Path>, args: KeysArgs) -> CliResult {
-    let vault = open_vault(config).await?;
+pub(crate) async fn run_keys(settings: &Settings, args: KeysArgs) -> CliResult {
+    let vault = open_vault(settings).await?;
     match args.command {
-        KeysCommand::Add(a) => add(&vault, a, config).await,
+        KeysCommand::Add(a) => add(&vault, a, settings).await,
         KeysCommand::List(a) => list(&vault, &a).await,
         KeysCommand::Remove(a) => {
             let removed = vault.remove_key(a.user, a.id).await?;
@@ -159,8 +152,8 @@ pub(crate) async fn run_keys(config: Option<&Path>, args: KeysArgs) -> CliResult
 }
 
 /// `torn-quota import-legacy`.
-pub(crate) async fn run_import_legacy(config: Option<&Path>, args: ImportLegacyArgs) -> CliResult {
-    let raw = Zeroizing::new(env("TORN_API_KEY").unwrap_or_default());
+pub(crate) async fn run_import_legacy(settings: &Settings, args: ImportLegacyArgs) -> CliResult {
+    let raw = Zeroizing::new(std::env::var("TORN_API_KEY").unwrap_or_default());
     if raw.trim().is_empty() {
         return Err(Error::Config {
             setting: "TORN_API_KEY",
@@ -175,8 +168,8 @@ pub(crate) async fn run_import_legacy(config: Option<&Path>, args: ImportLegacyA
             other => other.to_string(),
         },
     })?;
-    let vault = open_vault(config).await?;
-    let resolver = resolver(config).await?;
+    let vault = open_vault(settings).await?;
+    let resolver = resolver(settings).await?;
     let imported = match vault.import_legacy(args.user, &key, &resolver).await {
         Err(e) if is_refusal(&e) => return Ok(refused(&e)),
         other => other?,
@@ -204,12 +197,12 @@ pub(crate) async fn run_import_legacy(config: Option<&Path>, args: ImportLegacyA
     Ok(ExitCode::SUCCESS)
 }
 
-async fn open_vault(config: Option<&Path>) -> Result<Vault, Error> {
-    let config = VaultConfig::from_sources(config, env)?;
+async fn open_vault(settings: &Settings) -> Result<Vault, Error> {
+    let config = settings.vault()?;
     Vault::connect(&config).await
 }
 
-async fn add(vault: &Vault, args: AddArgs, config: Option<&Path>) -> CliResult {
+async fn add(vault: &Vault, args: AddArgs, settings: &Settings) -> CliResult {
     let key = match read_key() {
         Ok(key) => key,
         Err(e) => return Ok(refused(&e)),
@@ -218,7 +211,7 @@ async fn add(vault: &Vault, args: AddArgs, config: Option<&Path>) -> CliResult {
         primary: args.primary,
         max_requests_per_minute: args.max_per_minute,
     };
-    let resolver = resolver(config).await?;
+    let resolver = resolver(settings).await?;
     let added = match vault
         .add_key_with(args.user, &key, &resolver, options)
         .await
@@ -430,8 +423,8 @@ fn refused(e: &Error) -> ExitCode {
 /// ([`TornClient::key_info`]) for every key it stores or re-enables, so the call is
 /// counted on the owner's quota like every other call (on Redis when it answers; else in
 /// this process only, which is said on stderr).
-async fn resolver(config: Option<&Path>) -> Result<TornClient, Error> {
-    let limits = super::load_config(config)?;
+async fn resolver(settings: &Settings) -> Result<TornClient, Error> {
+    let limits = settings.rate_limit()?;
     let limiter = Limiter::redis(limits.clone())?;
     let limiter = if limiter.ping().await.is_ok() {
         limiter
@@ -442,9 +435,5 @@ async fn resolver(config: Option<&Path>) -> Result<TornClient, Error> {
         );
         Limiter::in_memory(limits)
     };
-    super::rollout::client(
-        config,
-        limiter,
-        TornClientConfig::from_sources(config, env)?,
-    )
+    super::rollout::client(settings, limiter, settings.torn_client()?)
 }

@@ -852,11 +852,8 @@ mod tests {
     #[test]
     #[cfg(feature = "settings")]
     fn a_user_given_twice_is_refused() {
-        let err = from_sources(
-            None,
-            env(&[("TORN_QUOTA_USER_LIMITS", "7=40, 8=5, 7=50")]),
-        )
-        .unwrap_err();
+        let err =
+            from_sources(None, env(&[("TORN_QUOTA_USER_LIMITS", "7=40, 8=5, 7=50")])).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("user 7 is given twice"), "{msg}");
         assert_eq!(setting_of(err), "TORN_QUOTA_USER_LIMITS");
@@ -898,8 +895,7 @@ mod tests {
             "unix:///tmp/redis.sock",
             "redis://10.0.0.1:7000,redis://:s3cret@[bad",
         ] {
-            let err = from_sources(None, env(&[("REDIS_CLUSTER_URLS", bad)]))
-                .unwrap_err();
+            let err = from_sources(None, env(&[("REDIS_CLUSTER_URLS", bad)])).unwrap_err();
             let message = err.to_string();
             assert!(!message.contains("s3cret"), "{message}");
             assert_eq!(setting_of(err), "REDIS_CLUSTER_URLS", "for {bad:?}");
@@ -946,8 +942,7 @@ mod tests {
              [TORN_QUOTA_USER_LIMITS]\n7 = 40\n",
         )
         .unwrap();
-        let c =
-            from_sources(Some(&path), env(&[("TORN_QUOTA_LIMIT", "90")])).unwrap();
+        let c = from_sources(Some(&path), env(&[("TORN_QUOTA_LIMIT", "90")])).unwrap();
         assert_eq!(c.limit().get(), 90);
         assert_eq!(c.window_ms(), 1000);
         assert_eq!(c.limit_for(TornUserId::new(7)).get(), 40);

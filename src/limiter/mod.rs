@@ -23,9 +23,7 @@ pub(crate) use redis::Conn as RedisConn;
 use redis::RedisBackend;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use config::{
-    MAX_CONNECTIONS, Mode, OnRedisDown, RateLimitConfig, RateLimitConfigBuilder,
-};
+pub use config::{MAX_CONNECTIONS, Mode, OnRedisDown, RateLimitConfig, RateLimitConfigBuilder};
 pub use keys::{BucketKeys, KeyBuilder};
 
 /// A Torn player id: the identity Torn limits, so the identity every bucket is keyed by.

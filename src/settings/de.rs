@@ -272,12 +272,15 @@ pub(super) fn user_limits<'de, D: Deserializer<'de>>(
         }
     }
     let text = d.deserialize_any(V)?;
-    parse_user_limits(&text).map(Some).map_err(de::Error::custom)
+    parse_user_limits(&text)
+        .map(Some)
+        .map_err(de::Error::custom)
 }
 
 fn parse_user_limits(raw: &str) -> Result<Vec<(TornUserId, NonZeroU32)>, String> {
-    let bad =
-        |part: &str| format!("expected ID=LIMIT pairs separated by commas (LIMIT >= 1), got '{part}'");
+    let bad = |part: &str| {
+        format!("expected ID=LIMIT pairs separated by commas (LIMIT >= 1), got '{part}'")
+    };
     let mut pairs: Vec<(TornUserId, NonZeroU32)> = Vec::new();
     for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (id, limit) = part.split_once('=').ok_or_else(|| bad(part))?;

@@ -42,13 +42,18 @@ pub(super) fn read(path: &Path, names: &[&str]) -> Result<toml::Table> {
 pub(super) fn unknown(path: Option<&Path>, key: &str, names: &[&str]) -> Error {
     Error::ConfigFile {
         path: path.map_or_else(|| "settings".to_owned(), |p| p.display().to_string()),
-        source: format!("unknown setting '{key}'; known settings: {}", names.join(", ")).into(),
+        source: format!(
+            "unknown setting '{key}'; known settings: {}",
+            names.join(", ")
+        )
+        .into(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::settings::{Secret, Settings};
 
     fn file(text: &str) -> tempfile_path::Path {
         tempfile_path::Path::new(text)
@@ -78,14 +83,29 @@ mod tests {
         }
     }
 
+    fn read(file: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Settings> {
+        Settings::from_sources(Some(file), env)
+    }
+
+    /// The error and its causes on one line, as the binary prints them.
+    fn chain(err: &Error) -> String {
+        match std::error::Error::source(err) {
+            Some(cause) => format!("{err}: {cause}"),
+            None => err.to_string(),
+        }
+    }
+
     #[test]
     fn the_environment_wins_over_the_file_for_its_own_names() {
         let f = file("TORN_QUOTA_LIMIT = 7\nTORN_QUOTA_WINDOW_MS = 1000\n");
         let env = |n: &str| (n == "TORN_QUOTA_LIMIT").then(|| " 9 ".to_owned());
-        let s = Sources::read(Some(f.get()), env, &["TORN_QUOTA_LIMIT"]).unwrap();
-        assert_eq!(s.get("TORN_QUOTA_LIMIT"), Some("9"));
-        assert_eq!(s.get("TORN_QUOTA_WINDOW_MS"), Some("1000"));
-        assert_eq!(s.get("REDIS_URL"), None);
+        let s = read(f.get(), env).unwrap();
+        assert_eq!(s.torn_quota_limit.map(|l| l.get()), Some(9));
+        assert_eq!(
+            s.torn_quota_window_ms,
+            Some(std::time::Duration::from_secs(1))
+        );
+        assert!(s.redis_url.is_none());
     }
 
     #[test]
@@ -95,16 +115,22 @@ mod tests {
              REDIS_CLUSTER_URLS = [\"redis://a:1\", \"redis://b:2\"]\n\
              [TORN_QUOTA_USER_LIMITS]\n4 = 50\n",
         );
-        let s = Sources::read(Some(f.get()), |_| None, &[]).unwrap();
-        assert_eq!(s.get("TORN_API_MAX_ATTEMPTS"), Some("2"));
-        assert_eq!(s.get("REDIS_CLUSTER_URLS"), Some("redis://a:1,redis://b:2"));
-        assert_eq!(s.get("TORN_QUOTA_USER_LIMITS"), Some("4=50"));
+        let s = read(f.get(), |_| None).unwrap();
+        assert_eq!(s.torn_api_max_attempts, Some(2));
+        let urls: Vec<&str> = s
+            .redis_cluster_urls
+            .iter()
+            .flatten()
+            .map(Secret::expose)
+            .collect();
+        assert_eq!(urls, ["redis://a:1", "redis://b:2"]);
+        let limits = s.torn_quota_user_limits.unwrap();
+        assert_eq!(limits.len(), 1);
+        assert_eq!((limits[0].0.get(), limits[0].1.get()), (4, 50));
 
         let typo = file("TORN_QUOTA_LIMTI = 7\n");
-        let err = Sources::read(Some(typo.get()), |_| None, &[])
-            .err()
-            .unwrap();
-        let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+        let err = read(typo.get(), |_| None).err().unwrap();
+        let chain = chain(&err);
         assert!(
             chain.contains("unknown setting 'TORN_QUOTA_LIMTI'"),
             "{chain}"
@@ -122,8 +148,8 @@ mod tests {
             ("[TORN_QUOTA_USER_LIMITS]\n4 = 50\n5 = 1\n4 = 60\n", 4),
         ] {
             let f = file(text);
-            let err = Sources::read(Some(f.get()), |_| None, &[]).err().unwrap();
-            let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+            let err = read(f.get(), |_| None).err().unwrap();
+            let chain = chain(&err);
             assert!(
                 chain.contains(&format!("duplicate key at line {line}")),
                 "{text:?}: {chain}"
@@ -134,8 +160,8 @@ mod tests {
     #[test]
     fn a_syntax_error_names_its_line_and_never_quotes_it() {
         let f = file("TORN_QUOTA_LIMIT = 7\nTORN_QUOTA_ENCRYPTION_KEY = \"s3cret\n");
-        let err = Sources::read(Some(f.get()), |_| None, &[]).err().unwrap();
-        let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+        let err = read(f.get(), |_| None).err().unwrap();
+        let chain = chain(&err);
         assert!(chain.contains("line 2"), "{chain}");
         assert!(!chain.contains("s3cret"), "{chain}");
     }

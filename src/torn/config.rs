@@ -633,8 +633,7 @@ mod tests {
              TORN_API_MAX_ATTEMPTS = 4\nTORN_API_PAUSE_MS = 900\n",
         )
         .unwrap();
-        let c = from_sources(Some(&path), env(&[("TORN_API_PAUSE_MS", "100")]))
-            .unwrap();
+        let c = from_sources(Some(&path), env(&[("TORN_API_PAUSE_MS", "100")])).unwrap();
         assert_eq!(c.max_attempts().get(), 4);
         assert_eq!(c.pause(), Duration::from_millis(100));
 
@@ -650,13 +649,10 @@ mod tests {
     fn the_key_recheck_defaults_to_a_day_and_is_bounded_by_one() {
         let c = from_sources(None, env(&[])).unwrap();
         assert_eq!(c.key_recheck(), Duration::from_secs(86_400));
-        let c = from_sources(None, env(&[("TORN_API_KEY_RECHECK_MS", "500")]))
-            .unwrap();
+        let c = from_sources(None, env(&[("TORN_API_KEY_RECHECK_MS", "500")])).unwrap();
         assert_eq!(c.key_recheck(), Duration::from_millis(500));
         for bad in ["0", "86400001", "soon"] {
-            let err =
-                from_sources(None, env(&[("TORN_API_KEY_RECHECK_MS", bad)]))
-                    .unwrap_err();
+            let err = from_sources(None, env(&[("TORN_API_KEY_RECHECK_MS", bad)])).unwrap_err();
             assert_eq!(setting_of(&err), "TORN_API_KEY_RECHECK_MS", "{bad}");
         }
     }

@@ -340,7 +340,10 @@ mod tests {
     /// The database configuration the one [`Settings`](crate::settings::Settings) reader
     /// makes of `file` and `env`.
     #[cfg(feature = "settings")]
-    fn database(file: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<DatabaseConfig> {
+    fn database(
+        file: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<DatabaseConfig> {
         crate::settings::Settings::from_sources(file, env)?.database()
     }
 
@@ -377,9 +380,8 @@ mod tests {
             "postgres://u:hunter2pass@h:notaport/db",
             "postgres://u:hunter2pass@h/db?sslmode=hunter2pass",
         ] {
-            let (name, reason) = setting(
-                database(None, env(&[("DATABASE_URL", bad)])).unwrap_err(),
-            );
+            let (name, reason) =
+                setting(database(None, env(&[("DATABASE_URL", bad)])).unwrap_err());
             assert_eq!(name, "DATABASE_URL", "{bad}");
             assert!(!reason.contains("hunter2pass"), "{reason}");
         }
@@ -451,8 +453,7 @@ mod tests {
             "TORN_QUOTA_DATABASE_MAX_CONNECTIONS",
             "TORN_QUOTA_DATABASE_ACQUIRE_TIMEOUT_MS",
         ] {
-            let (got, _) =
-                setting(database(None, env(&[url, (name, "0")])).unwrap_err());
+            let (got, _) = setting(database(None, env(&[url, (name, "0")])).unwrap_err());
             assert_eq!(got, name);
         }
         let c = database(
@@ -466,10 +467,8 @@ mod tests {
     #[test]
     #[cfg(feature = "settings")]
     fn the_vault_needs_the_encryption_key() {
-        let (name, _) = setting(
-            vault(None, env(&[("DATABASE_URL", "postgres://localhost/db")]))
-                .unwrap_err(),
-        );
-        assert_eq!(name, ENCRYPTION_KEY_SETTING);
+        let (name, _) =
+            setting(vault(None, env(&[("DATABASE_URL", "postgres://localhost/db")])).unwrap_err());
+        assert_eq!(name, crate::vault::ENCRYPTION_KEY_SETTING);
     }
 }
