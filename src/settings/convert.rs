@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::limiter::{OnRedisDown, RateLimitConfig};
-use crate::settings::{RedisDownPolicy, Settings};
+use crate::settings::{RedisDownPolicy, Secret, Settings};
 use crate::torn::TornClientConfig;
 use crate::vault::{DatabaseConfig, Keyring, VaultConfig};
 
@@ -156,7 +156,7 @@ impl Settings {
 
     /// The encryption keys; `TORN_QUOTA_ENCRYPTION_KEY` is required.
     pub fn keyring(&self) -> Result<Keyring> {
-        Keyring::from_setting(self.torn_quota_encryption_key.as_ref().map(|k| k.expose()))
+        Keyring::from_setting(self.torn_quota_encryption_key.as_ref().map(Secret::expose))
     }
 
     /// The vault's configuration: the database and the encryption keys.

@@ -100,7 +100,7 @@ mod tests {
         let f = file("TORN_QUOTA_LIMIT = 7\nTORN_QUOTA_WINDOW_MS = 1000\n");
         let env = |n: &str| (n == "TORN_QUOTA_LIMIT").then(|| " 9 ".to_owned());
         let s = read(f.get(), env).unwrap();
-        assert_eq!(s.torn_quota_limit.map(|l| l.get()), Some(9));
+        assert_eq!(s.torn_quota_limit.map(std::num::NonZeroU32::get), Some(9));
         assert_eq!(
             s.torn_quota_window_ms,
             Some(std::time::Duration::from_secs(1))
