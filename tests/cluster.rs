@@ -388,6 +388,7 @@ async fn users_on_different_nodes_each_get_exactly_their_limit() {
     }
 }
 
+#[cfg(feature = "settings")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_cluster_urls_from_the_environment_switch_to_the_cluster() {
     let c = cluster();

@@ -460,6 +460,7 @@ mod tests {
         crate::settings::Settings::from_sources(file, env)?.torn_client()
     }
 
+    #[cfg(feature = "settings")]
     fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
         move |name| {
             pairs

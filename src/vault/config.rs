@@ -335,6 +335,7 @@ impl VaultConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(feature = "settings")]
     use std::path::Path;
 
     /// The database configuration the one [`Settings`](crate::settings::Settings) reader
@@ -353,6 +354,7 @@ mod tests {
         crate::settings::Settings::from_sources(file, env)?.vault()
     }
 
+    #[cfg(feature = "settings")]
     fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
         move |name| {
             pairs

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
 use std::time::Duration;
 
-use crate::error::{Error, Result};
+use crate::error::Error;
 use crate::limiter::TornUserId;
 
 pub use builder::RateLimitConfigBuilder;
@@ -103,7 +103,7 @@ impl RateLimitConfig {
     /// Reads the settings once through [`Settings`](crate::settings::Settings): the process
     /// environment over the TOML file that `TORN_QUOTA_CONFIG` names, when set.
     #[cfg(feature = "settings")]
-    pub fn from_env() -> Result<Self> {
+    pub fn from_env() -> crate::error::Result<Self> {
         crate::settings::Settings::from_env()?.rate_limit()
     }
 

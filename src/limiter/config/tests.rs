@@ -12,6 +12,7 @@ fn from_sources(
     crate::settings::Settings::from_sources(file, env)?.rate_limit()
 }
 
+#[cfg(feature = "settings")]
 fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
     move |name| {
         pairs
