@@ -150,6 +150,12 @@ pub(super) fn secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, 
     Ok((!v.is_empty()).then(|| Secret::new(v)))
 }
 
+/// A secret, trimmed, kept even when empty: an empty `REDIS_URL` is refused by the
+/// builder, as it always was, rather than silently meaning the default.
+pub(super) fn secret_kept<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
+    Ok(Some(Secret::new(raw(d)?.trimmed())))
+}
+
 /// A list of URLs (which may carry passwords): comma-separated, or a TOML list of strings.
 /// Blanks around each are dropped; at least one.
 pub(super) fn secret_list<'de, D: Deserializer<'de>>(

@@ -51,7 +51,7 @@ pub enum RedisDownPolicy {
 pub struct Settings {
     // --- the limiter ---
     /// `REDIS_URL`: the Redis the limiter uses (default `redis://127.0.0.1:6379`).
-    #[serde(deserialize_with = "de::secret")]
+    #[serde(deserialize_with = "de::secret_kept")]
     pub redis_url: Option<Secret>,
     /// `REDIS_CLUSTER_URLS`: Redis Cluster node URLs (comma-separated, or a TOML list); when
     /// set, used instead of `REDIS_URL`.

@@ -1,6 +1,7 @@
 //! The limiter's configuration: defaults, bounds, and every bad value named by its setting.
 
 use super::*;
+use crate::error::Result;
 
 /// The configuration the one [`Settings`](crate::settings::Settings) reader makes of
 /// `file` and `env`, as the binary reads it.
