@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::redis_server::PrivateRedis;
+
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
@@ -645,61 +647,6 @@ async fn an_access_need_is_learned_once_per_selection_for_every_process() {
     assert_eq!(after.errors(16), 1, "{after:?}");
     // At most the key lookup reached Torn.
     assert!(after.requests - before <= 1, "{after:?}");
-}
-
-/// A `redis-server` of the test's own on a free port, so freezing it disturbs no other test.
-struct PrivateRedis {
-    port: u16,
-    child: std::process::Child,
-}
-
-impl PrivateRedis {
-    fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("this test starts its own redis-server, which must be on PATH");
-        let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while client
-            .get_connection()
-            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-            .is_err()
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "private redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self { port, child }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Redis freezes for 3 s in the middle of a batch: the batch waits it out with back-off

@@ -9,7 +9,14 @@ use std::time::Duration;
 
 use torn_quota::{RateLimitConfig, RateLimitConfigBuilder};
 
+pub mod metrics;
 pub mod pg;
+pub mod redis_server;
+#[cfg(feature = "legacy")]
+pub mod rollout;
+pub mod vault;
+#[cfg(feature = "cli")]
+pub mod vault_cli;
 
 pub fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
