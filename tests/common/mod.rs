@@ -10,6 +10,7 @@ use std::time::Duration;
 use torn_quota::{RateLimitConfig, RateLimitConfigBuilder};
 
 pub mod metrics;
+pub mod oracle_worker;
 pub mod pg;
 pub mod redis_server;
 #[cfg(feature = "legacy")]
