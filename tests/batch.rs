@@ -4,95 +4,21 @@
 
 mod common;
 
-use common::redis_server::PrivateRedis;
+use common::batch::{
+    LIMIT, MARGIN, WINDOW, api_keys, assert_in_order, assert_torn_satisfied, basic, handler, key,
+    limiter_config, sim,
+};
 
-use std::num::{NonZeroU32, NonZeroUsize};
+use std::num::NonZeroU32;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
-use torn_quota::batch::{BatchConfig, BatchHandler, BatchOutcome, BatchRequest, Progress};
-use torn_quota::sim::{KeyState, SimConfig, SimHandle, SimKey, Simulator};
+use torn_quota::batch::{BatchConfig, BatchHandler, BatchRequest, Progress};
+use torn_quota::sim::{KeyState, SimConfig, SimKey, Simulator};
 use torn_quota::torn::{AccessLevel, ApiKey, KeyHash, TornClient, TornClientConfig};
 use torn_quota::{Limiter, RateLimitConfig, TornUserId};
-
-const LIMIT: u32 = 10;
-const WINDOW: Duration = Duration::from_millis(500);
-const MARGIN: Duration = Duration::from_millis(40);
-
-/// A key for owner `owner`, numbered `n`: 16 alphanumerics.
-fn key(owner: u64, n: u32) -> String {
-    format!("Owner{owner:05}Key{n:03}")
-}
-
-async fn sim(keys: Vec<SimKey>) -> SimHandle {
-    let config = SimConfig::builder()
-        .limit(NonZeroU32::new(LIMIT).unwrap())
-        .window(WINDOW)
-        .build()
-        .unwrap();
-    Simulator::start(keys, config).await.unwrap()
-}
-
-fn limiter_config(name: &str) -> RateLimitConfig {
-    common::config(name, LIMIT, WINDOW.as_millis() as u64)
-        .build()
-        .unwrap()
-}
-
-fn handler(sim: &SimHandle, config: RateLimitConfig) -> BatchHandler {
-    let limiter = Limiter::redis(config).unwrap();
-    let client = TornClient::new(
-        limiter,
-        TornClientConfig::builder()
-            .base_url(sim.base_url())
-            .safety_margin(MARGIN)
-            .retry_min_delay(Duration::from_millis(5))
-            .owner_hold(Duration::from_millis(100))
-            .build()
-            .unwrap(),
-    )
-    .unwrap();
-    BatchHandler::new(
-        client,
-        BatchConfig::default().concurrency(NonZeroUsize::new(16).unwrap()),
-    )
-}
-
-fn basic(ids: std::ops::Range<u64>) -> Vec<BatchRequest> {
-    ids.map(|id| BatchRequest::new(format!("user/{id}/basic")))
-        .collect()
-}
-
-fn api_keys(keys: &[&SimKey]) -> Vec<ApiKey> {
-    keys.iter().map(|k| ApiKey::new(&k.key).unwrap()).collect()
-}
-
-/// Every result answers its own request: `user/{id}/basic` comes back with that id.
-fn assert_in_order(outcome: &BatchOutcome, first_id: u64) {
-    for (i, r) in outcome.results.iter().enumerate() {
-        let data = r
-            .as_ref()
-            .unwrap_or_else(|e| panic!("request {i} failed: {e}"));
-        assert_eq!(
-            data["profile"]["id"],
-            first_id + i as u64,
-            "result {i} out of order"
-        );
-    }
-}
-
-/// What the simulator saw: never above the limit, never a code 5.
-fn assert_torn_satisfied(sim: &SimHandle) {
-    let c = sim.counters();
-    assert_eq!(c.errors(5), 0, "code-5 answers: {c:?}");
-    assert!(
-        c.max_in_window <= LIMIT,
-        "Torn counted {} in a window",
-        c.max_in_window
-    );
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_owner_one_key_takes_about_three_windows() {
@@ -647,132 +573,4 @@ async fn an_access_need_is_learned_once_per_selection_for_every_process() {
     assert_eq!(after.errors(16), 1, "{after:?}");
     // At most the key lookup reached Torn.
     assert!(after.requests - before <= 1, "{after:?}");
-}
-
-/// Redis freezes for 3 s in the middle of a batch: the batch waits it out with back-off
-/// and finishes with every answer, none lost to an abort.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_redis_freeze_mid_batch_is_waited_out() {
-    let redis = PrivateRedis::start();
-    let k = SimKey::new(key(45, 1), TornUserId::new(45), AccessLevel::Full);
-    let sim = sim(vec![k.clone()]).await;
-    let config = common::config("batch-freeze", LIMIT, WINDOW.as_millis() as u64)
-        .redis_url(redis.url())
-        .command_timeout(Duration::from_millis(500))
-        .build()
-        .unwrap();
-    let client = TornClient::new(
-        Limiter::redis(config).unwrap(),
-        TornClientConfig::builder()
-            .base_url(sim.base_url())
-            // A unit whose settle is lost in the freeze stays provisional this long.
-            .request_timeout(Duration::from_secs(1))
-            .retry_min_delay(Duration::from_millis(50))
-            .retry_max_delay(Duration::from_millis(400))
-            .build()
-            .unwrap(),
-    )
-    .unwrap();
-    let done = Arc::new(Mutex::new(0usize));
-    let seen = done.clone();
-    let handler = BatchHandler::new(client, BatchConfig::default())
-        .on_progress(move |p: Progress| *seen.lock().unwrap() = p.done);
-    let freezer = {
-        let url = redis.url();
-        let done = done.clone();
-        tokio::spawn(async move {
-            while *done.lock().unwrap() < 15 {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            let client = redis::Client::open(url).unwrap();
-            let mut c = client.get_multiplexed_async_connection().await.unwrap();
-            let _: () = redis::cmd("CLIENT")
-                .arg("PAUSE")
-                .arg(3000)
-                .arg("ALL")
-                .query_async(&mut c)
-                .await
-                .unwrap();
-            std::time::Instant::now()
-        })
-    };
-    let started = std::time::Instant::now();
-    let outcome = handler
-        .run(basic(900..940), api_keys(&[&k]))
-        .await
-        .expect("a frozen Redis must not abort the batch");
-    let frozen_at = freezer.await.unwrap();
-    assert_in_order(&outcome, 900);
-    assert_torn_satisfied(&sim);
-    assert!(
-        started.elapsed() > frozen_at.duration_since(started) + Duration::from_secs(2),
-        "the batch did not live through the freeze"
-    );
-}
-
-/// Script calls (`EVAL`, `EVALSHA`) so far, from `INFO commandstats`: one per round trip of
-/// the quota protocol (commands that scripts run inside are counted apart, and left out).
-async fn redis_commands(url: &str) -> u64 {
-    let client = redis::Client::open(url).unwrap();
-    let mut c = client.get_multiplexed_async_connection().await.unwrap();
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    info.lines()
-        .filter(|l| l.starts_with("cmdstat_eval:") || l.starts_with("cmdstat_evalsha:"))
-        .filter_map(|l| {
-            l.split("calls=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
-}
-
-/// What one Torn request costs Redis in a batch: its owner's and the IP's units, asked in
-/// bursts, and their settles, coalesced by the limiter's dispatcher.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_costs_redis_few_commands_per_torn_request() {
-    let redis = PrivateRedis::start();
-    let keys: Vec<SimKey> = (51..=53)
-        .map(|o| SimKey::new(key(o, 1), TornUserId::new(o), AccessLevel::Full))
-        .collect();
-    let sim = sim(keys.clone()).await;
-    let config = common::config("batch-rtt", LIMIT, WINDOW.as_millis() as u64)
-        .redis_url(redis.url())
-        .build()
-        .unwrap();
-    let client = TornClient::new(
-        Limiter::redis(config).unwrap(),
-        TornClientConfig::builder()
-            .base_url(sim.base_url())
-            .build()
-            .unwrap(),
-    )
-    .unwrap();
-    let before = redis_commands(&redis.url()).await;
-    let outcome = BatchHandler::new(client, BatchConfig::default())
-        .run(
-            basic(1000..1090),
-            api_keys(&keys.iter().collect::<Vec<_>>()),
-        )
-        .await
-        .unwrap();
-    assert_in_order(&outcome, 1000);
-    assert_torn_satisfied(&sim);
-    let commands = redis_commands(&redis.url()).await - before;
-
-    let requests = sim.counters().requests;
-    let per_request = commands as f64 / requests as f64;
-    eprintln!("redis script calls per torn request: {commands} / {requests} = {per_request:.2}");
-    // One by one it would be 4 (owner acquire, IP acquire, two settles), plus the refused
-    // asks of every wait.
-    assert!(
-        per_request < 3.0,
-        "{per_request:.2} script calls per request"
-    );
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use torn_quota::{RateLimitConfig, RateLimitConfigBuilder};
 
+pub mod batch;
 pub mod metrics;
 pub mod oracle_worker;
 pub mod pg;
