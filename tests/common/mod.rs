@@ -16,6 +16,7 @@ pub mod pg;
 pub mod redis_server;
 #[cfg(feature = "legacy")]
 pub mod rollout;
+pub mod torn_client;
 pub mod vault;
 #[cfg(feature = "cli")]
 pub mod vault_cli;
