@@ -16,8 +16,11 @@ pub struct Plan {
     pub tasks_per_user: usize,
     /// Also one task per user asking without pause (see [`run`]).
     pub eager: bool,
+    /// Grants per user per window.
     pub limit: u32,
+    /// The window, in milliseconds.
     pub window_ms: u64,
+    /// How long the workers run, in milliseconds.
     pub run_ms: u64,
 }
 

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 /// A private `redis-server`, killed (after a resume, if frozen) when the value drops.
 pub struct PrivateRedis {
+    /// The loopback port it listens on.
     pub port: u16,
     child: Child,
 }

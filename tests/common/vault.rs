@@ -52,8 +52,11 @@ pub async fn count(pool: &PgPool, sql: &str) -> i64 {
 /// the store tests can count and delay calls exactly; the CLI tests use the simulator.
 #[derive(Default)]
 pub struct MapResolver {
+    /// Key to what Torn says of it.
     pub keys: std::sync::Mutex<HashMap<String, KeyInfo>>,
+    /// Calls so far.
     pub calls: AtomicUsize,
+    /// How long each call takes, if it is slow on purpose.
     pub delay: Option<Duration>,
 }
 

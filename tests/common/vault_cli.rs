@@ -8,15 +8,21 @@ use tokio::io::AsyncWriteExt;
 
 /// The operator CLI with its database, Torn and encryption key settings.
 pub struct Cli {
+    /// `DATABASE_URL`.
     pub database_url: String,
+    /// `TORN_API_BASE_URL`: the simulator, or a dead address.
     pub torn: String,
+    /// `TORN_QUOTA_ENCRYPTION_KEY`.
     pub encryption_key: String,
 }
 
 /// What one run of the CLI did.
 pub struct Ran {
+    /// The exit code (None when killed by a signal).
     pub code: Option<i32>,
+    /// Stdout, one JSON object a line.
     pub stdout: String,
+    /// Stderr: the human-readable report.
     pub stderr: String,
 }
 
