@@ -16,12 +16,15 @@ pub struct Recorded {
     totals: Mutex<Totals>,
 }
 
+/// A metric's labels, sorted by key.
+type Labels = Vec<(String, String)>;
+
 #[derive(Default)]
 struct Totals {
     /// `name{k=v,...}` (labels sorted) to the sum of its increments.
     counters: BTreeMap<String, u64>,
     /// Histogram name to each sample with its labels.
-    histograms: BTreeMap<String, Vec<(Vec<(String, String)>, f64)>>,
+    histograms: BTreeMap<String, Vec<(Labels, f64)>>,
 }
 
 impl Recorded {
@@ -53,7 +56,7 @@ impl Recorded {
         let mut totals = self.totals.lock().unwrap();
         for (key, _, _, value) in self.snapshotter.snapshot().into_vec() {
             let (_, key) = key.into_parts();
-            let mut labels: Vec<(String, String)> = key
+            let mut labels: Labels = key
                 .labels()
                 .map(|l| (l.key().to_owned(), l.value().to_owned()))
                 .collect();
