@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::redis_server::PrivateRedis;
+
 use std::process::{Command, Output};
 
 use serde_json::Value;
@@ -211,61 +213,6 @@ fn an_error_chain_shows_each_cause_once() {
         for b in &causes[i + 1..] {
             assert!(!a.contains(b), "a cause repeats: {stderr}");
         }
-    }
-}
-
-/// A `redis-server` of this test alone, on a free port, so freezing it disturbs no other.
-struct PrivateRedis {
-    port: u16,
-    child: std::process::Child,
-}
-
-impl PrivateRedis {
-    fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH");
-        let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while client
-            .get_connection()
-            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-            .is_err()
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "redis-server did not start"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        Self { port, child }
-    }
-
-    fn signal(&self, sig: &str) {
-        let pid = self.child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args([sig, &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.signal("-CONT");
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -9,13 +9,15 @@
 
 mod common;
 
-use std::collections::HashMap;
+use common::metrics::Recorded;
+use common::redis_server::wait_for_ping;
+
 use std::net::TcpListener;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use torn_quota::batch::{BatchConfig, BatchHandler, BatchRequest};
@@ -101,95 +103,22 @@ fn free_port_pair() -> u16 {
 fn cluster() -> &'static Cluster {
     static CLUSTER: OnceLock<Cluster> = OnceLock::new();
     // This process's metrics recorder: the tests read what the Redis backend reports.
-    let _ = metrics::set_global_recorder(TestRecorder);
+    Recorded::global();
     CLUSTER.get_or_init(start_cluster)
 }
 
 /// `torn_quota_redis_noscript_reloads_total` as recorded in this process.
-static RELOADS: AtomicU64 = AtomicU64::new(0);
-/// How many `torn_quota_redis_seconds` samples each operation recorded.
-static TIMED: Mutex<Option<HashMap<String, u64>>> = Mutex::new(None);
-
-struct TestRecorder;
-struct Reloads;
-struct Timed(String);
-
-impl metrics::CounterFn for Reloads {
-    fn increment(&self, value: u64) {
-        RELOADS.fetch_add(value, Ordering::Relaxed);
-    }
-    fn absolute(&self, value: u64) {
-        RELOADS.fetch_max(value, Ordering::Relaxed);
-    }
+fn reloads() -> u64 {
+    Recorded::global().counter_total("torn_quota_redis_noscript_reloads_total")
 }
 
-impl metrics::HistogramFn for Timed {
-    fn record(&self, value: f64) {
-        assert!((0.0..60.0).contains(&value), "a latency of {value} s");
-        *TIMED
-            .lock()
-            .unwrap()
-            .get_or_insert_with(HashMap::new)
-            .entry(self.0.clone())
-            .or_default() += 1;
-    }
-}
-
-impl metrics::Recorder for TestRecorder {
-    fn describe_counter(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn describe_gauge(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn describe_histogram(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
-        if key.name() == "torn_quota_redis_noscript_reloads_total" {
-            metrics::Counter::from_arc(Arc::new(Reloads))
-        } else {
-            metrics::Counter::noop()
-        }
-    }
-    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
-        metrics::Gauge::noop()
-    }
-    fn register_histogram(
-        &self,
-        key: &metrics::Key,
-        _: &metrics::Metadata<'_>,
-    ) -> metrics::Histogram {
-        if key.name() != "torn_quota_redis_seconds" {
-            return metrics::Histogram::noop();
-        }
-        let operation = key
-            .labels()
-            .find(|l| l.key() == "operation")
-            .map_or_else(|| "<none>".to_owned(), |l| l.value().to_owned());
-        metrics::Histogram::from_arc(Arc::new(Timed(operation)))
-    }
-}
-
+/// How many `torn_quota_redis_seconds` samples `operation` recorded, each a sane latency.
 fn timed(operation: &str) -> u64 {
-    TIMED
-        .lock()
-        .unwrap()
-        .as_ref()
-        .and_then(|m| m.get(operation).copied())
-        .unwrap_or(0)
+    let samples = Recorded::global().histogram("torn_quota_redis_seconds", "operation", operation);
+    for value in &samples {
+        assert!((0.0..60.0).contains(value), "a latency of {value} s");
+    }
+    samples.len() as u64
 }
 
 fn start_cluster() -> Cluster {
@@ -259,20 +188,13 @@ fn start_node(port: u16, dir: &std::path::Path) -> Child {
 }
 
 fn wait_for_node(port: u16, dir: &std::path::Path) {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while client
-        .get_connection()
-        .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-        .is_err()
-    {
-        assert!(
-            Instant::now() < deadline,
+    wait_for_ping(
+        port,
+        &format!(
             "cluster node on port {port} did not start (log in {})",
             dir.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        ),
+    );
 }
 
 /// `redis-cli --cluster create` over the nodes, then waits until every node sees all
@@ -534,10 +456,10 @@ async fn script_flush_on_every_node_mid_run_is_invisible_to_callers() {
     }
     // The other scripts reload too, and each reload is counted.
     for &user in &users {
-        let before = RELOADS.load(Ordering::Relaxed);
+        let before = reloads();
         flush_scripts(c);
         l.penalize(user, Duration::from_millis(50)).await.unwrap();
-        let after_penalize = RELOADS.load(Ordering::Relaxed);
+        let after_penalize = reloads();
         assert!(
             after_penalize > before,
             "penalize.lua's reload was not counted"
@@ -546,7 +468,7 @@ async fn script_flush_on_every_node_mid_run_is_invisible_to_callers() {
         let status = l.status(user).await.unwrap();
         assert!(status.remaining == 0, "penalized: {status:?}");
         assert!(
-            RELOADS.load(Ordering::Relaxed) > after_penalize,
+            reloads() > after_penalize,
             "status.lua's reload was not counted"
         );
     }

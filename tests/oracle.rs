@@ -8,13 +8,14 @@
 //! This file runs its own `main` (`harness = false`): without arguments it is the oracle
 //! and spawns copies of itself with `--worker` as the worker processes.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::num::NonZeroU32;
 use std::process::{Command, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use torn_quota::{Decision, Limiter, RateLimitConfig, Request, TornUserId, Wait};
+use common::oracle_worker::{self, epoch_us};
+use common::redis_url;
 
 const PROCESSES: usize = 4;
 const TASKS_PER_USER: usize = 3;
@@ -22,104 +23,25 @@ const USERS: [u64; 3] = [11, 22, 33];
 const LIMIT: u32 = 20;
 const WINDOW_MS: u64 = 500;
 const RUN_MS: u64 = 3_000;
-
-fn epoch_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_micros() as u64
-}
-
-fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
-}
+/// What each Rust worker process runs (tests/common/oracle_worker.rs).
+const PLAN: oracle_worker::Plan = oracle_worker::Plan {
+    users: &USERS,
+    tasks_per_user: TASKS_PER_USER,
+    eager: true,
+    limit: LIMIT,
+    window_ms: WINDOW_MS,
+    run_ms: RUN_MS,
+};
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if let Some(pos) = args.iter().position(|a| a == "--worker") {
-        let prefix = args[pos + 1].clone();
-        let start_us: u64 = args[pos + 2].parse().unwrap();
-        worker(&prefix, start_us);
-    } else if args.iter().any(|a| a == "--list") {
+    if let Some((prefix, start_us)) = oracle_worker::worker_args() {
+        oracle_worker::run(&PLAN, &prefix, start_us);
+    } else if std::env::args().any(|a| a == "--list") {
         // cargo test --list / nextest discovery: one test.
         println!("multi_process_oracle: test");
     } else {
         oracle();
     }
-}
-
-/// One worker process: several tasks per user acquire until the run ends; every grant is
-/// printed as `user redis_ms send_us recv_us`.
-fn worker(prefix: &str, start_us: u64) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let config = RateLimitConfig::builder()
-            .redis_url(redis_url())
-            .key_prefix(prefix)
-            .limit(NonZeroU32::new(LIMIT).unwrap())
-            .window(Duration::from_millis(WINDOW_MS))
-            .build()
-            .unwrap();
-        let limiter = Limiter::redis(config).unwrap();
-        limiter.ping().await.expect("worker reaches Redis");
-        let now = epoch_us();
-        if start_us > now {
-            tokio::time::sleep(Duration::from_micros(start_us - now)).await;
-        }
-        let end = tokio::time::Instant::now() + Duration::from_millis(RUN_MS);
-        let mut tasks = tokio::task::JoinSet::new();
-        for user in USERS {
-            for _ in 0..TASKS_PER_USER {
-                let limiter = limiter.clone();
-                tasks.spawn(async move {
-                    let mut lines = Vec::new();
-                    let wait = Wait::forever().until(end);
-                    loop {
-                        let send = epoch_us();
-                        let d = limiter
-                            .acquire_with(TornUserId::new(user), &Request::new(1), &wait)
-                            .await
-                            .unwrap();
-                        let recv = epoch_us();
-                        match d {
-                            Decision::Granted(g) => {
-                                lines.push(format!("{user} {} {send} {recv}", g.granted_at_ms()));
-                            }
-                            _ => return lines,
-                        }
-                    }
-                });
-            }
-            // One task per user asks without pause, so that some grant lands in the very
-            // millisecond a unit leaves the window: the edge where Redis's millisecond
-            // floor could admit a grant less than one real window after another.
-            let limiter = limiter.clone();
-            tasks.spawn(async move {
-                let mut lines = Vec::new();
-                while tokio::time::Instant::now() < end {
-                    let send = epoch_us();
-                    let d = limiter.try_acquire(TornUserId::new(user), 1).await.unwrap();
-                    let recv = epoch_us();
-                    if let Decision::Granted(g) = d {
-                        lines.push(format!("{user} {} {send} {recv}", g.granted_at_ms()));
-                    }
-                }
-                lines
-            });
-        }
-        let mut out = String::new();
-        while let Some(lines) = tasks.join_next().await {
-            for line in lines.unwrap() {
-                out.push_str(&line);
-                out.push('\n');
-            }
-        }
-        print!("{out}");
-    });
 }
 
 struct Record {

@@ -4,96 +4,12 @@
 
 mod common;
 
-use std::net::TcpListener;
+use common::redis_server::PrivateRedis;
+
 use std::num::{NonZeroU32, NonZeroUsize};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use torn_quota::{Error, Limiter, OnRedisDown, RateLimitConfig, TornUserId};
-
-struct PrivateRedis {
-    port: u16,
-    child: Child,
-}
-
-impl PrivateRedis {
-    fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Self::start_on(port)
-    }
-
-    fn start_on(port: u16) -> Self {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("these tests start their own redis-server, which is not on PATH ({e})")
-            });
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
-        while client
-            .get_connection()
-            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-            .is_err()
-        {
-            assert!(
-                Instant::now() < deadline,
-                "private redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self { port, child }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig} failed");
-    }
-
-    fn kill(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.resume();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl PrivateRedis {
-    fn resume(&self) {
-        let _ = Command::new("kill")
-            .args(["-CONT", &self.child.id().to_string()])
-            .stderr(Stdio::null())
-            .status();
-    }
-}
 
 fn config(url: &str, policy: OnRedisDown) -> RateLimitConfig {
     RateLimitConfig::builder()

@@ -1,5 +1,10 @@
 //! Shared test helpers: real Redis only, a fresh key prefix per test so tests run in
 //! parallel, and a loud failure when Redis is missing (never a silent skip).
+//!
+//! One module per concern: `pg` (a database per test), `redis_server` (a private
+//! `redis-server`), `metrics` (what the crate recorded), `oracle_worker` (the oracles'
+//! worker process), and the harness of one family of test files each (`batch`, `rollout`,
+//! `torn_client`, `vault`, `vault_cli`).
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -9,8 +14,19 @@ use std::time::Duration;
 
 use torn_quota::{RateLimitConfig, RateLimitConfigBuilder};
 
+pub mod batch;
+pub mod metrics;
+pub mod oracle_worker;
 pub mod pg;
+pub mod redis_server;
+#[cfg(feature = "legacy")]
+pub mod rollout;
+pub mod torn_client;
+pub mod vault;
+#[cfg(feature = "cli")]
+pub mod vault_cli;
 
+/// The shared test Redis (`REDIS_URL`, default `redis://127.0.0.1:6379`).
 pub fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
 }
