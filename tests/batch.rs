@@ -12,8 +12,8 @@ use std::time::Duration;
 use serde_json::Value;
 use torn_quota::batch::{BatchConfig, BatchHandler, BatchOutcome, BatchRequest, Progress};
 use torn_quota::sim::{KeyState, SimConfig, SimHandle, SimKey, Simulator};
-use torn_quota::torn::{AccessLevel, ApiKey, KeyHash, TornClient, TornClientConfig};
-use torn_quota::{Limiter, RateLimitConfig, TornUserId};
+use torn_quota::torn::{TornClient, TornClientConfig};
+use torn_quota::{AccessLevel, ApiKey, KeyHash, Limiter, RateLimitConfig, TornUserId};
 
 const LIMIT: u32 = 10;
 const WINDOW: Duration = Duration::from_millis(500);

@@ -28,8 +28,7 @@ use torn_quota::rollout::{
     Direction, Disagreements, EnforcedBy, LegacyLimiter, RolloutDecision, RolloutLimiter, Route,
     Shadow, in_rollout, rollout_bucket,
 };
-use torn_quota::torn::KeyHash;
-use torn_quota::{Error, Limiter, Mode, RateLimitConfig, Request, TornUserId};
+use torn_quota::{Error, KeyHash, Limiter, Mode, RateLimitConfig, Request, TornUserId};
 
 // ---------------------------------------------------------------------------------------
 // Harness
@@ -1199,7 +1198,8 @@ mod data_path {
     use torn_quota::batch::{BatchConfig, BatchHandler, BatchRequest, PoolKey};
     use torn_quota::gate::QuotaGate;
     use torn_quota::sim::{SimConfig, SimHandle, SimKey, Simulator};
-    use torn_quota::torn::{AccessLevel, ApiKey, KeyInfo, TornClient, TornClientConfig};
+    use torn_quota::torn::{TornClient, TornClientConfig};
+    use torn_quota::{AccessLevel, ApiKey, KeyInfo};
 
     const WINDOW_MS: u64 = 1000;
 

@@ -14,11 +14,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use torn_quota::sim::{Fault, KeyState, SimConfig, SimHandle, SimKey, Simulator};
 use torn_quota::torn::{
-    AccessLevel, ApiKey, CallOptions, KeyInfo, KeyStatus, TornClient, TornClientConfig,
-    TornClientConfigBuilder, TornErrorCode, WallClock,
+    KeyStatus, TornClient, TornClientConfig, TornClientConfigBuilder, TornErrorCode, WallClock,
 };
 use torn_quota::vault::ResolveOwner;
-use torn_quota::{Error, Limiter, TornUserId};
+use torn_quota::{AccessLevel, ApiKey, Error, KeyInfo, Limiter, TornUserId, Wait};
 
 /// Owner 4's keys, both full.
 const FULL_A: &str = "FullKeyOfOwner04";
@@ -181,7 +180,7 @@ async fn setup(
 
 /// Requests the simulator received with `k` (known keys only).
 fn sent_with(sim: &SimHandle, k: &str) -> u64 {
-    let hash = torn_quota::torn::KeyHash::of(k);
+    let hash = torn_quota::KeyHash::of(k);
     sim.counters()
         .requests_by_key
         .get(&hash)
@@ -412,7 +411,7 @@ async fn code_5_holds_the_owner_back_in_every_process() {
         .get_with(
             &key(FULL_B),
             "user/basic",
-            &CallOptions::new().timeout(Duration::from_millis(200)),
+            &Wait::forever().at_most(Duration::from_millis(200)),
         )
         .await
         .unwrap_err();
@@ -434,7 +433,7 @@ async fn codes_8_and_9_pause_every_call() {
         assert!(s.client.paused_for().is_some());
         let sent = s.sim.counters().requests;
         // A call that cannot wait that long fails at once, whatever its key.
-        let short = CallOptions::new().timeout(Duration::from_millis(50));
+        let short = Wait::forever().at_most(Duration::from_millis(50));
         for k in [&a, &spare] {
             let r = s.client.get_with(k, "user/basic", &short).await;
             assert_eq!(torn_code(&r), code);
@@ -663,7 +662,7 @@ async fn two_keys_of_one_owner_use_the_whole_quota_without_code_5() {
         let client = s.client.clone();
         let k = keys[i % 2].clone();
         tasks.push(tokio::spawn(async move {
-            let opts = CallOptions::new().deadline(end);
+            let opts = Wait::forever().until(end);
             let mut ok = 0u32;
             loop {
                 match client.get_with(&k, "user/basic", &opts).await {
@@ -786,7 +785,7 @@ async fn shutdown_and_deadlines_end_waiting_calls() {
         .get_with(
             &k,
             "user/basic",
-            &CallOptions::new().timeout(Duration::from_millis(100)),
+            &Wait::forever().at_most(Duration::from_millis(100)),
         )
         .await
         .unwrap_err();
@@ -797,7 +796,7 @@ async fn shutdown_and_deadlines_end_waiting_calls() {
         let (client, k, call) = (client.clone(), k.clone(), call.clone());
         tokio::spawn(async move {
             client
-                .get_with(&k, "user/basic", &CallOptions::new().cancel_on(call))
+                .get_with(&k, "user/basic", &Wait::forever().cancel_on(call))
                 .await
         })
     };
@@ -859,7 +858,7 @@ async fn no_key_reaches_logs_errors_or_urls() {
             .get_with(
                 &key(SPARE),
                 "user/basic",
-                &CallOptions::new().timeout(Duration::from_millis(10)),
+                &Wait::forever().at_most(Duration::from_millis(10)),
             )
             .await
             .unwrap_err(),

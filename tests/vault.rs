@@ -22,12 +22,12 @@ use serde_json::Value;
 use sqlx::migrate::Migrator;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::io::AsyncWriteExt;
-use torn_quota::torn::{AccessLevel, ApiKey, TornErrorCode};
+use torn_quota::torn::TornErrorCode;
 use torn_quota::vault::{
-    AddOptions, AppUserId, DatabaseConfig, EncryptionKeyId, KeyInfo, Keyring, MIGRATOR,
-    ResolveOwner, StoredKeyId, Vault, migrate,
+    AddOptions, DatabaseConfig, EncryptionKeyId, KeyInfo, Keyring, MIGRATOR, ResolveOwner,
+    StoredKeyId, Vault, migrate,
 };
-use torn_quota::{Error, TornUserId};
+use torn_quota::{AccessLevel, ApiKey, AppUserId, Error, TornUserId};
 
 // ---------------------------------------------------------------------------------------
 // Harness

@@ -8,11 +8,11 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use serde_json::{Value, json};
-use torn_quota::torn::{ApiKey, TornClient, TornClientConfig, TornErrorCode};
+use torn_quota::torn::{TornClient, TornClientConfig, TornErrorCode};
 use torn_quota::vault::{
-    AddOptions, AppUserId, DatabaseConfig, StoredKey, StoredKeyId, Vault, VaultConfig, migrate,
+    AddOptions, DatabaseConfig, StoredKey, StoredKeyId, Vault, VaultConfig, migrate,
 };
-use torn_quota::{Error, Limiter};
+use torn_quota::{ApiKey, AppUserId, Error, Limiter};
 use zeroize::Zeroizing;
 
 use super::{CliResult, emit};

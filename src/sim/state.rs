@@ -14,8 +14,8 @@ use tokio::time::Instant;
 use super::config::SimConfig;
 use super::fault::Fault;
 use super::keys::SimKey;
-use crate::limiter::TornUserId;
-use crate::torn::{KeyHash, TornErrorCode};
+use crate::identity::{KeyHash, TornUserId};
+use crate::torn::TornErrorCode;
 
 /// How many distinct unknown keys [`SimCounters::requests_by_key`] tracks at most.
 pub const UNKNOWN_KEYS_TRACKED: usize = 4096;
@@ -317,8 +317,8 @@ mod tests {
     use std::num::NonZeroU32;
 
     use super::*;
+    use crate::identity::AccessLevel;
     use crate::sim::KeyState;
-    use crate::torn::AccessLevel;
 
     const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
