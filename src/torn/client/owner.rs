@@ -78,7 +78,7 @@ impl TornClient {
     /// same key up while the owner's window is full would meet a code 5.
     pub(super) async fn lookup(&self, key: &ApiKey, wait: &Wait) -> Result<KeyInfo> {
         let hash = key.hash();
-        let memo = format!("owner:{hash}");
+        let memo = owner_memo_name(&hash);
         let limiter = self.inner.gate.limiter();
         match limiter.recall(&memo).await {
             Ok(Some(v)) => {
