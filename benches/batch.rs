@@ -20,8 +20,8 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 use torn_quota::batch::{BatchConfig, BatchHandler, BatchRequest};
 use torn_quota::sim::{SimConfig, SimHandle, SimKey, Simulator};
-use torn_quota::torn::{AccessLevel, ApiKey, TornClient, TornClientConfig};
-use torn_quota::{Limiter, RateLimitConfig, TornUserId};
+use torn_quota::torn::{TornClient, TornClientConfig};
+use torn_quota::{AccessLevel, ApiKey, Limiter, RateLimitConfig, TornUserId};
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)

@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use torn_quota::KeyHash;
 use torn_quota::rollout::LegacyLimiter;
-use torn_quota::torn::KeyHash;
 
 #[allow(dead_code, unreachable_pub)]
 #[path = "../tests/common/pg.rs"]

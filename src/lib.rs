@@ -24,6 +24,7 @@
 pub mod batch;
 pub mod error;
 pub mod gate;
+pub mod identity;
 pub mod limiter;
 pub mod metrics;
 pub mod rollout;
@@ -34,10 +35,10 @@ pub mod torn;
 pub mod vault;
 
 pub use error::{Error, Result};
+pub use identity::{AccessLevel, ApiKey, AppUserId, KeyHash, KeyInfo, TornUserId};
 pub use limiter::{
     BucketKeys, Clock, Decision, Grant, KeyBuilder, Limiter, ManualClock, Mode, OnRedisDown,
-    Priority, RateLimitConfig, RateLimitConfigBuilder, Request, Status, SystemClock, TornUserId,
-    Wait,
+    Priority, RateLimitConfig, RateLimitConfigBuilder, Request, Status, SystemClock, Wait,
 };
 
 /// The most grants in any window, by the limiter's own rule for millisecond stamps: a grant

@@ -17,7 +17,8 @@ use std::time::Duration;
 use serde_json::Value;
 use torn_quota::batch::{BatchConfig, BatchHandler, BatchRequest, Progress};
 use torn_quota::sim::{KeyState, SimConfig, SimKey, Simulator};
-use torn_quota::torn::{AccessLevel, ApiKey, KeyHash, TornClient, TornClientConfig};
+use torn_quota::torn::{TornClient, TornClientConfig};
+use torn_quota::{AccessLevel, ApiKey, KeyHash};
 use torn_quota::{Limiter, RateLimitConfig, TornUserId};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

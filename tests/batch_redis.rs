@@ -11,9 +11,10 @@ use common::redis_server::PrivateRedis;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use torn_quota::AccessLevel;
 use torn_quota::batch::{BatchConfig, BatchHandler, Progress};
 use torn_quota::sim::SimKey;
-use torn_quota::torn::{AccessLevel, TornClient, TornClientConfig};
+use torn_quota::torn::{TornClient, TornClientConfig};
 use torn_quota::{Limiter, TornUserId};
 
 /// Redis freezes for 3 s in the middle of a batch: the batch waits it out with back-off

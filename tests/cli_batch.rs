@@ -10,9 +10,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use torn_quota::TornUserId;
 use torn_quota::sim::{SimConfig, SimHandle, SimKey, Simulator};
-use torn_quota::torn::AccessLevel;
+use torn_quota::{AccessLevel, TornUserId};
 
 const KEY: &str = "BatchCliKeyOwnr4";
 

@@ -22,8 +22,10 @@ use std::time::{Duration, Instant};
 
 use torn_quota::batch::{BatchConfig, BatchHandler, BatchRequest};
 use torn_quota::sim::{SimConfig, SimKey, Simulator};
-use torn_quota::torn::{AccessLevel, ApiKey, TornClient, TornClientConfig};
-use torn_quota::{Decision, Limiter, RateLimitConfig, Request, TornUserId, Wait};
+use torn_quota::torn::{TornClient, TornClientConfig};
+use torn_quota::{
+    AccessLevel, ApiKey, Decision, Limiter, RateLimitConfig, Request, TornUserId, Wait,
+};
 
 /// The cluster's nodes: their ports and which slot ranges each serves.
 struct Cluster {

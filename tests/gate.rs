@@ -11,10 +11,8 @@ use std::num::NonZeroU32;
 use torn_quota::batch::{BatchConfig, BatchHandler, BatchRequest, PoolKey};
 use torn_quota::gate::QuotaGate;
 use torn_quota::sim::{SimConfig, SimKey, Simulator};
-use torn_quota::torn::{
-    AccessLevel, ApiKey, CallOptions, KeyHash, KeyInfo, TornClient, TornClientConfig,
-};
-use torn_quota::{Limiter, TornUserId};
+use torn_quota::torn::{TornClient, TornClientConfig};
+use torn_quota::{AccessLevel, ApiKey, KeyHash, KeyInfo, Limiter, TornUserId, Wait};
 
 fn client_config() -> TornClientConfig {
     TornClientConfig::builder()
@@ -32,11 +30,11 @@ async fn a_settled_ticket_counts_one_window_from_the_answer() {
     let owner = TornUserId::new(7);
     let hash = KeyHash::of("AbCdEfGh12345678");
     let kept = gate
-        .take(Some(owner), &hash, &CallOptions::new())
+        .take(Some(owner), &hash, &Wait::forever())
         .await
         .unwrap();
     let settled = gate
-        .take(Some(owner), &hash, &CallOptions::new())
+        .take(Some(owner), &hash, &Wait::forever())
         .await
         .unwrap();
     assert_eq!(limiter.status(owner).await.unwrap().used, 2);
@@ -170,7 +168,7 @@ async fn egress_ids_name_their_own_ip_buckets() {
         QuotaGate::builder(limiter, &torn).build().unwrap()
     };
     let hash = KeyHash::of("AbCdEfGh12345678");
-    let now = || CallOptions::new().deadline(tokio::time::Instant::now());
+    let now = || Wait::forever().until(tokio::time::Instant::now());
     let a = gate("203.0.113.1");
     let a_again = gate("203.0.113.1");
     let b = gate("203.0.113.2");

@@ -17,8 +17,8 @@ use common::pg::TestDb;
 #[cfg(feature = "cli")]
 use common::rollout::cli;
 use common::rollout::rows_of;
+use torn_quota::KeyHash;
 use torn_quota::rollout::{Disagreements, LegacyLimiter, RolloutLimiter, rollout_bucket};
-use torn_quota::torn::KeyHash;
 use torn_quota::{Limiter, Mode, TornUserId};
 
 // ---------------------------------------------------------------------------------------
@@ -29,7 +29,8 @@ use torn_quota::{Limiter, Mode, TornUserId};
 use torn_quota::batch::{BatchConfig, BatchHandler, BatchRequest, PoolKey};
 use torn_quota::gate::QuotaGate;
 use torn_quota::sim::{SimConfig, SimHandle, SimKey, Simulator};
-use torn_quota::torn::{AccessLevel, ApiKey, KeyInfo, TornClient, TornClientConfig};
+use torn_quota::torn::{TornClient, TornClientConfig};
+use torn_quota::{AccessLevel, ApiKey, KeyInfo};
 
 const WINDOW_MS: u64 = 1000;
 

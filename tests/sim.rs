@@ -8,11 +8,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use torn_quota::TornUserId;
 use torn_quota::sim::{
     Fault, KeyState, RandomFaults, SimConfig, SimHandle, SimKey, Simulator, parse_keys_file,
 };
-use torn_quota::torn::{AccessLevel, KeyHash, TornErrorCode};
+use torn_quota::torn::TornErrorCode;
+use torn_quota::{AccessLevel, KeyHash, TornUserId};
 
 /// Owner 4's keys: one full, one public.
 const FULL_4: &str = "FullKeyOfOwner04";

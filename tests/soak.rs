@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 use torn_quota::sim::{SimConfig, SimKey, Simulator};
-use torn_quota::torn::{AccessLevel, ApiKey, TornClient, TornClientConfig};
-use torn_quota::{Limiter, RateLimitConfig, TornUserId};
+use torn_quota::torn::{TornClient, TornClientConfig};
+use torn_quota::{AccessLevel, ApiKey, Limiter, RateLimitConfig, TornUserId};
 
 const KEY: &str = "SoakTestKey00001";
 

@@ -10,11 +10,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use torn_quota::sim::{Fault, KeyState, SimConfig, SimHandle, SimKey, Simulator};
-use torn_quota::torn::{
-    AccessLevel, ApiKey, CallOptions, KeyHash, KeyStatus, TornClient, TornClientConfig,
-    TornClientConfigBuilder,
-};
-use torn_quota::{Error, Limiter, TornUserId};
+use torn_quota::torn::{KeyStatus, TornClient, TornClientConfig, TornClientConfigBuilder};
+use torn_quota::{AccessLevel, ApiKey, Error, KeyHash, Limiter, TornUserId, Wait};
 
 const OWNER_KEY: &str = "FullKeyOfOwner04";
 const SPARE_KEY: &str = "SpareKeyOfOwnr09";
@@ -86,7 +83,7 @@ async fn http_429_pauses_every_call_like_code_8() {
     assert_eq!(sim.counters().requests, before + 1, "a 429 is not retried");
     assert!(client.paused_for().is_some(), "a 429 pauses the client");
     // Every key waits, and a call that cannot wait fails at once, sending nothing.
-    let short = CallOptions::new().timeout(Duration::from_millis(50));
+    let short = Wait::forever().at_most(Duration::from_millis(50));
     let r = client.get_with(&spare, "user/basic", &short).await;
     assert_eq!(code_of(&r), Some(8), "{r:?}");
     assert_eq!(

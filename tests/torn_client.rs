@@ -18,8 +18,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use torn_quota::Error;
 use torn_quota::sim::Fault;
-use torn_quota::torn::{AccessLevel, ApiKey, CallOptions, TornClient};
+use torn_quota::torn::TornClient;
 use torn_quota::vault::ResolveOwner;
+use torn_quota::{AccessLevel, ApiKey, Wait};
 
 #[tokio::test]
 async fn a_malformed_key_or_a_key_in_the_path_never_leaves() {
@@ -107,7 +108,7 @@ async fn two_keys_of_one_owner_use_the_whole_quota_without_code_5() {
         let client = s.client.clone();
         let k = keys[i % 2].clone();
         tasks.push(tokio::spawn(async move {
-            let opts = CallOptions::new().deadline(end);
+            let opts = Wait::forever().until(end);
             let mut ok = 0u32;
             loop {
                 match client.get_with(&k, "user/basic", &opts).await {
@@ -230,7 +231,7 @@ async fn shutdown_and_deadlines_end_waiting_calls() {
         .get_with(
             &k,
             "user/basic",
-            &CallOptions::new().timeout(Duration::from_millis(100)),
+            &Wait::forever().at_most(Duration::from_millis(100)),
         )
         .await
         .unwrap_err();
@@ -241,7 +242,7 @@ async fn shutdown_and_deadlines_end_waiting_calls() {
         let (client, k, call) = (client.clone(), k.clone(), call.clone());
         tokio::spawn(async move {
             client
-                .get_with(&k, "user/basic", &CallOptions::new().cancel_on(call))
+                .get_with(&k, "user/basic", &Wait::forever().cancel_on(call))
                 .await
         })
     };
@@ -303,7 +304,7 @@ async fn no_key_reaches_logs_errors_or_urls() {
             .get_with(
                 &key(SPARE),
                 "user/basic",
-                &CallOptions::new().timeout(Duration::from_millis(10)),
+                &Wait::forever().at_most(Duration::from_millis(10)),
             )
             .await
             .unwrap_err(),

@@ -15,9 +15,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
 use torn_quota::sim::{Fault, KeyState};
-use torn_quota::torn::{
-    AccessLevel, CallOptions, KeyInfo, KeyStatus, TornClient, TornErrorCode, WallClock,
-};
+use torn_quota::torn::{KeyStatus, TornClient, TornErrorCode, WallClock};
+use torn_quota::{AccessLevel, KeyInfo, Wait};
 use torn_quota::{Error, Limiter};
 
 #[tokio::test]
@@ -167,7 +166,7 @@ async fn code_5_holds_the_owner_back_in_every_process() {
         .get_with(
             &key(FULL_B),
             "user/basic",
-            &CallOptions::new().timeout(Duration::from_millis(200)),
+            &Wait::forever().at_most(Duration::from_millis(200)),
         )
         .await
         .unwrap_err();
@@ -189,7 +188,7 @@ async fn codes_8_and_9_pause_every_call() {
         assert!(s.client.paused_for().is_some());
         let sent = s.sim.counters().requests;
         // A call that cannot wait that long fails at once, whatever its key.
-        let short = CallOptions::new().timeout(Duration::from_millis(50));
+        let short = Wait::forever().at_most(Duration::from_millis(50));
         for k in [&a, &spare] {
             let r = s.client.get_with(k, "user/basic", &short).await;
             assert_eq!(torn_code(&r), code);

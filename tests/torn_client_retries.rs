@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use torn_quota::sim::Fault;
-use torn_quota::torn::{AccessLevel, KeyInfo, KeyStatus, TornClient, TornClientConfig};
+use torn_quota::torn::{KeyStatus, TornClient, TornClientConfig};
+use torn_quota::{AccessLevel, KeyInfo};
 use torn_quota::{Error, TornUserId};
 
 #[tokio::test]

@@ -15,7 +15,7 @@ use common::vault::{KEY_A, KEY_B, count, new_user, random_key};
 use common::vault_cli::Cli;
 use torn_quota::TornUserId;
 use torn_quota::sim::{SimConfig, SimHandle, SimKey, Simulator};
-use torn_quota::torn::{AccessLevel, ApiKey};
+use torn_quota::{AccessLevel, ApiKey};
 
 /// Torn for the session: the simulator, knowing `keys` (key, owner, access level); any other
 /// key is incorrect (code 2), as on Torn.

@@ -12,8 +12,8 @@ use std::num::NonZeroU64;
 
 use common::pg::TestDb;
 use common::vault::{KEY_A, KEY_B, MapResolver, count, keyring, new_user, random_key};
+use torn_quota::ApiKey;
 use torn_quota::Error;
-use torn_quota::torn::ApiKey;
 use torn_quota::vault::{AppUserId, EncryptionKeyId, Keyring, Vault};
 
 // ---------------------------------------------------------------------------------------

@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 use common::pg::TestDb;
 use common::vault::{KEY_A, MapResolver, count, keyring, new_user, random_key};
 use sqlx::{Connection, PgConnection};
-use torn_quota::torn::{AccessLevel, ApiKey, TornErrorCode};
+use torn_quota::torn::TornErrorCode;
 use torn_quota::vault::{AddOptions, AppUserId, DatabaseConfig, StoredKeyId, Vault};
+use torn_quota::{AccessLevel, ApiKey};
 use torn_quota::{Error, TornUserId};
 
 // ---------------------------------------------------------------------------------------

@@ -17,8 +17,9 @@ use common::pg::TestDb;
 use common::vault::{KEY_A, count, keyring, new_user, random_key};
 use common::vault_cli::Cli;
 use serde_json::Value;
-use torn_quota::torn::{AccessLevel, ApiKey, TornErrorCode};
+use torn_quota::torn::TornErrorCode;
 use torn_quota::vault::Vault;
+use torn_quota::{AccessLevel, ApiKey};
 use torn_quota::{Error, TornUserId};
 
 // ---------------------------------------------------------------------------------------

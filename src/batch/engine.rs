@@ -24,8 +24,9 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::gate::{AccessNeeds, QuotaGate, Reach, Shares, Ticket};
-use crate::limiter::{Priority, TornUserId};
-use crate::torn::{AccessLevel, ApiKey, ErrorClass, KeyInfo, TornClient, TornErrorCode};
+use crate::identity::{AccessLevel, ApiKey, KeyInfo, TornUserId};
+use crate::limiter::Priority;
+use crate::torn::{ErrorClass, TornClient, TornErrorCode};
 
 /// Access levels, lowest first: the pending queues are kept per level needed.
 const LEVELS: usize = 5;
@@ -259,7 +260,7 @@ impl<'h> Engine<'h> {
                         self.key_disabled(&pool[i].key, *code);
                     }
                     tracing::warn!(
-                        key_hash = &pool[i].key.hash().as_str()[..8],
+                        key_hash = pool[i].key.hash().short(),
                         error = %e,
                         "batch: a key of the pool is left out"
                     );

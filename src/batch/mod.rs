@@ -22,7 +22,8 @@
 //! ```no_run
 //! # async fn run() -> Result<(), torn_quota::Error> {
 //! use torn_quota::batch::{BatchConfig, BatchHandler, BatchRequest};
-//! use torn_quota::torn::{ApiKey, TornClient, TornClientConfig};
+//! use torn_quota::torn::{TornClient, TornClientConfig};
+//! use torn_quota::ApiKey;
 //! use torn_quota::{Limiter, RateLimitConfig};
 //!
 //! let limiter = Limiter::redis(RateLimitConfig::from_env()?)?;
@@ -54,8 +55,9 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
-use crate::limiter::{Priority, TornUserId};
-use crate::torn::{AccessLevel, ApiKey, KeyHash, KeyInfo, TornClient, TornErrorCode};
+use crate::identity::{AccessLevel, ApiKey, KeyHash, KeyInfo, TornUserId};
+use crate::limiter::Priority;
+use crate::torn::{TornClient, TornErrorCode};
 use crate::vault::{LiveKey, Vault};
 
 /// One request of a batch: a Torn v2 path with its query (`user/4/basic`,

@@ -9,8 +9,8 @@ use std::process::ExitCode;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use torn_quota::batch::{BatchConfig, BatchHandler, BatchOutcome, BatchRequest, RequestError};
-use torn_quota::torn::{ApiKey, check_path};
-use torn_quota::{Limiter, RateLimitConfig};
+use torn_quota::torn::check_path;
+use torn_quota::{ApiKey, Limiter, RateLimitConfig};
 
 use super::{CliResult, emit};
 

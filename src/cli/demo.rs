@@ -13,8 +13,8 @@ use rand::distr::Alphanumeric;
 use serde_json::json;
 use torn_quota::batch::{BatchConfig, BatchHandler, BatchRequest, BatchStats};
 use torn_quota::sim::{KeyState, SimConfig, SimCounters, SimKey, Simulator};
-use torn_quota::torn::{AccessLevel, ApiKey, TornClient, TornClientConfig};
-use torn_quota::{Limiter, RateLimitConfig, TornUserId};
+use torn_quota::torn::{TornClient, TornClientConfig};
+use torn_quota::{AccessLevel, ApiKey, Limiter, RateLimitConfig, TornUserId};
 
 use super::{CliResult, Settings, emit};
 

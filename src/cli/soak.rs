@@ -30,9 +30,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::{Value, json};
 use torn_quota::batch::{BatchConfig, BatchHandler, BatchRequest, PoolKey};
 use torn_quota::sim::{RandomFaults, SimConfig, SimKey, Simulator};
-use torn_quota::torn::{AccessLevel, ApiKey, KeyInfo, TornClient};
-use torn_quota::vault::{AddOptions, AppUserId, ResolveOwner, Vault};
-use torn_quota::{Limiter, OnRedisDown, RateLimitConfig, TornUserId};
+use torn_quota::torn::TornClient;
+use torn_quota::vault::{AddOptions, ResolveOwner, Vault};
+use torn_quota::{
+    AccessLevel, ApiKey, AppUserId, KeyInfo, Limiter, OnRedisDown, RateLimitConfig, TornUserId,
+};
 
 use super::{CliResult, emit};
 

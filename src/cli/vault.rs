@@ -7,9 +7,9 @@ use std::num::{NonZeroU32, NonZeroU64};
 use std::process::ExitCode;
 
 use serde_json::{Value, json};
-use torn_quota::torn::{ApiKey, TornClient, TornErrorCode};
-use torn_quota::vault::{AddOptions, AppUserId, StoredKey, StoredKeyId, Vault, migrate};
-use torn_quota::{Error, Limiter};
+use torn_quota::torn::{TornClient, TornErrorCode};
+use torn_quota::vault::{AddOptions, StoredKey, StoredKeyId, Vault, migrate};
+use torn_quota::{ApiKey, AppUserId, Error, Limiter};
 use zeroize::Zeroizing;
 
 use super::{CliResult, Settings, emit};

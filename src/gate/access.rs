@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use crate::identity::AccessLevel;
 use crate::limiter::Limiter;
-use crate::torn::AccessLevel;
 
 /// How long a learned need is shared: Torn changes a selection's access rarely, and a
 /// stale need costs at most one more code 16 once it expires.

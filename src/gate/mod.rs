@@ -25,13 +25,13 @@
 //! ```no_run
 //! # async fn run() -> Result<(), torn_quota::Error> {
 //! use torn_quota::gate::QuotaGate;
-//! use torn_quota::torn::{CallOptions, KeyHash, TornClientConfig};
-//! use torn_quota::{Limiter, RateLimitConfig, TornUserId};
+//! use torn_quota::torn::TornClientConfig;
+//! use torn_quota::{KeyHash, Limiter, RateLimitConfig, TornUserId, Wait};
 //!
 //! let config = TornClientConfig::from_env()?;
 //! let gate = QuotaGate::builder(Limiter::redis(RateLimitConfig::from_env()?)?, &config).build()?;
 //! let hash = KeyHash::of("AbCdEfGh12345678");
-//! let ticket = gate.take(Some(TornUserId::new(4)), &hash, &CallOptions::new()).await?;
+//! let ticket = gate.take(Some(TornUserId::new(4)), &hash, &Wait::forever()).await?;
 //! // ... send the request; when Torn answers:
 //! gate.settle(ticket).await;
 //! # Ok(()) }
@@ -48,9 +48,10 @@ use rand::Rng;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::limiter::{Grant, Limiter, Mode, Priority, Request, TornUserId};
+use crate::identity::{KeyHash, TornUserId};
+use crate::limiter::{Grant, Limiter, Mode, Priority, Request, Wait};
 use crate::rollout::{EnforcedBy, OwnerQuota, RolloutDecision, RolloutLimiter, needs_legacy};
-use crate::torn::{CallOptions, KeyHash, TornClientConfig};
+use crate::torn::TornClientConfig;
 
 pub use access::AccessNeeds;
 pub use shares::Shares;
@@ -267,31 +268,31 @@ impl QuotaGate {
     }
 
     /// One unit of each quota for a call with `key` on behalf of `owner` (`None` while
-    /// the owner is unknown: only the IP's unit), waiting as long as `opts` allows
+    /// the owner is unknown: only the IP's unit), waiting as long as `wait` allows
     /// ([`Error::Cancelled`] past its deadline). The one wait loop of every Torn call.
     pub async fn take(
         &self,
         owner: Option<TornUserId>,
         key: &KeyHash,
-        opts: &CallOptions,
+        wait: &Wait,
     ) -> Result<Ticket> {
         loop {
-            if opts.is_cancelled() {
+            if wait.is_cancelled() {
                 return Err(Error::Cancelled);
             }
-            let wait = match self
-                .try_take(owner, Some(key), 1, opts.priority_of(), None)
+            let retry_after = match self
+                .try_take(owner, Some(key), 1, wait.priority_of(), None)
                 .await?
             {
                 Ok(ticket) => return Ok(ticket),
-                Err(wait) => wait,
+                Err(retry_after) => retry_after,
             };
             // A provisional unit blocking now counts for the whole request timeout only
             // until its call is answered, then one window from there: look again after a
             // window at most.
-            let wait = wait.min(self.window());
-            let wake = Instant::now() + wait + jitter(wait);
-            if opts.too_late(Instant::now() + wait) {
+            let retry_after = retry_after.min(self.window());
+            let wake = Instant::now() + retry_after + jitter(retry_after);
+            if wait.too_late(Instant::now() + retry_after) {
                 tracing::debug!(
                     owner = owner.map(TornUserId::get),
                     "quota is not free before the call's deadline"

@@ -8,7 +8,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::error::Result;
-use crate::limiter::{Decision, Grant, Limiter, Request, TornUserId};
+use crate::identity::TornUserId;
+use crate::limiter::{Decision, Grant, Limiter, Request};
 
 /// Each pooled owner's share of their quota, as limits of the per-user limiter's sibling
 /// `share`. The overrides expire on their own (a batch that dies leaves nothing behind for

@@ -4,309 +4,43 @@
 mod backend;
 mod clock;
 mod config;
+mod decision;
+mod fallback;
+mod grant;
 mod keys;
 mod memory;
 mod redis;
+mod request;
+mod status;
+mod wait;
 
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
-use rand::Rng;
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
-
 use crate::error::{Error, Result};
-use backend::{Ask, RawDecision, RawStatus};
+// The limiter's own files name the identity it buckets by through here.
+use crate::identity::TornUserId;
+use backend::{Ask, RawDecision};
+use fallback::Fallback;
 use memory::MemoryBackend;
 pub(crate) use redis::Conn as RedisConn;
 use redis::RedisBackend;
+use status::to_status;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{MAX_CONNECTIONS, Mode, OnRedisDown, RateLimitConfig, RateLimitConfigBuilder};
+pub use decision::Decision;
+pub use grant::Grant;
 pub use keys::{BucketKeys, KeyBuilder};
-
-/// A Torn player id: the identity Torn limits, so the identity every bucket is keyed by.
-/// Two keys of one player share one bucket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TornUserId(u64);
-
-impl TornUserId {
-    /// Wraps a Torn player id.
-    pub const fn new(id: u64) -> Self {
-        Self(id)
-    }
-    /// The raw id.
-    pub const fn get(self) -> u64 {
-        self.0
-    }
-}
-
-impl std::fmt::Display for TornUserId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl std::str::FromStr for TornUserId {
-    type Err = std::num::ParseIntError;
-    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
-        s.parse().map(Self)
-    }
-}
-
-/// How urgent a call is. Low-priority calls (batch work) leave the configured
-/// [reserve](RateLimitConfigBuilder::low_priority_reserve) to high-priority ones
-/// (interactive commands).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Priority {
-    /// May use the whole limit. The default.
-    #[default]
-    High,
-    /// Admitted only while the reserve stays free for others.
-    Low,
-}
-
-/// One request for quota: a cost, a priority, and an optional idempotency id.
-///
-/// ```
-/// use torn_quota::{Priority, Request};
-///
-/// let req = Request::new(3).priority(Priority::Low).idempotency_id("job-42/page-7");
-/// assert_eq!(req.cost(), 3);
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[must_use]
-pub struct Request {
-    cost: u32,
-    priority: Priority,
-    idempotency_id: Option<String>,
-    margin: Duration,
-    hold: Duration,
-}
-
-impl Request {
-    /// Asks for `cost` units (a cost of 0 is refused when the request is made).
-    pub fn new(cost: u32) -> Self {
-        Self {
-            cost,
-            priority: Priority::High,
-            idempotency_id: None,
-            margin: Duration::ZERO,
-            hold: Duration::ZERO,
-        }
-    }
-    /// The grant counts as "in flight" for `hold` beyond its window until it is settled:
-    /// a provisional record stamped granted_at + hold (counts until granted_at + hold +
-    /// window). [`Limiter::settle`] it when Torn answers, so that it counts one window
-    /// from the answer instead; a grant never settled keeps its provisional record.
-    /// Whole milliseconds; at most one day (longer is refused when the request is made).
-    pub fn in_flight(mut self, hold: Duration) -> Self {
-        self.hold = hold;
-        self
-    }
-    /// Decides as if the window were longer by `margin`: a safety margin for a limit that
-    /// is counted somewhere else, later. Torn counts a request when it *arrives*; if the
-    /// delay between our grant and Torn's arrival varies by up to `margin`, arrivals of
-    /// grants spaced one window plus `margin` apart are still a full window apart, so
-    /// Torn never sees more than the limit. Costs `margin / window` of the quota.
-    /// Every caller of one bucket should use the same margin.
-    pub fn margin(mut self, margin: Duration) -> Self {
-        self.margin = margin;
-        self
-    }
-    /// Sets the priority.
-    pub fn priority(mut self, priority: Priority) -> Self {
-        self.priority = priority;
-        self
-    }
-    /// Makes the call idempotent: a replay with the same id (say, after a timeout) returns
-    /// the first grant and counts nothing again. At most 128 visible ASCII characters.
-    pub fn idempotency_id(mut self, id: impl Into<String>) -> Self {
-        self.idempotency_id = Some(id.into());
-        self
-    }
-    /// Units asked for.
-    pub fn cost(&self) -> u32 {
-        self.cost
-    }
-    /// How long a grant of this request stays provisional (zero: a plain grant).
-    pub fn hold(&self) -> Duration {
-        self.hold
-    }
-}
-
-/// Units granted: proof of admission, and what [`Limiter::refund`] takes back. Not `Clone`:
-/// a grant is refunded at most once, since a second refund would free units that Torn
-/// still counts.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Grant {
-    user: TornUserId,
-    cost: u32,
-    remaining: u32,
-    at_ms: u64,
-    /// The stamp of its records: `at_ms` + the request's hold.
-    stamp_ms: u64,
-    /// The window it was decided with, for settling.
-    window_ms: u64,
-    degraded: bool,
-    idempotency_id: Option<String>,
-}
-
-impl Grant {
-    /// The user whose quota paid.
-    pub fn user(&self) -> TornUserId {
-        self.user
-    }
-    /// Units granted.
-    pub fn cost(&self) -> u32 {
-        self.cost
-    }
-    /// Units still available right after this grant.
-    pub fn remaining(&self) -> u32 {
-        self.remaining
-    }
-    /// When the grant was made, in the deciding clock's milliseconds (Redis `TIME` for the
-    /// Redis backend, so grants from every process compare).
-    pub fn granted_at_ms(&self) -> u64 {
-        self.at_ms
-    }
-    /// True when Redis was unreachable and the local fallback decided.
-    pub fn is_degraded(&self) -> bool {
-        self.degraded
-    }
-    /// True when the grant is provisional ([`Request::in_flight`]): its records count
-    /// until [`granted_at_ms`](Self::granted_at_ms) + hold + window unless settled.
-    pub fn is_provisional(&self) -> bool {
-        self.stamp_ms != self.at_ms
-    }
-}
-
-/// The answer to a request: granted, or limited with the time to wait. A denial is a value,
-/// not an error.
-#[derive(Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Decision {
-    /// All units were granted.
-    Granted(Grant),
-    /// None were; nothing was recorded.
-    Limited {
-        /// The shortest wait after which the same request is granted if nothing else arrives.
-        retry_after: Duration,
-        /// Units that would be granted right now.
-        remaining: u32,
-        /// True when Redis was unreachable and the local fallback decided.
-        degraded: bool,
-    },
-}
-
-impl Decision {
-    /// True when granted.
-    pub fn is_granted(&self) -> bool {
-        matches!(self, Self::Granted(_))
-    }
-    /// The grant, if any.
-    pub fn grant(&self) -> Option<&Grant> {
-        match self {
-            Self::Granted(g) => Some(g),
-            Self::Limited { .. } => None,
-        }
-    }
-    /// The grant, if any, by value (to [refund](Limiter::refund) it).
-    pub fn into_grant(self) -> Option<Grant> {
-        match self {
-            Self::Granted(g) => Some(g),
-            Self::Limited { .. } => None,
-        }
-    }
-    /// Units available right after the decision.
-    pub fn remaining(&self) -> u32 {
-        match self {
-            Self::Granted(g) => g.remaining,
-            Self::Limited { remaining, .. } => *remaining,
-        }
-    }
-    /// The wait before retrying: zero when granted.
-    pub fn retry_after(&self) -> Duration {
-        match self {
-            Self::Granted(_) => Duration::ZERO,
-            Self::Limited { retry_after, .. } => *retry_after,
-        }
-    }
-    /// True when the local fallback decided because Redis was unreachable.
-    pub fn is_degraded(&self) -> bool {
-        match self {
-            Self::Granted(g) => g.degraded,
-            Self::Limited { degraded, .. } => *degraded,
-        }
-    }
-}
-
-/// A bucket as it stands, from [`Limiter::status`]. Reading it consumes nothing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Status {
-    /// Units granted in the last window.
-    pub used: u32,
-    /// The limit in force (a run-time override wins over the configuration).
-    pub limit: u32,
-    /// Units a request would be granted right now (0 while penalized).
-    pub remaining: u32,
-    /// Wait until the whole limit is free again.
-    pub reset_after: Duration,
-    /// Wait until a penalty ends (zero when none).
-    pub penalty: Duration,
-    /// True when the local fallback answered because Redis was unreachable.
-    pub degraded: bool,
-}
-
-/// How long [`Limiter::acquire_with`] may wait.
-#[derive(Debug, Clone, Default)]
-#[must_use]
-pub struct Wait {
-    deadline: Option<Instant>,
-    cancel: Option<CancellationToken>,
-}
-
-impl Wait {
-    /// Waits as long as it takes.
-    pub fn forever() -> Self {
-        Self::default()
-    }
-    /// Gives up (returning the last [`Decision::Limited`]) rather than wait past `deadline`.
-    pub fn until(mut self, deadline: Instant) -> Self {
-        self.deadline = Some(deadline);
-        self
-    }
-    /// Gives up rather than wait longer than `timeout` from now.
-    pub fn at_most(self, timeout: Duration) -> Self {
-        self.until(Instant::now() + timeout)
-    }
-    /// Stops waiting with [`Error::Cancelled`] when `token` is cancelled (shutdown).
-    pub fn cancel_on(mut self, token: CancellationToken) -> Self {
-        self.cancel = Some(token);
-        self
-    }
-}
+pub use request::{Priority, Request};
+pub use status::Status;
+pub use wait::Wait;
 
 #[derive(Debug)]
 enum Backend {
     Memory(MemoryBackend),
     Redis(RedisBackend),
-}
-
-/// The degraded spell of a limiter whose Redis is unreachable.
-#[derive(Debug)]
-struct Fallback {
-    local: MemoryBackend,
-    workers: NonZeroU32,
-    down: Mutex<Option<Down>>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Down {
-    since: Instant,
-    retry_at: Instant,
 }
 
 /// The per-user limiter. Cheap to clone; every clone shares one backend.
@@ -596,67 +330,6 @@ impl Limiter {
         Ok((f.local.acquire(user, &ask)?, true))
     }
 
-    /// Waits until `cost` units of `user`'s quota are granted.
-    ///
-    /// Cancel it by dropping the future (nothing is held while waiting), or use
-    /// [`acquire_with`](Self::acquire_with) for a deadline or a cancellation token.
-    ///
-    /// # Panics
-    ///
-    /// Never: without a deadline the wait ends only in a grant or an error.
-    pub async fn acquire(&self, user: TornUserId, cost: u32) -> Result<Grant> {
-        match self
-            .acquire_with(user, &Request::new(cost), &Wait::forever())
-            .await?
-        {
-            Decision::Granted(g) => Ok(g),
-            Decision::Limited { .. } => unreachable!("waiting forever ends only in a grant"),
-        }
-    }
-
-    /// Waits for a grant, sleeping `retry_after` plus a little jitter between tries (so
-    /// waiting processes do not stampede). Returns [`Decision::Limited`] at once when the
-    /// next try would fall after the deadline, and [`Error::Cancelled`] when cancelled.
-    pub async fn acquire_with(
-        &self,
-        user: TornUserId,
-        request: &Request,
-        wait: &Wait,
-    ) -> Result<Decision> {
-        loop {
-            if wait
-                .cancel
-                .as_ref()
-                .is_some_and(CancellationToken::is_cancelled)
-            {
-                return Err(Error::Cancelled);
-            }
-            let decision = self.try_acquire_with(user, request).await?;
-            let retry_after = match &decision {
-                Decision::Granted(_) => return Ok(decision),
-                Decision::Limited { retry_after, .. } => *retry_after,
-            };
-            let pause = retry_after + jitter(retry_after);
-            if wait
-                .deadline
-                .is_some_and(|d| Instant::now() + retry_after > d)
-            {
-                return Ok(decision);
-            }
-            let sleep = match wait.deadline {
-                Some(d) => tokio::time::sleep_until(d.min(Instant::now() + pause)),
-                None => tokio::time::sleep(pause),
-            };
-            match &wait.cancel {
-                Some(token) => tokio::select! {
-                    () = sleep => {}
-                    () = token.cancelled() => return Err(Error::Cancelled),
-                },
-                None => sleep.await,
-            }
-        }
-    }
-
     /// The bucket of `user` now; consumes nothing.
     pub async fn status(&self, user: TornUserId) -> Result<Status> {
         let config = &self.inner.config;
@@ -800,81 +473,6 @@ impl Limiter {
     }
 }
 
-impl Fallback {
-    /// The local fallback `config`'s failure policy asks for, if any.
-    fn for_config(config: &RateLimitConfig) -> Option<Self> {
-        match config.on_redis_down() {
-            OnRedisDown::FailFast => None,
-            OnRedisDown::LocalFallback { workers } => Some(Self {
-                local: MemoryBackend::new(
-                    Arc::new(SystemClock::default()),
-                    config.cleanup_interval().as_millis() as u64,
-                ),
-                workers,
-                down: Mutex::new(None),
-            }),
-        }
-    }
-
-    fn state(&self) -> Option<Down> {
-        *self.down.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// True while Redis failed recently enough that calls should not wait on it again.
-    fn skip_redis(&self) -> bool {
-        self.state().is_some_and(|d| Instant::now() < d.retry_at)
-    }
-
-    /// Each worker's share when it must decide alone: the total stays under the limit.
-    fn share(&self, limit: u32) -> u32 {
-        limit / self.workers.get()
-    }
-
-    fn failed(&self, error: &Error, retry_in: Duration) {
-        let now = Instant::now();
-        let mut down = self.down.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(d) = down.as_mut() {
-            d.retry_at = now + retry_in;
-        } else {
-            tracing::warn!(
-                error = %error,
-                workers = self.workers.get(),
-                "redis unreachable: deciding locally at limit / workers until it answers"
-            );
-            *down = Some(Down {
-                since: now,
-                retry_at: now + retry_in,
-            });
-            crate::metrics::degraded_enter();
-        }
-    }
-
-    fn recovered(&self) {
-        let mut down = self.down.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(d) = down.take() {
-            crate::metrics::degraded_leave(true);
-            tracing::warn!(
-                degraded_ms = d.since.elapsed().as_millis() as u64,
-                "redis answers again: shared limits restored"
-            );
-        }
-    }
-}
-
-impl Drop for Fallback {
-    /// A limiter dropped while degraded no longer holds the process's degraded gauge up.
-    fn drop(&mut self) {
-        if self
-            .down
-            .get_mut()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_some()
-        {
-            crate::metrics::degraded_leave(false);
-        }
-    }
-}
-
 /// The wall clock in microseconds since the Unix epoch (0 before it: a clock that wrong
 /// shows as a huge gap, which is the point).
 fn unix_micros() -> u64 {
@@ -910,17 +508,6 @@ fn to_decision(
     }
 }
 
-fn to_status(raw: RawStatus, degraded: bool) -> Status {
-    Status {
-        used: raw.used,
-        limit: raw.limit,
-        remaining: raw.remaining,
-        reset_after: Duration::from_millis(raw.reset_after_ms),
-        penalty: Duration::from_millis(raw.penalty_ms),
-        degraded,
-    }
-}
-
 /// The most units a limit or a cost may be (Torn's own limits are 100 and 1,000 per
 /// minute): each unit is a 6-byte record, so this bounds what one call writes to Redis.
 pub const MAX_UNITS: u32 = 10_000;
@@ -946,11 +533,4 @@ fn validate_idempotency_id(id: &str) -> Result<()> {
         });
     }
     Ok(())
-}
-
-/// Up to 5 % of the wait, at most 20 ms: enough to spread waiters, small enough to keep the
-/// quota in use.
-fn jitter(wait: Duration) -> Duration {
-    let cap = (wait.as_micros() as u64 / 20).clamp(1, 20_000);
-    Duration::from_micros(rand::rng().random_range(0..=cap))
 }

@@ -117,7 +117,7 @@ pub struct LegacyDecision {
 /// # async fn run() -> Result<(), torn_quota::Error> {
 /// use torn_quota::RateLimitConfig;
 /// use torn_quota::rollout::LegacyLimiter;
-/// use torn_quota::torn::KeyHash;
+/// use torn_quota::KeyHash;
 /// use torn_quota::vault::DatabaseConfig;
 ///
 /// let config = RateLimitConfig::from_env()?;
@@ -182,7 +182,7 @@ impl LegacyLimiter {
     }
 
     /// One decision for `cost` units of the key whose hash is `key_hash` (64 lowercase hex
-    /// characters, as [`KeyHash`](crate::torn::KeyHash) gives), now, without waiting.
+    /// characters, as [`KeyHash`](crate::identity::KeyHash) gives), now, without waiting.
     pub async fn try_acquire(&self, key_hash: &str, cost: u32) -> Result<LegacyDecision> {
         validate_hash(key_hash)?;
         if cost == 0 {

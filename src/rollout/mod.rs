@@ -18,7 +18,7 @@
 //! ```no_run
 //! # async fn run() -> Result<(), torn_quota::Error> {
 //! use torn_quota::rollout::{LegacyLimiter, RolloutLimiter};
-//! use torn_quota::torn::KeyHash;
+//! use torn_quota::KeyHash;
 //! use torn_quota::vault::DatabaseConfig;
 //! use torn_quota::{Limiter, RateLimitConfig, Request, TornUserId};
 //!
@@ -65,7 +65,8 @@ use tracing::Instrument;
 use tracing::field::Empty;
 
 use crate::error::{Error, Result};
-use crate::limiter::{Decision, Grant, Limiter, Mode, Request, TornUserId};
+use crate::identity::TornUserId;
+use crate::limiter::{Decision, Grant, Limiter, Mode, Request};
 
 #[cfg(feature = "legacy")]
 pub use legacy::{LegacyDecision, LegacyLimiter};

@@ -7,7 +7,9 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::limiter::{Mode, TornUserId};
+use crate::identity::TornUserId;
+
+use crate::limiter::Mode;
 
 /// Salts the hash so that this choice of users is independent of any other split made from
 /// the same ids (an experiment elsewhere that also hashes user ids).

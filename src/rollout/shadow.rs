@@ -10,7 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::limiter::{Limiter, RateLimitConfig, RedisConn, TornUserId};
+use crate::identity::TornUserId;
+use crate::limiter::{Limiter, RateLimitConfig, RedisConn};
 
 /// Which side granted when the two limiters disagreed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -15,8 +15,9 @@ use serde::de::{self, DeserializeOwned, Deserializer, MapAccess, SeqAccess, Visi
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use crate::TornUserId;
 use crate::error::Error;
-use crate::limiter::{Mode, TornUserId};
+use crate::limiter::Mode;
 use crate::settings::{RedisDownPolicy, Settings};
 
 /// A secret setting's value (a URL that may carry a password, a key, a token): wiped when

@@ -23,8 +23,9 @@ use figment::Figment;
 use figment::providers::Serialized;
 use serde::Deserialize;
 
+use crate::TornUserId;
 use crate::error::Result;
-use crate::limiter::{Mode, TornUserId};
+use crate::limiter::Mode;
 
 pub use de::Secret;
 

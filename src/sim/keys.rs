@@ -1,11 +1,12 @@
 //! The simulator's keys: who owns each, at what access level, in what state, and the keys
 //! file `torn-quota sim --keys` reads.
 
+use crate::identity::TornUserId;
+
+use crate::identity::{AccessLevel, ApiKey, KeyHash};
+use crate::torn::TornErrorCode;
 use std::collections::HashMap;
 use std::fmt;
-
-use crate::limiter::TornUserId;
-use crate::torn::{AccessLevel, ApiKey, KeyHash, TornErrorCode};
 
 /// Whether Torn would serve a key, and if not, the code it answers instead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]

@@ -14,7 +14,7 @@
 //! # async fn main() -> std::io::Result<()> {
 //! use torn_quota::TornUserId;
 //! use torn_quota::sim::{SimConfig, SimKey, Simulator};
-//! use torn_quota::torn::AccessLevel;
+//! use torn_quota::AccessLevel;
 //!
 //! let key = SimKey::new("AbCdEfGh12345678", TornUserId::new(4), AccessLevel::Full);
 //! let sim = Simulator::start([key], SimConfig::default()).await?;

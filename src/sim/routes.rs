@@ -3,7 +3,8 @@
 use serde_json::{Map, Value, json};
 
 use super::keys::SimKey;
-use crate::torn::{AccessLevel, TornErrorCode};
+use crate::identity::AccessLevel;
+use crate::torn::TornErrorCode;
 
 const WRONG_TYPE: TornErrorCode = TornErrorCode::new(3);
 const WRONG_FIELDS: TornErrorCode = TornErrorCode::new(4);
@@ -280,7 +281,7 @@ fn data(section: &str, selection: &str, id: Option<u64>) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limiter::TornUserId;
+    use crate::identity::TornUserId;
 
     fn key(access: AccessLevel) -> SimKey {
         SimKey::new("AbCdEfGh12345678", TornUserId::new(4), access)

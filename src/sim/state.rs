@@ -14,8 +14,8 @@ use tokio::time::Instant;
 use super::config::SimConfig;
 use super::fault::Fault;
 use super::keys::SimKey;
-use crate::limiter::TornUserId;
-use crate::torn::{KeyHash, TornErrorCode};
+use crate::identity::{KeyHash, TornUserId};
+use crate::torn::TornErrorCode;
 
 /// How many distinct unknown keys [`SimCounters::requests_by_key`] tracks at most.
 pub const UNKNOWN_KEYS_TRACKED: usize = 4096;
@@ -255,7 +255,7 @@ impl State {
             return refuse(c, TornErrorCode::INCORRECT_KEY);
         };
         if let Some(code) = entry.key.state.error_code() {
-            tracing::debug!(owner = %entry.key.owner, key_hash = %entry.hash, code = code.get(), "sim: key refused");
+            tracing::debug!(owner = %entry.key.owner, key_hash = entry.hash.short(), code = code.get(), "sim: key refused");
             return refuse(c, code);
         }
         let owner = entry.key.owner;
@@ -263,7 +263,7 @@ impl State {
         let window = self.owners.entry(owner).or_default();
         let in_window = window.count(now, config.window());
         if in_window >= limit as usize {
-            tracing::debug!(%owner, key_hash = %entry.hash, "sim: owner's window full");
+            tracing::debug!(%owner, key_hash = entry.hash.short(), "sim: owner's window full");
             return refuse(c, TornErrorCode::TOO_MANY_REQUESTS);
         }
         window.record(now, limit as usize);
@@ -273,7 +273,7 @@ impl State {
         c.max_in_window = c.max_in_window.max(recorded);
         let max = c.max_in_window_by_owner.entry(owner).or_default();
         *max = (*max).max(recorded);
-        tracing::debug!(%owner, key_hash = %entry.hash, in_window = recorded, "sim: admitted");
+        tracing::debug!(%owner, key_hash = entry.hash.short(), in_window = recorded, "sim: admitted");
 
         let fault = self.faults.pop_front().or_else(|| random_fault(config));
         if fault.is_some() {
@@ -317,8 +317,8 @@ mod tests {
     use std::num::NonZeroU32;
 
     use super::*;
+    use crate::identity::AccessLevel;
     use crate::sim::KeyState;
-    use crate::torn::AccessLevel;
 
     const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 

@@ -14,8 +14,7 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
-use crate::torn::{ApiKey, KeyHash};
-use crate::vault::AppUserId;
+use crate::identity::{ApiKey, AppUserId, KeyHash};
 
 /// The environment name of the encryption keys.
 pub const ENCRYPTION_KEY_SETTING: &str = "TORN_QUOTA_ENCRYPTION_KEY";
@@ -118,8 +117,9 @@ struct Entry {
 /// Cloning is cheap (the keys are shared). `Debug` shows the ids only.
 ///
 /// ```
-/// use torn_quota::torn::ApiKey;
-/// use torn_quota::vault::{AppUserId, Keyring};
+/// use torn_quota::ApiKey;
+/// use torn_quota::vault::Keyring;
+/// use torn_quota::AppUserId;
 ///
 /// let keyring = Keyring::parse("new:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=")?;
 /// let user = AppUserId::new(uuid::Uuid::new_v4());

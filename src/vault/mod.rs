@@ -4,8 +4,9 @@
 //!
 //! ```no_run
 //! # async fn run(resolver: impl torn_quota::vault::ResolveOwner) -> Result<(), torn_quota::Error> {
-//! use torn_quota::torn::ApiKey;
-//! use torn_quota::vault::{AppUserId, Vault, VaultConfig};
+//! use torn_quota::ApiKey;
+//! use torn_quota::vault::{Vault, VaultConfig};
+//! use torn_quota::AppUserId;
 //!
 //! let vault = Vault::connect(&VaultConfig::from_env()?).await?;
 //! torn_quota::vault::migrate(vault.pool()).await?;
@@ -60,47 +61,11 @@ pub use store::{
 };
 
 use crate::error::{Error, Result};
-use crate::torn::ApiKey;
+use crate::identity::ApiKey;
 
-/// An account of the tool (`auth.users(id)`, a Supabase user on Supabase): whoever stored a
-/// key. Not the Torn player who owns it, which is a [`TornUserId`](crate::TornUserId).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct AppUserId(uuid::Uuid);
-
-impl AppUserId {
-    /// Wraps an account id.
-    pub const fn new(id: uuid::Uuid) -> Self {
-        Self(id)
-    }
-    /// The UUID.
-    pub const fn get(self) -> uuid::Uuid {
-        self.0
-    }
-}
-
-impl fmt::Display for AppUserId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.hyphenated().fmt(f)
-    }
-}
-
-impl FromStr for AppUserId {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        uuid::Uuid::parse_str(s.trim())
-            .map(Self)
-            .map_err(|_| Error::InvalidArgument {
-                name: "user",
-                reason: format!("'{s}' is not an account id (a UUID)"),
-            })
-    }
-}
-
-impl From<uuid::Uuid> for AppUserId {
-    fn from(id: uuid::Uuid) -> Self {
-        Self(id)
-    }
-}
+/// The account that stored a key (the identity types live together in
+/// [`identity`](crate::identity)).
+pub use crate::identity::AppUserId;
 
 /// One stored key's row id (`sentinel_user_keys.id`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -136,7 +101,7 @@ impl FromStr for StoredKeyId {
 }
 
 /// What Torn says about a key (the Torn client's type: one shape for both).
-pub use crate::torn::KeyInfo;
+pub use crate::identity::KeyInfo;
 
 impl ResolveOwner for crate::torn::TornClient {
     /// [`TornClient::owner_of`](crate::torn::TornClient::owner_of): the cache, the mapping
@@ -159,7 +124,7 @@ impl ResolveOwner for crate::torn::TornClient {
 /// vault stores nothing for a key its resolver refuses.
 ///
 /// ```
-/// use torn_quota::torn::{AccessLevel, ApiKey};
+/// use torn_quota::{AccessLevel, ApiKey};
 /// use torn_quota::vault::{KeyInfo, ResolveOwner};
 /// use torn_quota::{Error, TornUserId};
 ///

@@ -8,11 +8,11 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
 
 use crate::error::{Error, Result};
-use crate::limiter::TornUserId;
-use crate::torn::{AccessLevel, ApiKey, ErrorClass, KeyHash, TornErrorCode};
+use crate::identity::{AccessLevel, ApiKey, AppUserId, KeyHash, KeyInfo, TornUserId};
+use crate::torn::{ErrorClass, TornErrorCode};
 use crate::vault::config::VaultConfig;
 use crate::vault::crypto::{EncryptionKeyId, Keyring};
-use crate::vault::{AppUserId, KeyInfo, ResolveOwner, StoredKeyId};
+use crate::vault::{ResolveOwner, StoredKeyId};
 
 /// How many key owners the in-process cache remembers, by default.
 const OWNER_CACHE_CAPACITY: u64 = 100_000;

@@ -4,9 +4,10 @@
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;
 
+use torn_quota::ApiKey;
 use torn_quota::batch::{BatchConfig, BatchHandler, BatchOutcome, BatchRequest};
 use torn_quota::sim::{SimConfig, SimHandle, SimKey, Simulator};
-use torn_quota::torn::{ApiKey, TornClient, TornClientConfig};
+use torn_quota::torn::{TornClient, TornClientConfig};
 use torn_quota::{Limiter, RateLimitConfig};
 
 /// Torn's limit in these scenarios, per owner per window (the simulator's and the limiter's).

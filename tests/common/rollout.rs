@@ -11,8 +11,8 @@ use rand::Rng;
 #[cfg(feature = "cli")]
 use serde_json::Value;
 use sqlx::PgPool;
+use torn_quota::KeyHash;
 use torn_quota::rollout::{LegacyLimiter, RolloutDecision, RolloutLimiter};
-use torn_quota::torn::KeyHash;
 use torn_quota::{Limiter, Mode, Request, TornUserId};
 
 use super::pg::TestDb;

@@ -9,9 +9,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use torn_quota::sim::{KeyState, SimConfig, SimHandle, SimKey, Simulator};
-use torn_quota::torn::{
-    AccessLevel, ApiKey, TornClient, TornClientConfig, TornClientConfigBuilder,
-};
+use torn_quota::torn::{TornClient, TornClientConfig, TornClientConfigBuilder};
+use torn_quota::{AccessLevel, ApiKey};
 use torn_quota::{Error, Limiter, TornUserId};
 
 /// Owner 4's keys, both full.
@@ -176,7 +175,7 @@ pub async fn setup(
 
 /// Requests the simulator received with `k` (known keys only).
 pub fn sent_with(sim: &SimHandle, k: &str) -> u64 {
-    let hash = torn_quota::torn::KeyHash::of(k);
+    let hash = torn_quota::KeyHash::of(k);
     sim.counters()
         .requests_by_key
         .get(&hash)

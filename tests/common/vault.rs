@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use rand::Rng;
 use sqlx::PgPool;
-use torn_quota::torn::{AccessLevel, ApiKey, TornErrorCode};
+use torn_quota::torn::TornErrorCode;
 use torn_quota::vault::{AppUserId, KeyInfo, Keyring, ResolveOwner};
+use torn_quota::{AccessLevel, ApiKey};
 use torn_quota::{Error, TornUserId};
 
 /// A 32-byte encryption key, base64 (the keyring's `id:key` setting names it).

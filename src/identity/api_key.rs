@@ -1,11 +1,12 @@
-//! API keys as secrets: validated on the way in, masked on the way out, wiped on drop.
+//! [`ApiKey`]: a Torn API key as a secret, validated on the way in, masked on the way out,
+//! wiped on drop.
 
 use std::fmt;
 use std::str::FromStr;
 
-use sha2::{Digest, Sha256};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
+use super::KeyHash;
 use crate::error::Error;
 
 /// A Torn API key: 16 characters `[A-Za-z0-9]`.
@@ -15,7 +16,7 @@ use crate::error::Error;
 /// reviewing where a key can leak means reviewing the callers of one method.
 ///
 /// ```
-/// use torn_quota::torn::ApiKey;
+/// use torn_quota::ApiKey;
 ///
 /// let key: ApiKey = "AbCdEfGh12345678".parse()?;
 /// assert_eq!(format!("{key}"), "****5678");
@@ -91,35 +92,6 @@ impl fmt::Display for ApiKey {
     }
 }
 
-/// The lowercase hex SHA-256 of a key: what identifies a key in storage, logs and the
-/// legacy limiter's rows without revealing it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct KeyHash(String);
-
-impl KeyHash {
-    /// Hashes any string, valid key or not (the legacy limiter hashes what it was given).
-    pub fn of(key: &str) -> Self {
-        let digest = Sha256::digest(key.as_bytes());
-        let mut hex = String::with_capacity(64);
-        for b in digest {
-            use fmt::Write as _;
-            let _ = write!(hex, "{b:02x}");
-        }
-        Self(hex)
-    }
-
-    /// The 64 hex characters.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for KeyHash {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,14 +118,5 @@ mod tests {
             let err = ApiKey::new(bad).unwrap_err().to_string();
             assert!(bad.is_empty() || !err.contains(bad), "{err}");
         }
-    }
-
-    #[test]
-    fn the_hash_is_lowercase_hex_sha256() {
-        // sha256("abc"), from FIPS 180-2.
-        assert_eq!(
-            KeyHash::of("abc").as_str(),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
     }
 }

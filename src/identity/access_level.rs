@@ -1,4 +1,4 @@
-//! Key access levels, as Torn numbers and names them.
+//! [`AccessLevel`]: how much a key may read, as Torn numbers and names the levels.
 
 use std::fmt;
 

@@ -1,0 +1,165 @@
+//! A key's owner and access level: the in-process cache, the memo every process shares
+//! through Redis, else `/v2/key/info`, whose unit is recorded on the owner once known.
+
+use super::TornClient;
+use super::shared_error::unshare;
+use super::wire::{parse_key_info, parse_profile_id};
+use crate::error::Result;
+use crate::identity::{AccessLevel, ApiKey, KeyHash, KeyInfo, TornUserId};
+use crate::limiter::Wait;
+
+/// The name of a key's owner memo, as [`TornClient::lookup`] shares it.
+pub(super) fn owner_memo_name(hash: &KeyHash) -> String {
+    format!("owner:{hash}")
+}
+
+/// Reads `owner:access` as [`TornClient::lookup`] shares it.
+pub(super) fn parse_owner_memo(v: &str) -> Option<KeyInfo> {
+    let (owner, access) = v.split_once(':')?;
+    Some(KeyInfo {
+        owner: TornUserId::new(owner.parse().ok()?),
+        access: AccessLevel::from_number(access.parse().ok()?)?,
+    })
+}
+
+impl TornClient {
+    /// Asks Torn (`/v2/key/info`) for the key's owner and access level, now, and remembers
+    /// the answer as [`owner_of`](Self::owner_of) does. When the owner is already known,
+    /// the call takes a unit of the owner's quota like any other.
+    pub async fn key_info(&self, key: &ApiKey) -> Result<KeyInfo> {
+        let wait = Wait::forever();
+        self.guarded(&wait, async {
+            if let Some(info) = self.admit_key(key, &wait).await? {
+                // The re-check was the call this asks for.
+                return Ok(info);
+            }
+            let hash = key.hash();
+            let known = self.inner.owners.get(&hash).await.map(|i| i.owner);
+            let info = self.fetch_key_info(key, known, &wait).await?;
+            self.inner.owners.insert(hash, info).await;
+            Ok(info)
+        })
+        .await
+    }
+
+    /// The key's owner and access level: from the in-process cache (kept for the configured
+    /// TTL), else from one call to `/v2/key/info`. Concurrent misses for one key share that
+    /// one call.
+    ///
+    /// That call reaches Torn before the owner is known, so it cannot wait for the owner's
+    /// quota: it takes a unit of the IP bucket first and, once the answer names the owner,
+    /// records one unit on the owner's bucket for certain, even when it is full (Torn
+    /// counted the call), so later grants see it. Callers that know the owner already (the vault's key-hash mapping) avoid the
+    /// call with [`remember_owner`](Self::remember_owner).
+    pub async fn owner_of(&self, key: &ApiKey) -> Result<KeyInfo> {
+        let wait = Wait::forever();
+        self.guarded(&wait, self.resolve(key, &wait)).await
+    }
+
+    /// Remembers a key's owner and access level learnt elsewhere (say, the vault's mapping),
+    /// for the cache's TTL.
+    pub async fn remember_owner(&self, key: &ApiKey, info: KeyInfo) {
+        self.inner.owners.insert(key.hash(), info).await;
+    }
+
+    /// The cached owner, or one shared call to Torn.
+    pub(super) async fn resolve(&self, key: &ApiKey, wait: &Wait) -> Result<KeyInfo> {
+        self.admit_key(key, wait).await?;
+        self.inner
+            .owners
+            .try_get_with(key.hash(), Box::pin(self.lookup(key, wait)))
+            .await
+            .map_err(unshare)
+    }
+
+    /// An owner this process does not know: from the mapping every process shares through
+    /// the limiter's Redis, else from Torn (then shared). Sharing matters because a lookup
+    /// spends a unit of a quota nobody can check beforehand: a second process looking the
+    /// same key up while the owner's window is full would meet a code 5.
+    pub(super) async fn lookup(&self, key: &ApiKey, wait: &Wait) -> Result<KeyInfo> {
+        let hash = key.hash();
+        let memo = owner_memo_name(&hash);
+        let limiter = self.inner.gate.limiter();
+        match limiter.recall(&memo).await {
+            Ok(Some(v)) => {
+                if let Some(info) = parse_owner_memo(&v) {
+                    return Ok(info);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::debug!(error = %e, "shared owner mapping unreadable; asking torn"),
+        }
+        let info = self.fetch_key_info(key, None, wait).await?;
+        let value = format!("{}:{}", info.owner.get(), info.access.number());
+        if let Err(e) = limiter
+            .remember(&memo, &value, self.inner.config.owner_cache_ttl())
+            .await
+        {
+            tracing::debug!(error = %e, "cannot share the owner mapping");
+        }
+        Ok(info)
+    }
+
+    pub(super) async fn fetch_key_info(
+        &self,
+        key: &ApiKey,
+        owner: Option<TornUserId>,
+        wait: &Wait,
+    ) -> Result<KeyInfo> {
+        let url = self.url("v2/key/info")?;
+        let body = self.call(key, owner, &url, "torn key info", wait).await?;
+        let (named, access) = parse_key_info(&body)?;
+        let (resolved, calls) = if let Some(id) = named {
+            (id, 1)
+        } else {
+            // Torn's key info does not always name the owner; the key's own profile does,
+            // for one more counted call.
+            let url = self.url("v2/user/basic")?;
+            let body = self.call(key, owner, &url, "torn user basic", wait).await?;
+            (parse_profile_id(&body)?, 2)
+        };
+        let info = KeyInfo {
+            owner: resolved,
+            access,
+        };
+        if owner.is_none() {
+            for _ in 0..calls {
+                self.inner.gate.record_lookup(info.owner).await;
+            }
+        }
+        tracing::debug!(
+            owner = info.owner.get(),
+            access = info.access.number(),
+            key_hash = key.hash().short(),
+            "torn key resolved"
+        );
+        Ok(info)
+    }
+
+    /// Deletes the key's owner memo that every process shares through Redis, so that no
+    /// process resolves a key Torn refused from it (the memo lives up to the owner cache's
+    /// TTL). A failure is logged only: the memo expires on its own.
+    pub(super) async fn forget_shared_owner(&self, hash: &KeyHash) {
+        let memo = self
+            .inner
+            .gate
+            .limiter()
+            .keys()
+            .memo(&owner_memo_name(hash));
+        let deleted = self
+            .inner
+            .gate
+            .limiter()
+            .with_redis("forget owner memo", |mut c| async move {
+                ::redis::cmd("DEL").arg(&memo).exec_async(&mut c).await
+            })
+            .await;
+        if let Some(Err(e)) = deleted {
+            tracing::debug!(
+                key_hash = hash.short(),
+                error = %e,
+                "cannot delete the shared owner mapping of a refused key"
+            );
+        }
+    }
+}
