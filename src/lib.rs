@@ -21,15 +21,19 @@
 //! languages can call them too. The [`Limiter`] also runs [in memory](Limiter::in_memory)
 //! with identical semantics, for one process and for tests.
 
+#[cfg(feature = "batch")]
 pub mod batch;
 pub mod error;
+#[cfg(feature = "torn")]
 pub mod gate;
 pub mod limiter;
 pub mod metrics;
 pub mod rollout;
 mod settings;
+#[cfg(feature = "sim")]
 pub mod sim;
 pub mod torn;
+#[cfg(feature = "vault")]
 pub mod vault;
 
 pub use error::{Error, Result};

@@ -19,12 +19,16 @@ pub(crate) const CONFIG_FILE: &str = "TORN_QUOTA_CONFIG";
 
 /// Every setting any part of the crate reads.
 fn known() -> impl Iterator<Item = &'static str> + Clone {
-    crate::limiter::SETTINGS
-        .iter()
-        .chain(crate::torn::CLIENT_SETTINGS)
-        .chain(crate::vault::VAULT_SETTINGS)
-        .copied()
-        .chain(std::iter::once(CONFIG_FILE))
+    [
+        crate::limiter::SETTINGS,
+        crate::torn::CLIENT_SETTINGS,
+        #[cfg(feature = "vault")]
+        crate::vault::VAULT_SETTINGS,
+    ]
+    .into_iter()
+    .flatten()
+    .copied()
+    .chain(std::iter::once(CONFIG_FILE))
 }
 
 /// One part's settings: the file's values, overridden by the environment's for `own`.

@@ -6,7 +6,6 @@ mod bench;
 mod demo;
 mod rollout;
 mod sim;
-mod soak;
 mod status;
 mod vault;
 
@@ -51,10 +50,6 @@ enum Command {
     Batch(batch::Args),
     /// Runs the Torn API simulator on loopback until Ctrl-C, then prints what it served.
     Sim(sim::Args),
-    /// Workers × owners for a while against the simulator, with Redis killed and restarted,
-    /// PostgreSQL stopped and started, and Torn's faults served; JSON report. Exit 0 when
-    /// nothing was lost, no limit broken and every worker recovered.
-    Soak(soak::Args),
     /// Applies the embedded PostgreSQL migrations to DATABASE_URL (a second run is a no-op).
     Migrate(vault::MigrateArgs),
     /// The key vault: add (key on stdin), list (masked), remove, primary, rotate.
@@ -100,7 +95,6 @@ pub(crate) fn main() -> ExitCode {
             }
             Command::Bench(args) => bench::run(load_config(cli.config.as_deref())?, args).await,
             Command::Batch(args) => batch::run(cli.config.as_deref(), args).await,
-            Command::Soak(args) => soak::run(args).await,
             Command::Sim(args) => sim::run(load_config(cli.config.as_deref())?, args).await,
             Command::Migrate(args) => vault::run_migrate(cli.config.as_deref(), args).await,
             Command::Keys(args) => vault::run_keys(cli.config.as_deref(), args).await,

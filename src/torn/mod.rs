@@ -2,12 +2,14 @@
 //! every call.
 
 mod access;
+#[cfg(feature = "torn")]
 mod client;
 mod code;
 mod config;
 mod key;
 
 pub use access::AccessLevel;
+#[cfg(feature = "torn")]
 pub use client::{
     CallOptions, KeyStatus, SystemWallClock, TornClient, TornClientBuilder, WallClock, check_path,
 };

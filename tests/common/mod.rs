@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use torn_quota::{RateLimitConfig, RateLimitConfigBuilder};
 
+#[cfg(feature = "vault")]
 pub mod pg;
 
 pub fn redis_url() -> String {
