@@ -24,7 +24,8 @@
 //! # Layout
 //!
 //! One folder per part; the cargo feature that brings it in (the limiter is always in, so a
-//! library user who turns default features off compiles Redis and tokio, nothing more):
+//! library user who turns default features off compiles Redis, tokio and a few small crates;
+//! no HTTP client or server, no PostgreSQL driver, no AES):
 //!
 //! | folder | owns | feature |
 //! |---|---|---|
