@@ -106,6 +106,7 @@ pub enum Error {
     },
 
     /// PostgreSQL failed or refused a statement.
+    #[cfg(any(feature = "vault", feature = "legacy"))]
     #[error("database failure during {operation}")]
     Database {
         /// What the vault was doing.
@@ -117,6 +118,7 @@ pub enum Error {
 
     /// PostgreSQL could not be reached, or refused the connection. `target` is its
     /// `host:port` (or socket path), never the password.
+    #[cfg(any(feature = "vault", feature = "legacy"))]
     #[error("cannot connect to PostgreSQL at {target}")]
     DatabaseConnect {
         /// `host:port`, or the Unix socket's path.

@@ -55,6 +55,7 @@ pub(crate) fn limiter_decision(backend: &'static str, outcome: &'static str, deg
 }
 
 /// Counts one answer from Torn: `None` for a transport failure.
+#[cfg(feature = "torn")]
 pub(crate) fn torn_answer(code: Option<Result<(), u16>>) {
     let label: metrics::SharedString = match code {
         Some(Ok(())) => "ok".into(),
@@ -65,12 +66,14 @@ pub(crate) fn torn_answer(code: Option<Result<(), u16>>) {
 }
 
 /// Counts `n` requests a batch answered.
+#[cfg(feature = "batch")]
 pub(crate) fn batch_answered(ok: bool, n: usize) {
     metrics::counter!(BATCH_REQUESTS, "outcome" => if ok { "ok" } else { "failed" })
         .increment(n as u64);
 }
 
 /// Sets the last batch's quota use.
+#[cfg(feature = "batch")]
 pub(crate) fn batch_quota_used(fraction: f64) {
     metrics::gauge!(BATCH_QUOTA_USED).set(fraction);
 }

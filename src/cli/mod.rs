@@ -6,7 +6,6 @@ mod bench;
 mod demo;
 mod rollout;
 mod sim;
-mod soak;
 mod status;
 mod vault;
 
@@ -52,10 +51,6 @@ enum Command {
     Batch(batch::Args),
     /// Runs the Torn API simulator on loopback until Ctrl-C, then prints what it served.
     Sim(sim::Args),
-    /// Workers × owners for a while against the simulator, with Redis killed and restarted,
-    /// PostgreSQL stopped and started, and Torn's faults served; JSON report. Exit 0 when
-    /// nothing was lost, no limit broken and every worker recovered.
-    Soak(soak::Args),
     /// Applies the embedded PostgreSQL migrations to DATABASE_URL (a second run is a no-op).
     Migrate(vault::MigrateArgs),
     /// The key vault: add (key on stdin), list (masked), remove, primary, rotate.
@@ -98,7 +93,6 @@ pub(crate) fn main() -> ExitCode {
             Command::SetLimit(args) => status::set_limit(settings.rate_limit()?, args).await,
             Command::Bench(args) => bench::run(settings.rate_limit()?, args).await,
             Command::Batch(args) => batch::run(&settings, args).await,
-            Command::Soak(args) => soak::run(&settings, args).await,
             Command::Sim(args) => sim::run(settings.rate_limit()?, args).await,
             Command::Migrate(args) => vault::run_migrate(&settings, args).await,
             Command::Keys(args) => vault::run_keys(&settings, args).await,

@@ -103,6 +103,7 @@ impl FromStr for StoredKeyId {
 /// What Torn says about a key (the Torn client's type: one shape for both).
 pub use crate::identity::KeyInfo;
 
+#[cfg(feature = "torn")]
 impl ResolveOwner for crate::torn::TornClient {
     /// [`TornClient::owner_of`](crate::torn::TornClient::owner_of): the cache, the mapping
     /// every process shares, else one call to Torn.

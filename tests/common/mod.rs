@@ -17,6 +17,7 @@ use torn_quota::{RateLimitConfig, RateLimitConfigBuilder};
 pub mod batch;
 pub mod metrics;
 pub mod oracle_worker;
+#[cfg(feature = "vault")]
 pub mod pg;
 pub mod redis_server;
 #[cfg(feature = "legacy")]

@@ -1,12 +1,12 @@
-//! `torn-quota soak`: N worker processes × M owners for T seconds against the simulator,
+//! `cargo xtask soak`: N worker processes × M owners for T seconds against the simulator,
 //! while Redis is killed and restarted and the simulator serves code 17, slow answers and
 //! dropped connections. One JSON report on stdout; exit 0 when nothing was lost, nothing
 //! went over the limit outside the documented window, and every worker recovered.
 //!
 //! The parent owns everything it breaks: a private `redis-server` on a free loopback port,
 //! a private PostgreSQL cluster (initdb into a temporary directory; never the machine's
-//! shared server) holding the keys in the vault, and the simulator. Workers are this binary
-//! again (`soak --worker`), each reading its pool from the vault every round (the last pool
+//! shared server) holding the keys in the vault, and the simulator. Workers are this program
+//! again (`xtask soak --worker`), each reading its pool from the vault every round (the last pool
 //! read serves while PostgreSQL is down) and running batches through the limiter with
 //! `TORN_QUOTA_ON_REDIS_DOWN=local`; they report one JSON line when their time is up.
 //!
@@ -36,7 +36,7 @@ use torn_quota::{
     AccessLevel, ApiKey, AppUserId, KeyInfo, Limiter, OnRedisDown, RateLimitConfig, TornUserId,
 };
 
-use super::{CliResult, emit};
+use crate::{CliResult, emit};
 
 /// Keys each owner has: two, so an owner's quota is shared across keys as Torn shares it.
 const KEYS_PER_OWNER: u64 = 2;
