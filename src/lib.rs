@@ -25,10 +25,11 @@ pub mod batch;
 pub mod error;
 pub mod gate;
 pub mod limiter;
-pub mod metrics;
+pub mod oracle;
 pub mod rollout;
 mod settings;
 pub mod sim;
+pub mod telemetry;
 pub mod torn;
 pub mod vault;
 
@@ -38,32 +39,6 @@ pub use limiter::{
     Priority, RateLimitConfig, RateLimitConfigBuilder, Request, Status, SystemClock, TornUserId,
     Wait,
 };
-
-/// The most grants in any window, by the limiter's own rule for millisecond stamps: a grant
-/// stamped `t` was made somewhere in `[t, t + 1)` ms and counts until `t + window_ms`
-/// inclusive, so grants stamped `window_ms` apart may be less than one real window apart
-/// and count together. The check an oracle runs on recorded grant times, such as
-/// [`Grant::granted_at_ms`]. `times` need not be sorted.
-///
-/// ```
-/// // 0 and 1000 may be 999.x ms apart in real time: together in one window.
-/// assert_eq!(torn_quota::busiest_window(&[0, 10, 999, 1000], 1000), 4);
-/// // The first has surely left by 1001.
-/// assert_eq!(torn_quota::busiest_window(&[0, 10, 999, 1001], 1000), 3);
-/// ```
-pub fn busiest_window(times: &[u64], window_ms: u64) -> usize {
-    let mut sorted = times.to_vec();
-    sorted.sort_unstable();
-    let mut best = 0;
-    let mut lo = 0;
-    for hi in 0..sorted.len() {
-        while sorted[hi] - sorted[lo] > window_ms {
-            lo += 1;
-        }
-        best = best.max(hi - lo + 1);
-    }
-    best
-}
 
 /// The Lua scripts, as shipped in `lua/`, for callers in other languages or tools that load
 /// them themselves.

@@ -6,7 +6,7 @@ mod clock;
 mod config;
 mod keys;
 mod memory;
-mod redis;
+mod store;
 
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -19,8 +19,8 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{Error, Result};
 use backend::{Ask, RawDecision, RawStatus};
 use memory::MemoryBackend;
-pub(crate) use redis::Conn as RedisConn;
-use redis::RedisBackend;
+pub(crate) use store::Conn as RedisConn;
+use store::RedisBackend;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{
@@ -487,7 +487,7 @@ impl Limiter {
         let after = unix_micros();
         let local = before / 2 + after / 2;
         let gap = (i128::from(redis_micros) - i128::from(local)) as f64 / 1e6;
-        crate::metrics::clock_gap(gap);
+        crate::telemetry::clock_gap(gap);
         Ok(gap)
     }
 
@@ -544,10 +544,10 @@ impl Limiter {
             Backend::Redis(r) => self.decide_on_redis(r, user, ask).await,
         };
         let (raw, degraded) = decided.inspect_err(|_| {
-            crate::metrics::limiter_decision(self.backend_name(), "error", false);
+            crate::telemetry::limiter_decision(self.backend_name(), "error", false);
         })?;
         let decision = to_decision(user, request, &ask, raw, degraded);
-        crate::metrics::limiter_decision(
+        crate::telemetry::limiter_decision(
             self.backend_name(),
             if decision.is_granted() {
                 "granted"
@@ -593,7 +593,7 @@ impl Limiter {
                 Err(e) => return Err(e),
             }
         }
-        crate::metrics::degraded_tick();
+        crate::telemetry::degraded_tick();
         ask.limit = f.share(ask.limit);
         Ok((f.local.acquire(user, &ask)?, true))
     }
@@ -847,14 +847,14 @@ impl Fallback {
                 since: now,
                 retry_at: now + retry_in,
             });
-            crate::metrics::degraded_enter();
+            crate::telemetry::degraded_enter();
         }
     }
 
     fn recovered(&self) {
         let mut down = self.down.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(d) = down.take() {
-            crate::metrics::degraded_leave(true);
+            crate::telemetry::degraded_leave(true);
             tracing::warn!(
                 degraded_ms = d.since.elapsed().as_millis() as u64,
                 "redis answers again: shared limits restored"
@@ -872,7 +872,7 @@ impl Drop for Fallback {
             .unwrap_or_else(PoisonError::into_inner)
             .is_some()
         {
-            crate::metrics::degraded_leave(false);
+            crate::telemetry::degraded_leave(false);
         }
     }
 }
