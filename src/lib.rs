@@ -25,6 +25,7 @@ pub mod batch;
 pub mod error;
 pub mod gate;
 pub mod limiter;
+pub mod lua;
 pub mod oracle;
 pub mod rollout;
 mod settings;
@@ -39,35 +40,6 @@ pub use limiter::{
     Priority, RateLimitConfig, RateLimitConfigBuilder, Request, Status, SystemClock, TornUserId,
     Wait,
 };
-
-/// The Lua scripts, as shipped in `lua/`, for callers in other languages or tools that load
-/// them themselves.
-pub mod lua {
-    /// `lua/acquire.lua`: take units from a bucket.
-    pub const ACQUIRE: &str = include_str!("../lua/acquire.lua");
-    /// `lua/acquire_many.lua`: many acquire decisions in one call. Not standalone: run
-    /// [`acquire_many_source`], which puts [`ACQUIRE`]'s shared part before it.
-    pub const ACQUIRE_MANY: &str = include_str!("../lua/acquire_many.lua");
-
-    /// The runnable text of `acquire_many.lua`: `acquire.lua` up to its `@shared-end` line
-    /// (the one `decide` function both scripts run), then `acquire_many.lua`.
-    pub fn acquire_many_source() -> String {
-        let shared = ACQUIRE
-            .find("-- @shared-end")
-            .map_or(ACQUIRE, |end| &ACQUIRE[..end]);
-        format!("{shared}\n{ACQUIRE_MANY}")
-    }
-    /// `lua/status.lua`: read a bucket.
-    pub const STATUS: &str = include_str!("../lua/status.lua");
-    /// `lua/penalize.lua`: mark a bucket full for a while.
-    pub const PENALIZE: &str = include_str!("../lua/penalize.lua");
-    /// `lua/refund.lua`: give back a grant never sent.
-    pub const REFUND: &str = include_str!("../lua/refund.lua");
-    /// `lua/settle.lua`: restamp provisional grants with the time their calls were answered.
-    pub const SETTLE: &str = include_str!("../lua/settle.lua");
-    /// `lua/record.lua`: record units Torn counted although nobody asked first.
-    pub const RECORD: &str = include_str!("../lua/record.lua");
-}
 
 /// The README's examples compile as doctests.
 #[cfg(doctest)]
