@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use crate::limiter::Limiter;
+use crate::limiter::{KeyBuilder, Limiter};
 use crate::torn::AccessLevel;
 
 /// How long a learned need is shared: Torn changes a selection's access rarely, and a
@@ -135,7 +135,7 @@ impl AccessNeeds {
 }
 
 fn memo(selection: &str) -> String {
-    format!("access:{selection}")
+    KeyBuilder::access_memo_name(selection)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -26,7 +26,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{
     MAX_CONNECTIONS, Mode, OnRedisDown, RateLimitConfig, RateLimitConfigBuilder, SETTINGS,
 };
-pub use keys::{BucketKeys, KeyBuilder};
+pub use keys::{BucketKeys, DisagreementKeys, KeyBuilder};
 
 /// A Torn player id: the identity Torn limits, so the identity every bucket is keyed by.
 /// Two keys of one player share one bucket.
