@@ -52,33 +52,80 @@ errors   "ERR acquire: <argument> ..." for a bad argument; a cost that can never
          records is an error too: nothing is granted and nothing is overwritten.
 ]]
 
+-- @prelude-begin: lua/prelude.lua, what every script shares. Not a script of its own:
+-- src/lua.rs runs it before each script's text, and acquire.lua carries this file verbatim
+-- (a test checks, byte for byte) so that acquire.lua stays runnable as shipped.
+-- Provides:
+--   MAX_UNITS, MAX_MS  bounds of units (10000) and of milliseconds (one day)
+--   KEPT, REC          the trailer marker 2^47 (acquire.lua KEYS[1]), 6 bytes a record
+--   num(raw, min, max)                   a plain decimal integer from min to max, or nil
+--   bad(script, name, raw, min, max)     the error reply naming such an argument
+--   int_arg(script, name, raw, min, max) num's integer, or nil and bad's reply
+--   now_ms()             Redis TIME in milliseconds, floored
+--   stamp(state, i)      record i's stamp (0-based)
+--   after(state, n, at)  the first record (0-based) stamped above `at`, in n sorted records
+--   decode(state)        log, n, kept, trailer: the records without the trailer, their
+--                        count, the window the trailer keeps (0 when none) and the trailer
+--                        itself (""); nil when state is not a log of REC-byte records
 local MAX_UNITS, MAX_MS = 10000, 86400000
--- The trailer record: KEPT + the longest window asked with. Above every real ms stamp.
-local KEPT = 140737488355328 -- 2^47
+local KEPT, REC = 140737488355328, 6 -- 2^47: above every real ms stamp
 
--- A plain decimal integer from min to max, or nil.
 local function num(raw, min, max)
   if type(raw) ~= "string" or #raw > 15 or not string.find(raw, "^%d+$") then return nil end
   local n = tonumber(raw)
   if n < min or n > max then return nil end
   return n
 end
-local function bad(name, raw, min, max)
+local function bad(script, name, raw, min, max)
   return redis.error_reply(string.format(
-    "ERR acquire: %s must be an integer from %d to %d, got '%s'", name, min, max, tostring(raw)))
+    "ERR %s: %s must be an integer from %d to %d, got '%s'", script, name, min, max, tostring(raw)))
 end
+local function int_arg(script, name, raw, min, max)
+  local n = num(raw, min, max)
+  if not n then return nil, bad(script, name, raw, min, max) end
+  return n
+end
+
+local function now_ms()
+  local t = redis.call("TIME")
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function stamp(state, i)
+  return struct.unpack(">I6", state, i * REC + 1)
+end
+local function after(state, n, at)
+  local lo, hi = -1, n -- records up to lo are <= at; records from hi on are above it
+  while hi - lo > 1 do
+    local mid = math.floor((lo + hi) / 2)
+    if stamp(state, mid) <= at then lo = mid else hi = mid end
+  end
+  return hi
+end
+local function decode(state)
+  if #state % REC ~= 0 then return nil end
+  local n = #state / REC
+  if n > 0 then
+    local tail = stamp(state, n - 1)
+    if tail >= KEPT then
+      return string.sub(state, 1, (n - 1) * REC), n - 1, tail - KEPT, string.sub(state, -REC)
+    end
+  end
+  return state, n, 0, ""
+end
+-- @prelude-end
 
 -- One call's arguments (ARGV[1..6]) checked: limit, window, cost, reserve, with_time, hold,
 -- or nil and the error reply.
 local function args(a1, a2, a3, a4, a5, a6)
   local limit, window, cost = num(a1, 1, MAX_UNITS), num(a2, 1, MAX_MS), num(a3, 1, MAX_UNITS)
-  if not limit then return nil, bad("ARGV[1] limit", a1, 1, MAX_UNITS) end
-  if not window then return nil, bad("ARGV[2] window_ms", a2, 1, MAX_MS) end
-  if not cost then return nil, bad("ARGV[3] cost", a3, 1, MAX_UNITS) end
+  if not limit then return nil, bad("acquire", "ARGV[1] limit", a1, 1, MAX_UNITS) end
+  if not window then return nil, bad("acquire", "ARGV[2] window_ms", a2, 1, MAX_MS) end
+  if not cost then return nil, bad("acquire", "ARGV[3] cost", a3, 1, MAX_UNITS) end
   local reserve, hold = 0, 0
   if a4 ~= nil and a4 ~= "" then
     reserve = num(a4, 0, MAX_UNITS)
-    if not reserve then return nil, bad("ARGV[4] reserve", a4, 0, MAX_UNITS) end
+    if not reserve then return nil, bad("acquire", "ARGV[4] reserve", a4, 0, MAX_UNITS) end
   end
   local with_time = a5 == "1"
   if not (a5 == nil or with_time or a5 == "" or a5 == "0") then
@@ -86,7 +133,7 @@ local function args(a1, a2, a3, a4, a5, a6)
   end
   if a6 ~= nil and a6 ~= "" then
     hold = num(a6, 0, MAX_MS)
-    if not hold then return nil, bad("ARGV[6] hold_ms", a6, 0, MAX_MS) end
+    if not hold then return nil, bad("acquire", "ARGV[6] hold_ms", a6, 0, MAX_MS) end
   end
   return limit, window, cost, reserve, with_time, hold
 end
@@ -110,7 +157,7 @@ end
 -- building tables is most of a batch's cost.
 local function decide(k1, k2, k4, limit, window, cost, reserve, with_time, hold, now,
                       v1, v2, v3, v4, write)
-  local state, override, pen_until, rec = v1 or "", v2, v3, v4
+  local override, pen_until, rec = v2, v3, v4
 
   if rec then
     local g, r, ra, at = string.match(rec, "^(%d+):(%d+):(%d+):(%d+)$")
@@ -122,12 +169,12 @@ local function decide(k1, k2, k4, limit, window, cost, reserve, with_time, hold,
 
   if override then
     limit = num(override, 1, MAX_UNITS)
-    if not limit then return bad("limit override " .. k2, override, 1, MAX_UNITS) end
+    if not limit then return bad("acquire", "limit override " .. k2, override, 1, MAX_UNITS) end
   end
   local penalty = 0
   if pen_until then
     local ends = num(pen_until, 0, KEPT)
-    if not ends then return bad("penalty mark KEYS[3]", pen_until, 0, KEPT) end
+    if not ends then return bad("acquire", "penalty mark KEYS[3]", pen_until, 0, KEPT) end
     penalty = math.max(0, ends - now)
   end
 
@@ -138,18 +185,9 @@ local function decide(k1, k2, k4, limit, window, cost, reserve, with_time, hold,
       cost, limit, reserve))
   end
 
-  -- Records are 6 bytes; record i (0-based) starts at byte i * 6 + 1.
-  if #state % 6 ~= 0 then
+  local state, n, kept = decode(v1 or "")
+  if not state then
     return redis.error_reply("ERR acquire: the state at KEYS[1] is not a log of 6-byte records")
-  end
-  local n = #state / 6
-  local kept = 0
-  if n > 0 then
-    local tail = struct.unpack(">I6", state, (n - 1) * 6 + 1)
-    if tail >= KEPT then
-      kept, n = tail - KEPT, n - 1
-      state = string.sub(state, 1, n * 6)
-    end
   end
   local grows = window > kept
   if not grows then window = kept end
@@ -157,54 +195,45 @@ local function decide(k1, k2, k4, limit, window, cost, reserve, with_time, hold,
 
   -- A record at or before the horizon has left the window: stamp + window < now.
   local horizon = now - window - 1
-  if n > 0 and struct.unpack(">I6", state) <= horizon then
+  if n > 0 and stamp(state, 0) <= horizon then
     -- Bisect for the first live record: O(log n) reads, one cut.
-    local lo, hi = 0, n -- record lo has expired; records from hi on are live
-    while hi - lo > 1 do
-      local mid = math.floor((lo + hi) / 2)
-      if struct.unpack(">I6", state, mid * 6 + 1) <= horizon then lo = mid else hi = mid end
-    end
-    state = string.sub(state, hi * 6 + 1)
-    n = n - hi
+    local live = after(state, n, horizon)
+    state = string.sub(state, live * REC + 1)
+    n = n - live
   end
 
   local granted, remaining, retry
   if penalty == 0 and n + cost <= effective then
     local at = now + hold
-    local stamp = struct.pack(">I6", at)
-    if cost > 1 then stamp = string.rep(stamp, cost) end
+    local stamps = struct.pack(">I6", at)
+    if cost > 1 then stamps = string.rep(stamps, cost) end
     -- Provisional records may lie ahead of this one (a longer hold): insert in time order,
     -- which the bisect above and the retry below rely on. Appending is the common case.
     local last = at
     if n > 0 then
-      local newest = struct.unpack(">I6", state, (n - 1) * 6 + 1)
+      local newest = stamp(state, n - 1)
       if newest > at then
         last = newest
-        local lo, hi = -1, n - 1 -- records up to lo are <= at; record hi is > at
-        while hi - lo > 1 do
-          local mid = math.floor((lo + hi) / 2)
-          if struct.unpack(">I6", state, mid * 6 + 1) <= at then lo = mid else hi = mid end
-        end
-        stamp = string.sub(state, 1, hi * 6) .. stamp .. string.sub(state, hi * 6 + 1)
+        local pos = after(state, n, at)
+        stamps = string.sub(state, 1, pos * REC) .. stamps .. string.sub(state, pos * REC + 1)
         state = ""
       end
     end
     -- The log lives as long as its newest record counts.
-    write(k1, last + window + 1 - now, state .. stamp .. trailer)
+    write(k1, last + window + 1 - now, state .. stamps .. trailer)
     granted, remaining, retry = 1, effective - n - cost, 0
   else
     -- A denial records nothing; the expired records it skipped are cut by the next grant.
     -- Only a longer window than the bucket kept is written, so no shorter caller cuts
     -- what this one counts.
     if grows and n > 0 then
-      local newest = struct.unpack(">I6", state, (n - 1) * 6 + 1)
-      write(k1, newest + window + 1 - now, state .. trailer)
+      write(k1, stamp(state, n - 1) + window + 1 - now, state .. trailer)
     end
     retry = penalty
     local excess = n + cost - effective
     if excess > 0 then
       -- The call fits once the `excess` oldest units have left the window.
-      retry = math.max(retry, struct.unpack(">I6", state, (excess - 1) * 6 + 1) + window + 1 - now)
+      retry = math.max(retry, stamp(state, excess - 1) + window + 1 - now)
     end
     granted, retry = 0, math.max(retry, 1)
     if penalty > 0 then remaining = 0 else remaining = math.max(0, effective - n) end
@@ -228,7 +257,7 @@ end
 local limit, window, cost, reserve, with_time, hold =
   args(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
 if not limit then return window end
-local t = redis.call("TIME")
+local now = now_ms()
 -- One read for everything the decision needs: state, override, penalty, replay record.
 local v = redis.call("MGET", unpack(KEYS))
 local absent = {}
@@ -240,4 +269,4 @@ if key then
   return redis.error_reply("ERR acquire: " .. key .. " holds a " .. kind .. ", not a string")
 end
 return decide(KEYS[1], KEYS[2], KEYS[4], limit, window, cost, reserve, with_time, hold,
-  t[1] * 1000 + math.floor(t[2] / 1000), v[1], v[2], v[3], v[4], psetex)
+  now, v[1], v[2], v[3], v[4], psetex)

@@ -6,8 +6,9 @@ each); a batch makes one TIME and one MGET for all its decisions, then one PSETE
 grant. Each decision is what acquire.lua decides for the same KEYS and ARGV at the batch's
 time, taken in order: a bucket that appears twice sees the first decision's write.
 
-Not standalone: the loader prepends acquire.lua up to its `@shared-end` line, which defines
-`decide(...)` (one decision from its keys, arguments, time and values) and `psetex`: both scripts run one implementation.
+Not standalone: src/lua.rs runs prelude.lua, then acquire.lua from its `@prelude-end` to
+its `@shared-end` line, which defines `decide(...)` (one decision from its keys, arguments,
+time and values) and `psetex`: both scripts run one implementation.
 Keys of different buckets (different hash tags) may share a call on a single Redis node;
 a Redis Cluster client sends one call per hash slot.
 
@@ -51,8 +52,7 @@ for i = 1, n do
   L[i], W[i], C[i], R[i], T[i], H[i] = limit, window, cost, reserve, with_time, hold
 end
 
-local t = redis.call("TIME")
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local now = now_ms()
 local all = redis.call("MGET", unpack(KEYS))
 
 -- Keys read as nil that a decision uses: any of them holding a list or hash fails that

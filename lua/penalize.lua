@@ -14,24 +14,13 @@ errors   "ERR penalize: <argument> ..." for a bad argument; a mark that is not a
 ]]
 
 local SCRIPT = "penalize"
-local function int_arg(name, raw, min, max)
-  local n = nil
-  if type(raw) == "string" and #raw <= 15 and string.find(raw, "^%d+$") then n = tonumber(raw) end
-  if n == nil or n < min or n > max then
-    return nil, redis.error_reply(string.format(
-      "ERR %s: %s must be an integer from %d to %d, got '%s'", SCRIPT, name, min, max, tostring(raw)))
-  end
-  return n
-end
-
-local hold, err = int_arg("ARGV[1] hold_ms", ARGV[1], 1, 86400000)
+local hold, err = int_arg(SCRIPT, "ARGV[1] hold_ms", ARGV[1], 1, MAX_MS)
 if err then return err end
 
-local t = redis.call("TIME")
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 local wanted = now + hold
 local current
-current, err = int_arg("the mark at KEYS[1]", redis.call("GET", KEYS[1]) or "0", 0, 140737488355328)
+current, err = int_arg(SCRIPT, "the mark at KEYS[1]", redis.call("GET", KEYS[1]) or "0", 0, KEPT)
 if err then return err end
 if current >= wanted then return current - now end
 redis.call("SET", KEYS[1], string.format("%d", wanted), "PX", hold)

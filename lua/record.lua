@@ -14,57 +14,29 @@ errors   "ERR record: <argument> ..." for a bad argument; a state that is not a 
          6-byte records is an error (and is left as it is).
 ]]
 
-local SCRIPT, KEPT = "record", 140737488355328 -- acquire.lua's trailer marker, 2^47
-local function int_arg(name, raw, min, max)
-  local n = nil
-  if type(raw) == "string" and #raw <= 15 and string.find(raw, "^%d+$") then n = tonumber(raw) end
-  if n == nil or n < min or n > max then
-    return nil, redis.error_reply(string.format(
-      "ERR %s: %s must be an integer from %d to %d, got '%s'", SCRIPT, name, min, max, tostring(raw)))
-  end
-  return n
-end
-
-local window, err = int_arg("ARGV[1] window_ms", ARGV[1], 1, 86400000)
+local SCRIPT = "record"
+local window, err = int_arg(SCRIPT, "ARGV[1] window_ms", ARGV[1], 1, MAX_MS)
 if err then return err end
 local cost
-cost, err = int_arg("ARGV[2] cost", ARGV[2], 1, 10000)
+cost, err = int_arg(SCRIPT, "ARGV[2] cost", ARGV[2], 1, MAX_UNITS)
 if err then return err end
 
-local t = redis.call("TIME")
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local REC = 6
-local state = redis.call("GET", KEYS[1]) or ""
-if #state % REC ~= 0 then
+local now = now_ms()
+local state, n, kept = decode(redis.call("GET", KEYS[1]) or "")
+if not state then
   return redis.error_reply("ERR record: the state at KEYS[1] is not a log of 6-byte records")
 end
-local n = #state / REC
-if n > 0 then
-  local tail = struct.unpack(">I6", state, (n - 1) * REC + 1)
-  if tail >= KEPT then
-    window = math.max(window, tail - KEPT)
-    n = n - 1
-    state = string.sub(state, 1, n * REC)
-  end
-end
+window = math.max(window, kept)
 -- Drop what has left the window (stamp + window < now), then insert in time order:
 -- provisional records may lie ahead of now.
-local lo, hi = -1, n
-while hi - lo > 1 do
-  local mid = math.floor((lo + hi) / 2)
-  if struct.unpack(">I6", state, mid * REC + 1) < now - window then lo = mid else hi = mid end
-end
-state = string.sub(state, hi * REC + 1)
-n = n - hi
-lo, hi = -1, n
-while hi - lo > 1 do
-  local mid = math.floor((lo + hi) / 2)
-  if struct.unpack(">I6", state, mid * REC + 1) <= now then lo = mid else hi = mid end
-end
-state = string.sub(state, 1, hi * REC) .. string.rep(struct.pack(">I6", now), cost)
-  .. string.sub(state, hi * REC + 1)
+local live = after(state, n, now - window - 1)
+state = string.sub(state, live * REC + 1)
+n = n - live
+local pos = after(state, n, now)
+state = string.sub(state, 1, pos * REC) .. string.rep(struct.pack(">I6", now), cost)
+  .. string.sub(state, pos * REC + 1)
 n = n + cost
-local newest = struct.unpack(">I6", state, (n - 1) * REC + 1)
+local newest = stamp(state, n - 1)
 local ttl = math.max(newest + window - now + 1, redis.call("PTTL", KEYS[1]))
 redis.call("SET", KEYS[1], state .. struct.pack(">I6", KEPT + window), "PX", ttl)
 return n

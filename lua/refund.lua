@@ -17,34 +17,23 @@ errors   "ERR refund: <argument> ..." for a bad argument; a state that is not a 
          6-byte records is an error.
 ]]
 
-local SCRIPT, KEPT = "refund", 140737488355328 -- acquire.lua's trailer marker, 2^47
-local function int_arg(name, raw, min, max)
-  local n = nil
-  if type(raw) == "string" and #raw <= 15 and string.find(raw, "^%d+$") then n = tonumber(raw) end
-  if n == nil or n < min or n > max then
-    return nil, redis.error_reply(string.format(
-      "ERR %s: %s must be an integer from %d to %d, got '%s'", SCRIPT, name, min, max, tostring(raw)))
-  end
-  return n
-end
-
-local at, err = int_arg("ARGV[1] granted_at_ms", ARGV[1], 0, KEPT - 1)
+local SCRIPT = "refund"
+local at, err = int_arg(SCRIPT, "ARGV[1] granted_at_ms", ARGV[1], 0, KEPT - 1)
 if err then return err end
 local cost
-cost, err = int_arg("ARGV[2] cost", ARGV[2], 1, 10000)
+cost, err = int_arg(SCRIPT, "ARGV[2] cost", ARGV[2], 1, MAX_UNITS)
 if err then return err end
 
 if KEYS[2] then redis.call("DEL", KEYS[2]) end
 local state = redis.call("GET", KEYS[1])
 if not state then return 0 end
-if #state % 6 ~= 0 then
+if #state % REC ~= 0 then
   return redis.error_reply("ERR refund: the state at KEYS[1] is not a log of 6-byte records")
 end
 -- Records are in time order: the grant's units are the run of records equal to `at`.
-local REC = 6
 local first, count = nil, 0
 for i = 0, math.floor(#state / REC) - 1 do
-  local ts = struct.unpack(">I6", state, i * REC + 1)
+  local ts = stamp(state, i)
   if ts == at then
     first = first or i
     count = count + 1
@@ -55,7 +44,7 @@ for i = 0, math.floor(#state / REC) - 1 do
 end
 if not first then return 0 end
 state = string.sub(state, 1, first * REC) .. string.sub(state, (first + count) * REC + 1)
-if #state == 0 or (#state == REC and struct.unpack(">I6", state) >= KEPT) then
+if #state == 0 or (#state == REC and stamp(state, 0) >= KEPT) then
   redis.call("DEL", KEYS[1])
 else
   redis.call("SET", KEYS[1], state, "KEEPTTL")

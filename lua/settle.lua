@@ -23,17 +23,7 @@ errors       "ERR settle: <argument> ..." for a bad argument: every argument is 
              hash is an error (Redis's WRONGTYPE).
 ]]
 
-local SCRIPT, KEPT = "settle", 140737488355328 -- acquire.lua's trailer marker, 2^47
-local function int_arg(name, raw, min, max)
-  local n = nil
-  if type(raw) == "string" and #raw <= 15 and string.find(raw, "^%d+$") then n = tonumber(raw) end
-  if n == nil or n < min or n > max then
-    return nil, redis.error_reply(string.format(
-      "ERR %s: %s must be an integer from %d to %d, got '%s'", SCRIPT, name, min, max, tostring(raw)))
-  end
-  return n
-end
-
+local SCRIPT = "settle"
 if #KEYS < 1 or #ARGV ~= 3 * #KEYS then
   return redis.error_reply(string.format(
     "ERR settle: %d keys need %d arguments, got %d", #KEYS, 3 * #KEYS, #ARGV))
@@ -41,53 +31,30 @@ end
 local err
 local stamps, costs, windows = {}, {}, {}
 for i = 1, #KEYS do
-  stamps[i], err = int_arg(string.format("ARGV[%d] stamp_ms", 3 * i - 2), ARGV[3 * i - 2], 0, KEPT - 1)
+  stamps[i], err = int_arg(SCRIPT, string.format("ARGV[%d] stamp_ms", 3 * i - 2), ARGV[3 * i - 2], 0, KEPT - 1)
   if err then return err end
-  costs[i], err = int_arg(string.format("ARGV[%d] cost", 3 * i - 1), ARGV[3 * i - 1], 1, 10000)
+  costs[i], err = int_arg(SCRIPT, string.format("ARGV[%d] cost", 3 * i - 1), ARGV[3 * i - 1], 1, MAX_UNITS)
   if err then return err end
-  windows[i], err = int_arg(string.format("ARGV[%d] window_ms", 3 * i), ARGV[3 * i], 1, 86400000)
+  windows[i], err = int_arg(SCRIPT, string.format("ARGV[%d] window_ms", 3 * i), ARGV[3 * i], 1, MAX_MS)
   if err then return err end
 end
 
-local t = redis.call("TIME")
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local REC = 6
-
--- The first record (0-based) whose stamp is above `at`, in a log of n sorted records.
-local function after(state, n, at)
-  local lo, hi = -1, n
-  while hi - lo > 1 do
-    local mid = math.floor((lo + hi) / 2)
-    if struct.unpack(">I6", state, mid * REC + 1) <= at then lo = mid else hi = mid end
-  end
-  return hi
-end
+local now = now_ms()
 
 local out = {}
 for i = 1, #KEYS do
   local key, at, cost, window = KEYS[i], stamps[i], costs[i], windows[i]
-  local state = redis.call("GET", key)
+  local raw = redis.call("GET", key)
   local count = 0
-  local malformed = state and #state % REC ~= 0
-  local n, trailer = 0, ""
-  if malformed then
-    state = nil
-  elseif state then
-    n = #state / REC
-    local tail = n > 0 and struct.unpack(">I6", state, (n - 1) * REC + 1) or 0
-    if tail >= KEPT then
-      window = math.max(window, tail - KEPT)
-      trailer = string.sub(state, (n - 1) * REC + 1)
-      n = n - 1
-      state = string.sub(state, 1, n * REC)
-    end
-  end
+  local state, n, kept, trailer = nil, 0, 0, ""
+  if raw then state, n, kept, trailer = decode(raw) end
+  local malformed = raw and not state
+  if state then window = math.max(window, kept) end
   -- A record at or before now - window - 1 has left the window: restamping it would count
   -- it again.
   if state and at + window >= now then
     local first = after(state, n, at - 1)
-    while first + count < n and count < cost
-      and struct.unpack(">I6", state, (first + count) * REC + 1) == at do
+    while first + count < n and count < cost and stamp(state, first + count) == at do
       count = count + 1
     end
     if count > 0 then
@@ -97,7 +64,7 @@ for i = 1, #KEYS do
       state = string.sub(state, 1, pos * REC) .. string.rep(struct.pack(">I6", now), count)
         .. string.sub(state, pos * REC + 1)
       n = n + count
-      local newest = struct.unpack(">I6", state, (n - 1) * REC + 1)
+      local newest = stamp(state, n - 1)
       -- Never shorten the log's life.
       local ttl = math.max(newest + window - now + 1, redis.call("PTTL", key))
       redis.call("SET", key, state .. trailer, "PX", ttl)

@@ -20,31 +20,20 @@ errors   "ERR status: <argument> ..." for a bad argument; a key holding a list o
          6-byte records is an error.
 ]]
 
-local SCRIPT, KEPT = "status", 140737488355328 -- acquire.lua's trailer marker, 2^47
-local function int_arg(name, raw, min, max)
-  local n = nil
-  if type(raw) == "string" and #raw <= 15 and string.find(raw, "^%d+$") then n = tonumber(raw) end
-  if n == nil or n < min or n > max then
-    return nil, redis.error_reply(string.format(
-      "ERR %s: %s must be an integer from %d to %d, got '%s'", SCRIPT, name, min, max, tostring(raw)))
-  end
-  return n
-end
-
-local limit, err = int_arg("ARGV[1] limit", ARGV[1], 1, 10000)
+local SCRIPT = "status"
+local limit, err = int_arg(SCRIPT, "ARGV[1] limit", ARGV[1], 1, MAX_UNITS)
 if err then return err end
 local window
-window, err = int_arg("ARGV[2] window_ms", ARGV[2], 1, 86400000)
+window, err = int_arg(SCRIPT, "ARGV[2] window_ms", ARGV[2], 1, MAX_MS)
 if err then return err end
 
-local t = redis.call("TIME")
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 
 local penalty = 0
 if KEYS[2] then
   local override = redis.call("GET", KEYS[2])
   if override then
-    limit, err = int_arg("limit override " .. KEYS[2], override, 1, 10000)
+    limit, err = int_arg(SCRIPT, "limit override " .. KEYS[2], override, 1, MAX_UNITS)
     if err then return err end
   end
 end
@@ -52,29 +41,22 @@ if KEYS[3] then
   local pen_until = redis.call("GET", KEYS[3])
   if pen_until then
     local ends
-    ends, err = int_arg("penalty mark KEYS[3]", pen_until, 0, KEPT)
+    ends, err = int_arg(SCRIPT, "penalty mark KEYS[3]", pen_until, 0, KEPT)
     if err then return err end
     penalty = math.max(0, ends - now)
   end
 end
 
-local state = redis.call("GET", KEYS[1]) or ""
-if #state % 6 ~= 0 then
+local state, n, kept = decode(redis.call("GET", KEYS[1]) or "")
+if not state then
   return redis.error_reply("ERR status: the state at KEYS[1] is not a log of 6-byte records")
 end
-local n = #state / 6
-if n > 0 then
-  local tail = struct.unpack(">I6", state, (n - 1) * 6 + 1)
-  if tail >= KEPT then
-    n = n - 1
-    window = math.max(window, tail - KEPT)
-  end
-end
+window = math.max(window, kept)
 -- A record leaves the window once stamp + window < now (see acquire.lua).
 local horizon = now - window - 1
 local used, newest = 0, nil
 for i = 0, n - 1 do
-  local ts = struct.unpack(">I6", state, i * 6 + 1)
+  local ts = stamp(state, i)
   if ts > horizon then
     used = used + 1
     newest = ts

@@ -86,12 +86,14 @@ pub mod error;
 pub mod gate;
 pub mod identity;
 pub mod limiter;
-pub mod metrics;
+pub mod lua;
+pub mod oracle;
 pub mod rollout;
 #[cfg(feature = "settings")]
 pub mod settings;
 #[cfg(feature = "sim")]
 pub mod sim;
+pub mod telemetry;
 pub mod torn;
 #[cfg(feature = "vault")]
 pub mod vault;
@@ -102,61 +104,6 @@ pub use limiter::{
     BucketKeys, Clock, Decision, Grant, KeyBuilder, Limiter, ManualClock, Mode, OnRedisDown,
     Priority, RateLimitConfig, RateLimitConfigBuilder, Request, Status, SystemClock, Wait,
 };
-
-/// The most grants in any window, by the limiter's own rule for millisecond stamps: a grant
-/// stamped `t` was made somewhere in `[t, t + 1)` ms and counts until `t + window_ms`
-/// inclusive, so grants stamped `window_ms` apart may be less than one real window apart
-/// and count together. The check an oracle runs on recorded grant times, such as
-/// [`Grant::granted_at_ms`]. `times` need not be sorted.
-///
-/// ```
-/// // 0 and 1000 may be 999.x ms apart in real time: together in one window.
-/// assert_eq!(torn_quota::busiest_window(&[0, 10, 999, 1000], 1000), 4);
-/// // The first has surely left by 1001.
-/// assert_eq!(torn_quota::busiest_window(&[0, 10, 999, 1001], 1000), 3);
-/// ```
-pub fn busiest_window(times: &[u64], window_ms: u64) -> usize {
-    let mut sorted = times.to_vec();
-    sorted.sort_unstable();
-    let mut best = 0;
-    let mut lo = 0;
-    for hi in 0..sorted.len() {
-        while sorted[hi] - sorted[lo] > window_ms {
-            lo += 1;
-        }
-        best = best.max(hi - lo + 1);
-    }
-    best
-}
-
-/// The Lua scripts, as shipped in `lua/`, for callers in other languages or tools that load
-/// them themselves.
-pub mod lua {
-    /// `lua/acquire.lua`: take units from a bucket.
-    pub const ACQUIRE: &str = include_str!("../lua/acquire.lua");
-    /// `lua/acquire_many.lua`: many acquire decisions in one call. Not standalone: run
-    /// [`acquire_many_source`], which puts [`ACQUIRE`]'s shared part before it.
-    pub const ACQUIRE_MANY: &str = include_str!("../lua/acquire_many.lua");
-
-    /// The runnable text of `acquire_many.lua`: `acquire.lua` up to its `@shared-end` line
-    /// (the one `decide` function both scripts run), then `acquire_many.lua`.
-    pub fn acquire_many_source() -> String {
-        let shared = ACQUIRE
-            .find("-- @shared-end")
-            .map_or(ACQUIRE, |end| &ACQUIRE[..end]);
-        format!("{shared}\n{ACQUIRE_MANY}")
-    }
-    /// `lua/status.lua`: read a bucket.
-    pub const STATUS: &str = include_str!("../lua/status.lua");
-    /// `lua/penalize.lua`: mark a bucket full for a while.
-    pub const PENALIZE: &str = include_str!("../lua/penalize.lua");
-    /// `lua/refund.lua`: give back a grant never sent.
-    pub const REFUND: &str = include_str!("../lua/refund.lua");
-    /// `lua/settle.lua`: restamp provisional grants with the time their calls were answered.
-    pub const SETTLE: &str = include_str!("../lua/settle.lua");
-    /// `lua/record.lua`: record units Torn counted although nobody asked first.
-    pub const RECORD: &str = include_str!("../lua/record.lua");
-}
 
 /// The README's examples compile as doctests.
 #[cfg(doctest)]

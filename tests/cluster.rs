@@ -302,7 +302,7 @@ async fn users_on_different_nodes_each_get_exactly_their_limit() {
     }
     for (user, times) in &by_user {
         assert_eq!(
-            torn_quota::busiest_window(times, 300),
+            torn_quota::oracle::busiest_window(times, 300),
             10,
             "user {user:?} on node {}",
             c.node_of(&format!("{{u{}}}", user.get()))
@@ -431,7 +431,11 @@ async fn script_flush_on_every_node_mid_run_is_invisible_to_callers() {
     }
     flusher.await.unwrap();
     for (user, times) in &by_user {
-        assert_eq!(torn_quota::busiest_window(times, 200), 5, "user {user:?}");
+        assert_eq!(
+            torn_quota::oracle::busiest_window(times, 200),
+            5,
+            "user {user:?}"
+        );
         assert!(times.len() >= 25, "user {user:?} granted {}", times.len());
     }
     // The scripts were loaded again on every node after the last flush.

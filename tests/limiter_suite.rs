@@ -302,7 +302,7 @@ async fn concurrent_callers_never_exceed_the_limit(kind: Kind) {
     while let Some(t) = tasks.join_next().await {
         times.extend(t.unwrap());
     }
-    assert_eq!(torn_quota::busiest_window(&times, 300), 10);
+    assert_eq!(torn_quota::oracle::busiest_window(&times, 300), 10);
     // 4 windows in 1.2 s: the limit is used, not wasted.
     assert!(times.len() >= 38, "granted {}", times.len());
 }

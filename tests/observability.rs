@@ -85,7 +85,7 @@ async fn the_prometheus_exporter_serves_the_metrics() {
         .unwrap()
         .port();
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    torn_quota::metrics::install_prometheus(addr).unwrap();
+    torn_quota::telemetry::install_prometheus(addr).unwrap();
 
     // A batch against the simulator: decisions, Torn answers (one of them code 17), batch
     // figures.
@@ -146,7 +146,7 @@ async fn the_prometheus_exporter_serves_the_metrics() {
     .unwrap();
     let d = down.try_acquire(TornUserId::new(1), 1).await.unwrap();
     assert!(d.is_degraded());
-    assert!(torn_quota::metrics::degraded_time().now);
+    assert!(torn_quota::telemetry::degraded_time().now);
 
     let body = reqwest::get(format!("http://{addr}/metrics"))
         .await

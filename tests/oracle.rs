@@ -95,7 +95,7 @@ fn oracle() {
         let records = by_user.remove(&user).unwrap_or_default();
         // Exact check on the one clock every process shares: Redis TIME.
         let times: Vec<u64> = records.iter().map(|r| r.redis_ms).collect();
-        let busiest = torn_quota::busiest_window(&times, WINDOW_MS);
+        let busiest = torn_quota::oracle::busiest_window(&times, WINDOW_MS);
         // Independent check on the workers' own clocks, with no tolerance: grants whose
         // whole round trips (send to receive) lie inside an interval shorter than one
         // window were certainly granted inside it, whatever Redis's clock says. A

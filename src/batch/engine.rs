@@ -765,7 +765,7 @@ impl<'h> Engine<'h> {
     fn answer(&mut self, fetch: usize, result: std::result::Result<Value, RequestError>) {
         let indices = std::mem::take(&mut self.fetches[fetch].indices);
         let failed = result.is_err();
-        crate::metrics::batch_answered(!failed, indices.len());
+        crate::telemetry::batch_answered(!failed, indices.len());
         self.done += indices.len();
         if failed {
             self.failed += indices.len();
@@ -831,7 +831,7 @@ impl<'h> Engine<'h> {
                 0.0
             },
         };
-        crate::metrics::batch_quota_used(stats.quota_used);
+        crate::telemetry::batch_quota_used(stats.quota_used);
         BatchOutcome { results, stats }
     }
 }

@@ -118,12 +118,12 @@ fn start_metrics(
     settings: &Settings,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let Some(addr) = addr else { return Ok(()) };
-    torn_quota::metrics::install_prometheus(addr)?;
+    torn_quota::telemetry::install_prometheus(addr)?;
     eprintln!("metrics on http://{addr}/metrics");
     // Without a usable Redis configuration the gauge stays unset; the command itself says
     // what is wrong with the configuration.
     if let Ok(limiter) = settings.rate_limit().and_then(torn_quota::Limiter::redis) {
-        torn_quota::metrics::spawn_clock_gap_task(limiter, std::time::Duration::from_secs(30));
+        torn_quota::telemetry::spawn_clock_gap_task(limiter, std::time::Duration::from_secs(30));
     }
     Ok(())
 }

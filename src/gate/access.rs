@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::identity::AccessLevel;
-use crate::limiter::Limiter;
+use crate::limiter::{KeyBuilder, Limiter};
 
 /// How long a learned need is shared: Torn changes a selection's access rarely, and a
 /// stale need costs at most one more code 16 once it expires.
@@ -135,7 +135,7 @@ impl AccessNeeds {
 }
 
 fn memo(selection: &str) -> String {
-    format!("access:{selection}")
+    KeyBuilder::access_memo_name(selection)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

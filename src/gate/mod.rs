@@ -49,7 +49,7 @@ use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::identity::{KeyHash, TornUserId};
-use crate::limiter::{Grant, Limiter, Mode, Priority, Request, Wait};
+use crate::limiter::{Grant, KeyBuilder, Limiter, Mode, Priority, Request, Wait};
 use crate::rollout::{EnforcedBy, OwnerQuota, RolloutDecision, RolloutLimiter, needs_legacy};
 use crate::torn::TornClientConfig;
 
@@ -142,10 +142,7 @@ impl QuotaGateBuilder {
         let ip = match self.ip {
             Some(ip) => ip,
             None => {
-                let name = match &self.egress_id {
-                    Some(id) => format!("ip:{id}"),
-                    None => "ip".to_owned(),
-                };
+                let name = KeyBuilder::ip_sibling(self.egress_id.as_deref());
                 self.limiter.sibling(&name, self.ip_limit, self.ip_window)?
             }
         };

@@ -71,14 +71,14 @@ impl Fallback {
                 since: now,
                 retry_at: now + retry_in,
             });
-            crate::metrics::degraded_enter();
+            crate::telemetry::degraded_enter();
         }
     }
 
     pub(super) fn recovered(&self) {
         let mut down = self.down.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(d) = down.take() {
-            crate::metrics::degraded_leave(true);
+            crate::telemetry::degraded_leave(true);
             tracing::warn!(
                 degraded_ms = d.since.elapsed().as_millis() as u64,
                 "redis answers again: shared limits restored"
@@ -96,7 +96,7 @@ impl Drop for Fallback {
             .unwrap_or_else(PoisonError::into_inner)
             .is_some()
         {
-            crate::metrics::degraded_leave(false);
+            crate::telemetry::degraded_leave(false);
         }
     }
 }

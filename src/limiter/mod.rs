@@ -9,9 +9,9 @@ mod fallback;
 mod grant;
 mod keys;
 mod memory;
-mod redis;
 mod request;
 mod status;
+mod store;
 mod wait;
 
 use std::num::NonZeroU32;
@@ -24,15 +24,15 @@ use crate::identity::TornUserId;
 use backend::{Ask, RawDecision};
 use fallback::Fallback;
 use memory::MemoryBackend;
-pub(crate) use redis::Conn as RedisConn;
-use redis::RedisBackend;
 use status::to_status;
+pub(crate) use store::Conn as RedisConn;
+use store::RedisBackend;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{MAX_CONNECTIONS, Mode, OnRedisDown, RateLimitConfig, RateLimitConfigBuilder};
 pub use decision::Decision;
 pub use grant::Grant;
-pub use keys::{BucketKeys, KeyBuilder};
+pub use keys::{BucketKeys, DisagreementKeys, KeyBuilder};
 pub use request::{Priority, Request};
 pub use status::Status;
 pub use wait::Wait;
@@ -132,7 +132,7 @@ impl Limiter {
         let config = RateLimitConfig::builder()
             .limit(limit)
             .window(window)
-            .key_prefix(format!("{}:{name}", base.key_prefix()))
+            .key_prefix(KeyBuilder::new(base.key_prefix()).sibling_prefix(name))
             .redis_url(base.redis_url())
             .redis_cluster_urls(base.redis_cluster_urls())
             .connect_timeout(base.connect_timeout())
@@ -219,7 +219,7 @@ impl Limiter {
         let after = unix_micros();
         let local = before / 2 + after / 2;
         let gap = (i128::from(redis_micros) - i128::from(local)) as f64 / 1e6;
-        crate::metrics::clock_gap(gap);
+        crate::telemetry::clock_gap(gap);
         Ok(gap)
     }
 
@@ -276,10 +276,10 @@ impl Limiter {
             Backend::Redis(r) => self.decide_on_redis(r, user, ask).await,
         };
         let (raw, degraded) = decided.inspect_err(|_| {
-            crate::metrics::limiter_decision(self.backend_name(), "error", false);
+            crate::telemetry::limiter_decision(self.backend_name(), "error", false);
         })?;
         let decision = to_decision(user, request, &ask, raw, degraded);
-        crate::metrics::limiter_decision(
+        crate::telemetry::limiter_decision(
             self.backend_name(),
             if decision.is_granted() {
                 "granted"
@@ -325,7 +325,7 @@ impl Limiter {
                 Err(e) => return Err(e),
             }
         }
-        crate::metrics::degraded_tick();
+        crate::telemetry::degraded_tick();
         ask.limit = f.share(ask.limit);
         Ok((f.local.acquire(user, &ask)?, true))
     }

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::identity::TornUserId;
-use crate::limiter::{Limiter, RateLimitConfig, RedisConn};
+use crate::limiter::{KeyBuilder, Limiter, RateLimitConfig, RedisConn};
 
 /// Which side granted when the two limiters disagreed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -148,15 +148,13 @@ impl Disagreements {
     /// Counts through `limiter`'s own Redis connections.
     fn on(limiter: Limiter) -> Self {
         let config = limiter.config();
-        // One hash tag for every key: a Redis Cluster keeps them in one slot, so the
-        // MULTI that records a disagreement stays legal there.
-        let base = format!("{}:{{rollout}}:disagreements", config.key_prefix());
-        let users = Direction::ALL.map(|d| format!("{base}:users:{}", d.as_str()));
+        let keys = KeyBuilder::new(config.key_prefix())
+            .disagreements(Direction::ALL.map(Direction::as_str));
         Self {
             store: Arc::new(Store::Redis(Box::new(RedisStore {
-                users,
-                users_total: format!("{base}:users:total"),
-                totals: base,
+                users: keys.users,
+                users_total: keys.users_total,
+                totals: keys.totals,
                 limiter,
             }))),
         }

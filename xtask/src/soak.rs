@@ -1028,7 +1028,7 @@ async fn worker(settings: &super::Settings, args: &Args) -> CliResult {
         Some(v) => Some(v.recovered().await),
         None => None,
     };
-    let degraded = torn_quota::metrics::degraded_time();
+    let degraded = torn_quota::telemetry::degraded_time();
     emit(&json!({
         "worker": args.worker_id,
         "requests": tally.requests,

@@ -117,7 +117,7 @@ impl TornClient {
             .exchange_once(key, owner, url, operation, ticket)
             .instrument(span)
             .await;
-        crate::metrics::torn_answer(match &result {
+        crate::telemetry::torn_answer(match &result {
             Ok(_) => Some(Ok(())),
             Err(Failure {
                 error: Error::Torn { code, .. },

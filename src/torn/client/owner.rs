@@ -6,11 +6,11 @@ use super::shared_error::unshare;
 use super::wire::{parse_key_info, parse_profile_id};
 use crate::error::Result;
 use crate::identity::{AccessLevel, ApiKey, KeyHash, KeyInfo, TornUserId};
-use crate::limiter::Wait;
+use crate::limiter::{KeyBuilder, Wait};
 
 /// The name of a key's owner memo, as [`TornClient::lookup`] shares it.
 pub(super) fn owner_memo_name(hash: &KeyHash) -> String {
-    format!("owner:{hash}")
+    KeyBuilder::owner_memo_name(hash.as_str())
 }
 
 /// Reads `owner:access` as [`TornClient::lookup`] shares it.

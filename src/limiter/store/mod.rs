@@ -1,0 +1,342 @@
+//! The Redis backend: the Lua scripts in `lua/`, called over a few shared multiplexed
+//! connections from a deadpool pool.
+//!
+//! Each call clones a multiplexed connection held by a lane instead of checking a
+//! connection out of the pool per call: a checkout costs a PING round trip (deadpool's
+//! recycle) and serialises callers, while a shared multiplexed connection pipelines every
+//! call in flight. The pool still owns creation (with its timeouts) and replacement: a lane
+//! whose connection fails hands it back and takes a fresh one on its next call.
+//!
+//! Decisions are coalesced: while earlier script calls are in flight, the decisions that
+//! arrive meanwhile queue up and leave together as one `EVALSHA` of `acquire_many.lua`.
+//! A lone decision still goes out at once as a plain `acquire.lua` call, so coalescing adds
+//! no latency when the load is light, and takes the per-call cost off Redis when it is not.
+//!
+//! Settles (see `lua/settle.lua`) go through the same dispatcher: those that queue together
+//! leave as one `settle.lua` call, pipelined beside the batch's decisions, so the two or
+//! three settles of one Torn call (owner, per-IP, share) cost one script call between them.
+//!
+//! One process holds one store (pool, lanes, dispatcher) per Redis: a sibling limiter is a
+//! new key space on the same store, never a new pool.
+//!
+//! With `REDIS_CLUSTER_URLS` the same code runs over deadpool-redis cluster connections,
+//! which route each call to the node owning its keys' slot. Every script call touches one
+//! user's keys, which share the `{u<id>}` hash tag, so one slot; a coalesced batch is split
+//! by slot first, and its per-slot calls go out together (pipelined on the connections).
+//!
+//! Scripts are sent as `EVALSHA`; on `NOSCRIPT` (a restarted or flushed node, a failover)
+//! the call is repeated once as `EVAL` with the script's text, which also caches the script
+//! on that node, and `torn_quota_redis_noscript_reloads_total` counts it. Every Redis call's
+//! latency goes to the `torn_quota_redis_seconds{operation}` histogram.
+
+mod connect;
+mod decode;
+mod dispatch;
+mod scripts;
+
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use redis::{ErrorKind, RedisError};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{Error, Result};
+use crate::limiter::backend::{Ask, RawDecision, RawStatus};
+use crate::limiter::keys::KeyBuilder;
+use crate::limiter::{RateLimitConfig, TornUserId};
+
+pub(crate) use connect::Conn;
+use connect::{Conns, Pools};
+use decode::unexpected;
+use dispatch::{Job, Queued, QueuedSettle, dispatch};
+use scripts::SCRIPTS;
+
+pub(crate) struct RedisBackend {
+    store: Arc<Store>,
+    keys: KeyBuilder,
+}
+
+/// What every limiter of one Redis shares: connections and the dispatcher.
+struct Store {
+    conns: Arc<Conns>,
+    /// The coalescing dispatcher's queue, started on first use in the caller's runtime and
+    /// restarted if that runtime went away.
+    queue: Mutex<Option<mpsc::UnboundedSender<Job>>>,
+}
+
+impl std::fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (kind, status) = match &self.store.conns.pool {
+            Pools::Single(p) => ("single", p.status()),
+            Pools::Cluster(p) => ("cluster", p.status()),
+        };
+        f.debug_struct("RedisBackend")
+            .field("redis", &kind)
+            .field("lanes", &self.store.conns.lanes.len())
+            .field("pool", &status)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisBackend {
+    /// Builds the pool (of cluster connections when `REDIS_CLUSTER_URLS` is set); connects
+    /// lazily, on the first call.
+    pub(crate) fn new(config: &RateLimitConfig) -> Result<Self> {
+        Ok(Self {
+            store: Arc::new(Store {
+                conns: Arc::new(Conns::new(config)?),
+                queue: Mutex::new(None),
+            }),
+            keys: KeyBuilder::new(config.key_prefix()),
+        })
+    }
+
+    /// Another key space on this backend's store: the same connections and dispatcher.
+    pub(crate) fn sibling(&self, key_prefix: &str) -> Self {
+        Self {
+            store: Arc::clone(&self.store),
+            keys: KeyBuilder::new(key_prefix),
+        }
+    }
+
+    pub(crate) fn keys(&self) -> &KeyBuilder {
+        &self.keys
+    }
+
+    pub(crate) async fn run<T, F, Fut>(&self, operation: &'static str, f: F) -> Result<T>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        self.store.conns.run(operation, f).await
+    }
+
+    fn bound(&self) -> Duration {
+        self.store.conns.connect_timeout + self.store.conns.command_timeout
+    }
+}
+
+impl RedisBackend {
+    pub(crate) async fn ping(&self) -> Result<()> {
+        self.run("ping", |mut c| async move {
+            redis::cmd("PING")
+                .query_async::<String>(&mut c)
+                .await
+                .map(drop)
+        })
+        .await
+    }
+
+    /// One decision, sent with whatever other decisions are waiting (see the module docs).
+    pub(crate) async fn acquire(&self, user: TornUserId, ask: &Ask<'_>) -> Result<RawDecision> {
+        let bucket = self.keys.bucket(user);
+        let idem = ask
+            .idempotency_id
+            .map(|id| self.keys.idempotency(user, id))
+            .unwrap_or_default();
+        let keys = [bucket.state, bucket.limit, bucket.penalty, idem];
+        let args = [
+            u64::from(ask.limit),
+            ask.window_ms,
+            u64::from(ask.cost),
+            u64::from(ask.reserve),
+            1,
+            ask.hold_ms,
+        ];
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(Job::Acquire(Queued {
+            keys,
+            args,
+            reply: tx,
+        }));
+        let bound = self.bound();
+        match tokio::time::timeout(bound, rx).await {
+            Ok(Ok(reply)) => reply,
+            // The dispatcher's runtime shut down under it; the next call starts a new one.
+            Ok(Err(_)) => Err(Error::Unavailable {
+                operation: "acquire",
+                source: RedisError::from((ErrorKind::Io, "the decision dispatcher stopped")),
+            }),
+            Err(_) => Err(Error::Timeout {
+                operation: "acquire",
+                timeout: bound,
+            }),
+        }
+    }
+
+    /// Restamps a provisional grant's records with the settle's Redis time, sent with
+    /// whatever else is waiting (see the module docs). Returns the records restamped.
+    pub(crate) async fn settle(
+        &self,
+        user: TornUserId,
+        stamp_ms: u64,
+        cost: u32,
+        window_ms: u64,
+    ) -> Result<u32> {
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(Job::Settle(QueuedSettle {
+            key: self.keys.bucket(user).state,
+            args: [stamp_ms, u64::from(cost), window_ms],
+            reply: tx,
+        }));
+        let bound = self.bound();
+        match tokio::time::timeout(bound, rx).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(_)) => Err(Error::Unavailable {
+                operation: "settle",
+                source: RedisError::from((ErrorKind::Io, "the decision dispatcher stopped")),
+            }),
+            Err(_) => Err(Error::Timeout {
+                operation: "settle",
+                timeout: bound,
+            }),
+        }
+    }
+
+    /// Records `cost` units on `user`'s bucket now, full or not.
+    pub(crate) async fn record(&self, user: TornUserId, cost: u32, window_ms: u64) -> Result<()> {
+        let state = self.keys.bucket(user).state;
+        self.run("record", |mut c| async move {
+            SCRIPTS
+                .record
+                .eval::<i64, _, _>(&mut c, &[&state], &[window_ms, u64::from(cost)])
+                .await
+                .map(drop)
+        })
+        .await
+    }
+
+    fn enqueue(&self, mut item: Job) {
+        let mut queue = self
+            .store
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(tx) = queue.as_ref() {
+            match tx.send(item) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(back)) => item = back,
+            }
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(dispatch(Arc::clone(&self.store.conns), rx));
+        // A fresh receiver is alive: this send cannot fail.
+        let _ = tx.send(item);
+        *queue = Some(tx);
+    }
+
+    pub(crate) async fn status(
+        &self,
+        user: TornUserId,
+        limit: u32,
+        window_ms: u64,
+    ) -> Result<RawStatus> {
+        let keys = self.keys.bucket(user);
+        let reply: Vec<i64> = self
+            .run("status", |mut c| async move {
+                SCRIPTS
+                    .status
+                    .eval(
+                        &mut c,
+                        &[&keys.state, &keys.limit, &keys.penalty],
+                        &[u64::from(limit), window_ms],
+                    )
+                    .await
+            })
+            .await?;
+        match reply[..] {
+            [used, limit, remaining, reset, penalty] => Ok(RawStatus {
+                used: used as u32,
+                limit: limit as u32,
+                remaining: remaining as u32,
+                reset_after_ms: reset as u64,
+                penalty_ms: penalty as u64,
+            }),
+            _ => Err(unexpected("status", &reply)),
+        }
+    }
+
+    pub(crate) async fn penalize(&self, user: TornUserId, hold_ms: u64) -> Result<u64> {
+        let key = self.keys.bucket(user).penalty;
+        self.run("penalize", |mut c| async move {
+            SCRIPTS.penalize.eval(&mut c, &[&key], &[hold_ms]).await
+        })
+        .await
+    }
+
+    pub(crate) async fn refund(
+        &self,
+        user: TornUserId,
+        at_ms: u64,
+        cost: u32,
+        idempotency_id: Option<&str>,
+    ) -> Result<u32> {
+        let state = self.keys.bucket(user).state;
+        let idem = idempotency_id.map(|id| self.keys.idempotency(user, id));
+        self.run("refund", |mut c| async move {
+            let mut keys = vec![&state];
+            if let Some(idem) = &idem {
+                keys.push(idem);
+            }
+            SCRIPTS
+                .refund
+                .eval(&mut c, &keys, &[at_ms, u64::from(cost)])
+                .await
+        })
+        .await
+    }
+
+    pub(crate) async fn recall(&self, name: &str) -> Result<Option<String>> {
+        let key = self.keys.memo(name);
+        self.run("recall", |mut c| async move {
+            redis::cmd("GET").arg(&key).query_async(&mut c).await
+        })
+        .await
+    }
+
+    pub(crate) async fn remember(&self, name: &str, value: &str, ttl_ms: u64) -> Result<()> {
+        let key = self.keys.memo(name);
+        self.run("remember", |mut c| async move {
+            redis::cmd("PSETEX")
+                .arg(&key)
+                .arg(ttl_ms.max(1))
+                .arg(value)
+                .exec_async(&mut c)
+                .await
+        })
+        .await
+    }
+
+    pub(crate) async fn set_user_limit(
+        &self,
+        user: TornUserId,
+        limit: Option<NonZeroU32>,
+    ) -> Result<()> {
+        let key = self.keys.bucket(user).limit;
+        self.run("set_user_limit", |mut c| async move {
+            match limit {
+                Some(l) => {
+                    redis::cmd("SET")
+                        .arg(&key)
+                        .arg(l.get())
+                        .exec_async(&mut c)
+                        .await
+                }
+                None => redis::cmd("DEL").arg(&key).exec_async(&mut c).await,
+            }
+        })
+        .await
+    }
+
+    /// Redis `TIME` as microseconds since the Unix epoch: the clock the scripts decide by,
+    /// for the clock-gap gauge.
+    pub(crate) async fn time(&self) -> Result<u64> {
+        let (secs, micros): (u64, u64) = self
+            .run("time", |mut c| async move {
+                redis::cmd("TIME").query_async(&mut c).await
+            })
+            .await?;
+        Ok(secs * 1_000_000 + micros)
+    }
+}
