@@ -178,6 +178,7 @@ async fn get_with_key(base: &str, path: &str, key: &str) -> reqwest::Response {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[allow(clippy::too_many_lines)] // one story, the proof, read top to bottom
 async fn two_gateway_processes_act_as_one_on_the_owners_quota() {
     let sim = sim(20, Duration::from_millis(1000), Duration::from_millis(5)).await;
     let prefix = common::unique_prefix("serve-proof");
