@@ -89,6 +89,8 @@ pub mod limiter;
 pub mod lua;
 pub mod oracle;
 pub mod rollout;
+#[cfg(feature = "serve")]
+pub mod serve;
 #[cfg(feature = "settings")]
 pub mod settings;
 #[cfg(feature = "sim")]

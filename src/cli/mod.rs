@@ -5,6 +5,7 @@ mod batch;
 mod bench;
 mod demo;
 mod rollout;
+mod serve;
 mod sim;
 mod status;
 mod vault;
@@ -61,6 +62,9 @@ enum Command {
     /// The move from the legacy per-key limiter: shadow disagreements (report, reset), a
     /// user's route, the legacy table's cleanup.
     Rollout(rollout::Args),
+    /// The Torn API gateway: apps set TORN_API_BASE_URL to it and every call counts on
+    /// its owner's exact quota; until Ctrl-C or SIGTERM.
+    Serve(serve::Args),
 }
 
 /// Parses arguments, runs the command, and maps failures to exit code 2 with the error
@@ -89,6 +93,7 @@ pub(crate) fn main() -> ExitCode {
             Command::Demo(args) => demo::run(&settings, args).await,
             Command::Acquire(args) => acquire::run(&settings, settings.rate_limit()?, args).await,
             Command::Rollout(args) => rollout::run(&settings, args).await,
+            Command::Serve(args) => serve::run(&settings, args).await,
             Command::Status(args) => status::run(settings.rate_limit()?, args).await,
             Command::SetLimit(args) => status::set_limit(settings.rate_limit()?, args).await,
             Command::Bench(args) => bench::run(settings.rate_limit()?, args).await,

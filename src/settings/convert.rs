@@ -167,3 +167,27 @@ impl Settings {
         })
     }
 }
+
+#[cfg(feature = "serve")]
+impl Settings {
+    /// The gateway's configuration; `listen` (from `--listen`) wins over
+    /// `TORN_QUOTA_LISTEN`.
+    pub fn serve(&self, listen: Option<std::net::SocketAddr>) -> Result<crate::serve::ServeConfig> {
+        let mut b = crate::serve::ServeConfig::builder();
+        if let Some(addr) = listen.or(self.torn_quota_listen) {
+            b = b.listen(addr);
+        }
+        if let Some(v) = self.torn_quota_serve_max_wait_ms {
+            b = b.max_wait_ms(v.as_millis() as u64);
+        }
+        if let Some(v) = self.torn_quota_serve_cache_ms {
+            b = b.cache_ms(v.as_millis() as u64);
+        }
+        b.token(
+            self.torn_quota_serve_token
+                .as_ref()
+                .map(|t| t.expose().to_owned()),
+        )
+        .build()
+    }
+}

@@ -62,6 +62,13 @@ impl TornClient {
         self.inner.owners.insert(key.hash(), info).await;
     }
 
+    /// The key's owner and access level when this process already knows them, without
+    /// asking anyone (the gateway reports whose quota a call spent, even after a failure,
+    /// and must not spend another unit to find out).
+    pub async fn known_owner(&self, key: &ApiKey) -> Option<KeyInfo> {
+        self.inner.owners.get(&key.hash()).await
+    }
+
     /// The cached owner, or one shared call to Torn.
     pub(super) async fn resolve(&self, key: &ApiKey, wait: &Wait) -> Result<KeyInfo> {
         self.admit_key(key, wait).await?;
