@@ -27,6 +27,7 @@ pub mod gate;
 pub mod limiter;
 pub mod metrics;
 pub mod rollout;
+pub mod serve;
 mod settings;
 pub mod sim;
 pub mod torn;

@@ -5,6 +5,7 @@ mod batch;
 mod bench;
 mod demo;
 mod rollout;
+mod serve;
 mod sim;
 mod soak;
 mod status;
@@ -65,6 +66,9 @@ enum Command {
     /// The move from the legacy per-key limiter: shadow disagreements (report, reset), a
     /// user's route, the legacy table's cleanup.
     Rollout(rollout::Args),
+    /// The Torn API gateway: apps set TORN_API_BASE_URL to it and every call counts on
+    /// its owner's exact quota; until Ctrl-C or SIGTERM.
+    Serve(serve::Args),
 }
 
 /// Parses arguments, runs the command, and maps failures to exit code 2 with the error
@@ -94,6 +98,7 @@ pub(crate) fn main() -> ExitCode {
                 acquire::run(file, load_config(file)?, args).await
             }
             Command::Rollout(args) => rollout::run(cli.config.as_deref(), args).await,
+            Command::Serve(args) => serve::run(cli.config.as_deref(), args).await,
             Command::Status(args) => status::run(load_config(cli.config.as_deref())?, args).await,
             Command::SetLimit(args) => {
                 status::set_limit(load_config(cli.config.as_deref())?, args).await

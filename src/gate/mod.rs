@@ -261,6 +261,11 @@ impl QuotaGate {
         self.inner.hold
     }
 
+    /// The per-IP bucket now (the one every call of this egress shares); consumes nothing.
+    pub async fn ip_status(&self) -> Result<crate::limiter::Status> {
+        self.inner.ip.status(IP_BUCKET).await
+    }
+
     /// True when `user`'s units are counted per key (legacy enforces): ask per key then.
     pub fn per_key(&self, user: TornUserId) -> bool {
         self.inner.owners.per_key(user)

@@ -773,6 +773,13 @@ impl TornClient {
         self.inner.owners.insert(key.hash(), info).await;
     }
 
+    /// The key's owner and access level when this process already knows them, without
+    /// asking anyone (the gateway reports whose quota a call spent, even after a failure,
+    /// and must not spend another unit to find out).
+    pub async fn known_owner(&self, key: &ApiKey) -> Option<KeyInfo> {
+        self.inner.owners.get(&key.hash()).await
+    }
+
     /// Whether the client still sends `key`.
     pub fn key_status(&self, key: &ApiKey) -> KeyStatus {
         let now = self.inner.wall.now();

@@ -1,0 +1,49 @@
+//! The bearer token on every route, when `TORN_QUOTA_SERVE_TOKEN` is set.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::Next;
+use axum::response::Response;
+
+use super::Shared;
+use super::proxy::torn_error;
+
+/// The header that carries the token when `Authorization` carries the Torn key.
+pub(crate) const TOKEN_HEADER: &str = "x-torn-quota-token";
+
+/// Lets the request through when no token is set or it presents the token, as
+/// `Authorization: Bearer T` or `X-Torn-Quota-Token: T`; else 401, Torn-shaped, sending
+/// nothing on.
+pub(crate) async fn require_token(
+    State(shared): State<Arc<Shared>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(token) = shared.config.token() else {
+        return next.run(request).await;
+    };
+    let headers = request.headers();
+    let bearer = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, rest) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+        });
+    let own = headers
+        .get(TOKEN_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim);
+    if bearer.into_iter().chain(own).any(|t| token.matches(t)) {
+        return next.run(request).await;
+    }
+    shared.metrics.call("unauthorized");
+    torn_error(
+        axum::http::StatusCode::UNAUTHORIZED,
+        0,
+        "gateway token missing or wrong: send Authorization: Bearer <token> or \
+         X-Torn-Quota-Token: <token>",
+    )
+}
