@@ -42,6 +42,10 @@ fn bad(status: StatusCode, field: &str, message: &str) -> Response {
         .into_response()
 }
 
+fn boxed(status: StatusCode, field: &str, message: &str) -> Box<Response> {
+    Box::new(bad(status, field, message))
+}
+
 /// Where the batch's keys come from.
 enum Pool {
     Keys(Vec<ApiKey>),
@@ -49,16 +53,16 @@ enum Pool {
 }
 
 /// The body's fields, checked; the response to send when they are not right.
-fn parse(body: &[u8]) -> Result<(Vec<String>, Pool), Response> {
+fn parse(body: &[u8]) -> Result<(Vec<String>, Pool), Box<Response>> {
     let value: Value = serde_json::from_slice(body).map_err(|e| {
-        bad(
+        boxed(
             StatusCode::BAD_REQUEST,
             "body",
-            &format!("is not json: {}", e),
+            &format!("is not json: {e}"),
         )
     })?;
     let Some(object) = value.as_object() else {
-        return Err(bad(
+        return Err(boxed(
             StatusCode::BAD_REQUEST,
             "body",
             "must be a json object",
@@ -68,21 +72,21 @@ fn parse(body: &[u8]) -> Result<(Vec<String>, Pool), Response> {
         .keys()
         .find(|k| !matches!(k.as_str(), "requests" | "keys" | "account"))
     {
-        return Err(bad(
+        return Err(boxed(
             StatusCode::BAD_REQUEST,
             other,
             "is not a field of a batch (requests, keys, account)",
         ));
     }
     let Some(Value::Array(raw)) = object.get("requests") else {
-        return Err(bad(
+        return Err(boxed(
             StatusCode::BAD_REQUEST,
             "requests",
             "must be an array of torn v2 paths",
         ));
     };
     if raw.is_empty() || raw.len() > MAX_BATCH_REQUESTS {
-        return Err(bad(
+        return Err(boxed(
             StatusCode::BAD_REQUEST,
             "requests",
             &format!(
@@ -94,7 +98,7 @@ fn parse(body: &[u8]) -> Result<(Vec<String>, Pool), Response> {
     let mut requests = Vec::with_capacity(raw.len());
     for (i, r) in raw.iter().enumerate() {
         let Some(s) = r.as_str() else {
-            return Err(bad(
+            return Err(boxed(
                 StatusCode::BAD_REQUEST,
                 &format!("requests[{i}]"),
                 "must be a string",
@@ -102,9 +106,15 @@ fn parse(body: &[u8]) -> Result<(Vec<String>, Pool), Response> {
         };
         requests.push(s.to_owned());
     }
+    let pool = parse_pool(object)?;
+    Ok((requests, pool))
+}
+
+/// The `keys` or `account` field.
+fn parse_pool(object: &serde_json::Map<String, Value>) -> Result<Pool, Box<Response>> {
     let pool = match (object.get("keys"), object.get("account")) {
         (Some(_), Some(_)) | (None, None) => {
-            return Err(bad(
+            return Err(boxed(
                 StatusCode::BAD_REQUEST,
                 "keys",
                 "give exactly one of keys (an array of torn api keys) or account (a uuid)",
@@ -112,7 +122,7 @@ fn parse(body: &[u8]) -> Result<(Vec<String>, Pool), Response> {
         }
         (Some(Value::Array(raw)), None) => {
             if raw.is_empty() {
-                return Err(bad(StatusCode::BAD_REQUEST, "keys", "must not be empty"));
+                return Err(boxed(StatusCode::BAD_REQUEST, "keys", "must not be empty"));
             }
             let mut keys = Vec::with_capacity(raw.len());
             for (i, k) in raw.iter().enumerate() {
@@ -120,14 +130,14 @@ fn parse(body: &[u8]) -> Result<(Vec<String>, Pool), Response> {
                     Some(Ok(key)) => keys.push(key),
                     // ApiKey's error never repeats the key.
                     Some(Err(e)) => {
-                        return Err(bad(
+                        return Err(boxed(
                             StatusCode::BAD_REQUEST,
                             &format!("keys[{i}]"),
                             &e.to_string(),
                         ));
                     }
                     None => {
-                        return Err(bad(
+                        return Err(boxed(
                             StatusCode::BAD_REQUEST,
                             &format!("keys[{i}]"),
                             "must be a string",
@@ -138,7 +148,7 @@ fn parse(body: &[u8]) -> Result<(Vec<String>, Pool), Response> {
             Pool::Keys(keys)
         }
         (Some(_), None) => {
-            return Err(bad(
+            return Err(boxed(
                 StatusCode::BAD_REQUEST,
                 "keys",
                 "must be an array of torn api keys",
@@ -147,7 +157,7 @@ fn parse(body: &[u8]) -> Result<(Vec<String>, Pool), Response> {
         (None, Some(account)) => match account.as_str().map(str::parse::<AppUserId>) {
             Some(Ok(user)) => Pool::Account(user),
             _ => {
-                return Err(bad(
+                return Err(boxed(
                     StatusCode::BAD_REQUEST,
                     "account",
                     "must be the account's uuid",
@@ -155,60 +165,69 @@ fn parse(body: &[u8]) -> Result<(Vec<String>, Pool), Response> {
             }
         },
     };
-    Ok((requests, pool))
+    Ok(pool)
 }
 
-/// Runs a batch; see the [module documentation](self).
-pub(crate) async fn batch(State(shared): State<Arc<Shared>>, request: Request) -> Response {
-    let priority = priority(request.headers(), Priority::Low);
-    let body = match axum::body::to_bytes(request.into_body(), MAX_BATCH_BODY).await {
-        Ok(b) => b,
-        Err(_) => {
-            return bad(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body",
-                &format!("must be at most {MAX_BATCH_BODY} bytes"),
-            );
-        }
-    };
-    let (paths, pool) = match parse(&body) {
-        Ok(parsed) => parsed,
-        Err(response) => return response,
-    };
-    drop(body);
+/// The batch handler and its keys: those given, or the account's live keys in the vault.
+async fn pool_keys(
+    shared: &Shared,
+    pool: Pool,
+) -> Result<(BatchHandler, Vec<PoolKey>), Box<Response>> {
     let client = shared.client.clone();
     let mut handler = BatchHandler::new(client, BatchConfig::default());
     let pool: Vec<PoolKey> = match pool {
         Pool::Keys(keys) => keys.into_iter().map(PoolKey::from).collect(),
         Pool::Account(user) => {
             let Some(vault) = &shared.vault else {
-                return bad(
+                return Err(boxed(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "account",
                     "this gateway has no key vault (set DATABASE_URL and \
                      TORN_QUOTA_ENCRYPTION_KEY)",
-                );
+                ));
             };
             let keys = match vault.live_keys(&[user]).await {
                 Ok(keys) => keys,
                 Err(e) => {
-                    return bad(
+                    return Err(boxed(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "account",
                         &format!("the vault failed: {e}"),
-                    );
+                    ));
                 }
             };
             if keys.is_empty() {
-                return bad(
+                return Err(boxed(
                     StatusCode::BAD_REQUEST,
                     "account",
                     "has no usable key in the vault",
-                );
+                ));
             }
             handler = handler.disable_in_vault(vault.clone());
             keys.into_iter().map(PoolKey::from).collect()
         }
+    };
+    Ok((handler, pool))
+}
+
+/// Runs a batch; see the [module documentation](self).
+pub(crate) async fn batch(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let priority = priority(request.headers(), Priority::Low);
+    let Ok(body) = axum::body::to_bytes(request.into_body(), MAX_BATCH_BODY).await else {
+        return bad(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body",
+            &format!("must be at most {MAX_BATCH_BODY} bytes"),
+        );
+    };
+    let (paths, pool) = match parse(&body) {
+        Ok(parsed) => parsed,
+        Err(response) => return *response,
+    };
+    drop(body);
+    let (handler, pool) = match pool_keys(&shared, pool).await {
+        Ok(found) => found,
+        Err(response) => return *response,
     };
     let keys: Vec<ApiKey> = pool.iter().map(|k| k.key().clone()).collect();
     let mut results: Vec<Option<Result<Value, RequestError>>> = Vec::with_capacity(paths.len());
@@ -249,7 +268,17 @@ pub(crate) async fn batch(State(shared): State<Arc<Shared>>, request: Request) -
             shared.stats.record(Some(owner), code);
         }
     }
-    let mut ran = outcome.results.into_iter();
+    let out = lines(results, outcome.results);
+    shared.metrics.call("batch");
+    ([(CONTENT_TYPE, "application/x-ndjson")], Body::from(out)).into_response()
+}
+
+/// The JSON Lines: the refused requests in their places, the batch's results between.
+fn lines(
+    results: Vec<Option<Result<Value, RequestError>>>,
+    ran: Vec<Result<Value, RequestError>>,
+) -> String {
+    let mut ran = ran.into_iter();
     let mut out = String::new();
     for (index, slot) in results.into_iter().enumerate() {
         let result = slot.or_else(|| ran.next()).unwrap_or_else(|| {
@@ -269,6 +298,5 @@ pub(crate) async fn batch(State(shared): State<Arc<Shared>>, request: Request) -
         out.push_str(&line.to_string());
         out.push('\n');
     }
-    shared.metrics.call("batch");
-    ([(CONTENT_TYPE, "application/x-ndjson")], Body::from(out)).into_response()
+    out
 }

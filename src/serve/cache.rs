@@ -86,30 +86,27 @@ impl Answers {
     {
         let slot: Slot = (hash.clone(), path.to_owned());
         let fetch = async move { fetch.await.map(Arc::new) };
-        match (&self.stored, bypass) {
-            (Some(stored), false) => {
-                if let Some(hit) = stored.get(&slot).await {
-                    return (Ok(hit), Source::Hit);
-                }
-                match stored.entry(slot).or_try_insert_with(fetch).await {
-                    Ok(e) if e.is_fresh() => (Ok(e.into_value()), Source::Miss),
-                    Ok(e) => (Ok(e.into_value()), Source::Shared),
-                    Err(e) => (Err(e), Source::Miss),
-                }
+        if let (Some(stored), false) = (&self.stored, bypass) {
+            if let Some(hit) = stored.get(&slot).await {
+                return (Ok(hit), Source::Hit);
             }
-            _ => {
-                let result = self
-                    .flying
-                    .entry(slot.clone())
-                    .or_try_insert_with(fetch)
-                    .await;
-                // Only callers in flight together share: the next call asks again.
-                self.flying.invalidate(&slot).await;
-                match result {
-                    Ok(e) if e.is_fresh() => (Ok(e.into_value()), Source::Miss),
-                    Ok(e) => (Ok(e.into_value()), Source::Shared),
-                    Err(e) => (Err(e), Source::Miss),
-                }
+            match stored.entry(slot).or_try_insert_with(fetch).await {
+                Ok(e) if e.is_fresh() => (Ok(e.into_value()), Source::Miss),
+                Ok(e) => (Ok(e.into_value()), Source::Shared),
+                Err(e) => (Err(e), Source::Miss),
+            }
+        } else {
+            let result = self
+                .flying
+                .entry(slot.clone())
+                .or_try_insert_with(fetch)
+                .await;
+            // Only callers in flight together share: the next call asks again.
+            self.flying.invalidate(&slot).await;
+            match result {
+                Ok(e) if e.is_fresh() => (Ok(e.into_value()), Source::Miss),
+                Ok(e) => (Ok(e.into_value()), Source::Shared),
+                Err(e) => (Err(e), Source::Miss),
             }
         }
     }

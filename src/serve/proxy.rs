@@ -215,7 +215,7 @@ pub(crate) async fn proxy(State(shared): State<Arc<Shared>>, request: Request) -
             Err(e) => Err((Failure::from(e), owner)),
         }
     };
-    let (result, source) = shared.answers.get(&hash, &forwarded, bypass, fetch).await;
+    let (result, source) = Box::pin(shared.answers.get(&hash, &forwarded, bypass, fetch)).await;
     match result {
         Ok(answer) => {
             shared.stats.record(answer.owner, None);
@@ -269,6 +269,9 @@ async fn failure_response(
             let mut response = torn_error(StatusCode::OK, code, text);
             if code == 5 {
                 retry_headers(shared, owner, priority, response.headers_mut()).await;
+            }
+            if let Some(owner) = owner {
+                remaining(shared, owner, response.headers_mut()).await;
             }
             response
         }

@@ -52,28 +52,23 @@ pub(crate) async fn page() -> Response {
 pub(crate) async fn status(State(shared): State<Arc<Shared>>) -> Response {
     let gate = shared.client.gate();
     let mut degraded = shared.client.limiter().degraded_for().is_some();
-    let ip = match gate.ip_status().await {
-        Ok(s) => {
-            degraded |= s.degraded;
-            json!({ "used": s.used, "limit": s.limit, "remaining": s.remaining })
-        }
-        Err(_) => {
-            degraded = true;
-            json!({ "used": 0, "limit": shared.client.config().ip_limit().get(), "remaining": 0 })
-        }
+    let ip = if let Ok(s) = gate.ip_status().await {
+        degraded |= s.degraded;
+        json!({ "used": s.used, "limit": s.limit, "remaining": s.remaining })
+    } else {
+        degraded = true;
+        json!({ "used": 0, "limit": shared.client.config().ip_limit().get(), "remaining": 0 })
     };
     let mut owners = Vec::new();
     for seen in shared.stats.owners() {
-        let (used, limit, remaining) = match shared.client.limiter().status(seen.owner).await {
-            Ok(s) => {
+        let (used, limit, remaining) =
+            if let Ok(s) = shared.client.limiter().status(seen.owner).await {
                 degraded |= s.degraded;
                 (s.used, s.limit, s.remaining)
-            }
-            Err(_) => {
+            } else {
                 degraded = true;
                 (0, gate.limit_for(seen.owner).get(), 0)
-            }
-        };
+            };
         owners.push(json!({
             "owner": seen.owner.get(),
             "used": used,
