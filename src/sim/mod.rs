@@ -43,10 +43,12 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::identity::TornUserId;
+
 pub use config::{RandomFaults, SimConfig, SimConfigBuilder};
 pub use fault::Fault;
 pub use keys::{KeyState, KeysFileError, SimKey, parse_keys_file};
-pub use state::{SimCounters, UNKNOWN_KEYS_TRACKED};
+pub use state::{ADMISSIONS_KEPT, SimCounters, UNKNOWN_KEYS_TRACKED};
 
 use server::Shared;
 
@@ -121,6 +123,14 @@ impl SimHandle {
     /// A snapshot of the counters.
     pub fn counters(&self) -> SimCounters {
         self.shared.lock().counters()
+    }
+
+    /// When each of `owner`'s admitted requests was counted, as wall-clock µs since the Unix
+    /// epoch, oldest first (the newest [`ADMISSIONS_KEPT`]): the ground truth an oracle
+    /// checks windows against, on the clock Redis `TIME` reads. Kept across
+    /// [`reset_counters`](Self::reset_counters), as the windows are.
+    pub fn admissions(&self, owner: TornUserId) -> Vec<u64> {
+        self.shared.lock().admissions(owner)
     }
 
     /// Zeroes the counters. The owners' and IPs' windows keep what they recorded: Torn does

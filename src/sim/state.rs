@@ -20,6 +20,10 @@ use crate::torn::TornErrorCode;
 /// How many distinct unknown keys [`SimCounters::requests_by_key`] tracks at most.
 pub const UNKNOWN_KEYS_TRACKED: usize = 4096;
 
+/// How many admission times [`SimHandle::admissions`](crate::sim::SimHandle::admissions)
+/// keeps per owner, newest: enough for any test, bounded for a long-running `torn-quota sim`.
+pub const ADMISSIONS_KEPT: usize = 65_536;
+
 /// What the simulator has served since it started or since
 /// [`reset_counters`](crate::sim::SimHandle::reset_counters). A snapshot: it does not change
 /// as more requests arrive.
@@ -146,6 +150,9 @@ pub(crate) struct State {
     counters: SimCounters,
     /// Distinct unknown keys in `counters.requests_by_key`.
     unknown_tracked: usize,
+    /// Per owner, the wall-clock time (µs since the Unix epoch) of each admission, oldest
+    /// first, at most [`ADMISSIONS_KEPT`]: what an outside oracle compares with Redis time.
+    admissions: HashMap<TornUserId, VecDeque<u64>>,
 }
 
 // By hand: the keys map is keyed by the keys themselves, which must never be printed.
@@ -195,6 +202,14 @@ impl State {
 
     pub(crate) fn counters(&self) -> SimCounters {
         self.counters.clone()
+    }
+
+    /// The wall-clock admission times of `owner`'s requests, µs since the Unix epoch.
+    pub(crate) fn admissions(&self, owner: TornUserId) -> Vec<u64> {
+        self.admissions
+            .get(&owner)
+            .map(|times| times.iter().copied().collect())
+            .unwrap_or_default()
     }
 
     pub(crate) fn reset_counters(&mut self) {
@@ -267,6 +282,11 @@ impl State {
             return refuse(c, TornErrorCode::TOO_MANY_REQUESTS);
         }
         window.record(now, limit as usize);
+        let log = self.admissions.entry(owner).or_default();
+        log.push_back(epoch_us());
+        if log.len() > ADMISSIONS_KEPT {
+            log.pop_front();
+        }
         let recorded = in_window as u32 + 1;
         c.admitted += 1;
         *c.admitted_by_owner.entry(owner).or_default() += 1;
@@ -292,6 +312,13 @@ impl State {
             Answer::Broken => {}
         }
     }
+}
+
+/// The wall clock (the one Redis `TIME` reads on this machine), µs since the Unix epoch.
+fn epoch_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 fn random_fault(config: &SimConfig) -> Option<Fault> {
@@ -352,6 +379,27 @@ mod tests {
         assert_eq!(ask(1400), None);
         let c = state.counters();
         assert_eq!((c.admitted, c.errors(5), c.max_in_window), (4, 2, 2));
+    }
+
+    #[test]
+    fn admissions_are_stamped_on_the_wall_clock_per_owner_and_refusals_are_not() {
+        let config = config(2, 60_000);
+        let (a, b) = (TornUserId::new(1), TornUserId::new(2));
+        let mut state = State::new([
+            SimKey::new("K1", a, AccessLevel::Full),
+            SimKey::new("K2", b, AccessLevel::Full),
+        ]);
+        let before = epoch_us();
+        for key in ["K1", "K1", "K1", "K2"] {
+            state.decide(&config, LOCAL, Some(key), false, Instant::now());
+        }
+        let after = epoch_us();
+        let of_a = state.admissions(a);
+        assert_eq!(of_a.len(), 2, "the third call of owner 1 was a code 5");
+        assert!(of_a.windows(2).all(|w| w[0] <= w[1]), "oldest first");
+        assert!(of_a.iter().all(|&t| (before..=after).contains(&t)));
+        assert_eq!(state.admissions(b).len(), 1);
+        assert!(state.admissions(TornUserId::new(3)).is_empty());
     }
 
     #[test]
