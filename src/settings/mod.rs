@@ -12,6 +12,7 @@
 mod convert;
 mod de;
 mod file;
+mod from_env;
 
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};

@@ -105,13 +105,6 @@ impl TornClientConfig {
         }
     }
 
-    /// Reads the settings once through [`Settings`](crate::settings::Settings): the process
-    /// environment over the TOML file that `TORN_QUOTA_CONFIG` names, when set.
-    #[cfg(feature = "settings")]
-    pub fn from_env() -> Result<Self> {
-        crate::settings::Settings::from_env()?.torn_client()
-    }
-
     /// Torn's address, e.g. `https://api.torn.com/`. v2 paths go under `/v2/`.
     pub fn base_url(&self) -> &url::Url {
         &self.base_url

@@ -207,14 +207,6 @@ impl DatabaseConfig {
         })
     }
 
-    /// Reads `DATABASE_URL` and the `TORN_QUOTA_DATABASE_*` settings once through
-    /// [`Settings`](crate::settings::Settings): the process environment over the TOML file
-    /// that `TORN_QUOTA_CONFIG` names, when set.
-    #[cfg(feature = "settings")]
-    pub fn from_env() -> Result<Self> {
-        crate::settings::Settings::from_env()?.database()
-    }
-
     /// At most this many connections.
     #[must_use]
     pub fn max_connections(mut self, n: NonZeroU32) -> Self {
@@ -321,15 +313,6 @@ pub struct VaultConfig {
     pub database: DatabaseConfig,
     /// The encryption keys.
     pub keyring: Keyring,
-}
-
-impl VaultConfig {
-    /// Reads `DATABASE_URL`, `TORN_QUOTA_ENCRYPTION_KEY` and the `TORN_QUOTA_DATABASE_*`
-    /// settings once through [`Settings`](crate::settings::Settings).
-    #[cfg(feature = "settings")]
-    pub fn from_env() -> Result<Self> {
-        crate::settings::Settings::from_env()?.vault()
-    }
 }
 
 #[cfg(test)]

@@ -100,13 +100,6 @@ impl RateLimitConfig {
         }
     }
 
-    /// Reads the settings once through [`Settings`](crate::settings::Settings): the process
-    /// environment over the TOML file that `TORN_QUOTA_CONFIG` names, when set.
-    #[cfg(feature = "settings")]
-    pub fn from_env() -> crate::error::Result<Self> {
-        crate::settings::Settings::from_env()?.rate_limit()
-    }
-
     /// Units admitted per window for users without an override.
     pub fn limit(&self) -> NonZeroU32 {
         self.limit
