@@ -24,8 +24,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::limiter::Limiter;
-
 /// Counter: limiter decisions, by `backend` (redis, memory), `outcome` (granted, limited,
 /// error) and `degraded` (true when the local fallback decided).
 pub const LIMITER_DECISIONS: &str = "torn_quota_limiter_decisions_total";
@@ -197,22 +195,6 @@ pub fn degraded_time() -> DegradedTime {
             spells: c.spells,
             recoveries: c.recoveries,
             now: c.limiters > 0,
-        }
-    })
-}
-
-/// Measures the clock gap through `limiter` every `every` and sets [`CLOCK_GAP`], until the
-/// runtime stops. A failed measure (Redis down) is logged at debug and skipped: the
-/// degraded gauge already tells that story.
-pub fn spawn_clock_gap_task(limiter: Limiter, every: Duration) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            if let Err(e) = limiter.clock_gap().await {
-                tracing::debug!(error = %e, "clock gap not measured");
-            }
         }
     })
 }

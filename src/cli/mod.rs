@@ -128,7 +128,7 @@ fn start_metrics(
     // Without a usable Redis configuration the gauge stays unset; the command itself says
     // what is wrong with the configuration.
     if let Ok(limiter) = settings.rate_limit().and_then(torn_quota::Limiter::redis) {
-        torn_quota::telemetry::spawn_clock_gap_task(limiter, std::time::Duration::from_secs(30));
+        limiter.watch_clock_gap(std::time::Duration::from_secs(30));
     }
     Ok(())
 }

@@ -205,6 +205,23 @@ impl Limiter {
         }
     }
 
+    /// Measures the [clock gap](Self::clock_gap) every `every` (setting its gauge) until
+    /// the runtime stops. A failed measure (Redis down) is logged at debug and skipped: the
+    /// degraded gauge already tells that story.
+    pub fn watch_clock_gap(&self, every: Duration) -> tokio::task::JoinHandle<()> {
+        let limiter = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = limiter.clock_gap().await {
+                    tracing::debug!(error = %e, "clock gap not measured");
+                }
+            }
+        })
+    }
+
     /// Redis `TIME` minus this machine's wall clock, in seconds (positive when Redis is
     /// ahead), and sets the `torn_quota_clock_gap_seconds` gauge. The scripts decide by
     /// Redis time, so a gap does not skew decisions; it does skew anything that compares
