@@ -12,6 +12,8 @@ fn src() -> Source {
 }
 
 /// One error of each variant, with (kind, unavailable, retryable, deadline).
+// A table, one row a variant: long, not complex.
+#[allow(clippy::too_many_lines)]
 fn table() -> Vec<(Error, ErrorKind, bool, bool, bool)> {
     let operation = "op";
     let mut rows = vec![
