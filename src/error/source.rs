@@ -25,6 +25,7 @@ impl Source {
     }
 
     /// A cause already boxed (figment's or an I/O error, as the settings reader has it).
+    #[cfg(feature = "settings")]
     pub(crate) fn boxed(cause: Box<dyn std::error::Error + Send + Sync>) -> Self {
         Self(Arc::from(cause))
     }
