@@ -50,6 +50,10 @@ errors   "ERR acquire: <argument> ..." for a bad argument; a cost that can never
          A key holding anything but a string (a list, a hash, ...), a limit override or
          penalty mark that is not such an integer, or a state that is not a log of 6-byte
          records is an error too: nothing is granted and nothing is overwritten.
+         The cost that can never fit is refused with a machine-readable code instead of
+         ERR: "TQ_COST cost=C limit=L reserve=R: acquire: cost C exceeds ...". The code and
+         the three fields before the colon are stable (the Rust store decodes them into
+         CostExceedsLimit, in one function); the text after the colon is for people.
 ]]
 
 -- @prelude-begin: lua/prelude.lua, what every script shares. Not a script of its own:
@@ -181,8 +185,8 @@ local function decide(k1, k2, k4, limit, window, cost, reserve, with_time, hold,
   local effective = limit - reserve
   if cost > effective then
     return redis.error_reply(string.format(
-      "ERR acquire: cost %d exceeds the limit %d (reserve %d): it can never be granted",
-      cost, limit, reserve))
+      "TQ_COST cost=%d limit=%d reserve=%d: acquire: cost %d exceeds the limit %d (reserve %d): it can never be granted",
+      cost, limit, reserve, cost, limit, reserve))
   end
 
   local state, n, kept = decode(v1 or "")

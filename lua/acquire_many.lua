@@ -23,7 +23,8 @@ ARGV     then six arguments per decision: acquire.lua's ARGV[1..6] for decision 
 reply    n entries in order: acquire.lua's reply for the decision, or, when acquire.lua
          refused it with an error reply, that error's message as a string (a cost above a
          limit override, a key of the decision holding a list or hash, a malformed state:
-         that decision alone fails and writes nothing).
+         that decision alone fails and writes nothing). A cost refusal keeps acquire.lua's
+         stable "TQ_COST cost=C limit=L reserve=R: ..." prefix.
 errors   "ERR acquire_many: ..." when the call's shape is wrong, and "ERR acquire_many:
          decision i: <acquire.lua's message>" when any decision's arguments are bad: every
          decision's arguments are checked before anything is written, so then nothing is.

@@ -179,7 +179,7 @@ async fn egress_ids_name_their_own_ip_buckets() {
     // The same id shares the bucket: full.
     assert!(matches!(
         a_again.take(None, &hash, &now()).await,
-        Err(torn_quota::Error::Cancelled)
+        Err(torn_quota::Error::Deadline)
     ));
     // Another id has its own.
     for _ in 0..2 {

@@ -232,3 +232,25 @@ async fn a_refused_key_loses_its_shared_owner_memo() {
     );
     assert_eq!(sent_with(&sim, OWNER_KEY), sent + 1);
 }
+
+/// A body that is not the JSON Torn sends is its own failure, not an HTTP one (issue 13).
+#[tokio::test]
+async fn a_malformed_body_is_a_torn_answer_error() {
+    let sim = sim().await;
+    let client = TornClient::new(
+        limiter("malformed").await,
+        client_config(&sim).max_attempts(1).build().unwrap(),
+    )
+    .unwrap();
+    let k = key(OWNER_KEY);
+    client.owner_of(&k).await.unwrap();
+    sim.inject(Fault::MalformedJson);
+    let err = client.get(&k, "user/basic").await.unwrap_err();
+    assert!(matches!(err, Error::TornAnswer { .. }), "{err:?}");
+    assert_eq!(err.kind(), torn_quota::error::ErrorKind::TornAnswer);
+    assert!(err.is_retryable());
+    assert!(
+        std::error::Error::source(&err).is_some(),
+        "the parser's error is chained"
+    );
+}

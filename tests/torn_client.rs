@@ -113,7 +113,7 @@ async fn two_keys_of_one_owner_use_the_whole_quota_without_code_5() {
             loop {
                 match client.get_with(&k, "user/basic", &opts).await {
                     Ok(_) => ok += 1,
-                    Err(Error::Cancelled) => return ok,
+                    Err(Error::Deadline) => return ok,
                     Err(e) => panic!("unexpected failure: {e}"),
                 }
             }
@@ -235,7 +235,7 @@ async fn shutdown_and_deadlines_end_waiting_calls() {
         )
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Cancelled), "{err:?}");
+    assert!(matches!(err, Error::Deadline), "{err:?}");
 
     let call = CancellationToken::new();
     let waiting = {

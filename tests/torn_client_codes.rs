@@ -170,7 +170,7 @@ async fn code_5_holds_the_owner_back_in_every_process() {
         )
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Cancelled), "{err:?}");
+    assert!(matches!(err, Error::Deadline), "{err:?}");
     assert_eq!(sim.counters().requests, before, "held back: nothing sent");
     assert_eq!(sim.counters().errors(5), 1);
     assert_no_key_in_urls(&sim);

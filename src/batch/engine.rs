@@ -250,7 +250,7 @@ impl<'h> Engine<'h> {
         let mut resolved = Vec::with_capacity(pool.len());
         let mut first_error = None;
         while let Some(joined) = lookups.join_next().await {
-            let (i, info) = joined.map_err(|e| internal(&e))?;
+            let (i, info) = joined.map_err(internal)?;
             match info {
                 Ok(info) => resolved.push((i, info)),
                 Err(e) => {
@@ -338,11 +338,11 @@ impl<'h> Engine<'h> {
             let wake = self.next_wake();
             tokio::select! {
                 Some(joined) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
-                    self.complete(joined.map_err(|e| internal(&e))?).await;
+                    self.complete(joined.map_err(internal)?).await;
                     // Take every answer already in, so the next dispatch fills all the
                     // free slots with as few script calls as it can.
                     while let Some(joined) = self.in_flight.try_join_next() {
-                        self.complete(joined.map_err(|e| internal(&e))?).await;
+                        self.complete(joined.map_err(internal)?).await;
                     }
                 }
                 () = tokio::time::sleep_until(wake) => {}
@@ -859,10 +859,10 @@ async fn resolve_owner(client: &TornClient, key: &ApiKey) -> Result<KeyInfo> {
     }
 }
 
-fn internal(e: &tokio::task::JoinError) -> Error {
-    Error::InvalidArgument {
-        name: "batch task",
-        reason: format!("a batch task failed: {e}"),
+fn internal(e: tokio::task::JoinError) -> Error {
+    Error::Task {
+        operation: "batch",
+        source: crate::error::Source::new(e),
     }
 }
 

@@ -271,7 +271,9 @@ impl QuotaGate {
 
     /// One unit of each quota for a call with `key` on behalf of `owner` (`None` while
     /// the owner is unknown: only the IP's unit), waiting as long as `wait` allows
-    /// ([`Error::Cancelled`] past its deadline). The one wait loop of every Torn call.
+    /// ([`Error::Deadline`] when quota is not free before its deadline,
+    /// [`Error::Cancelled`] when its token is cancelled). The one wait loop of every Torn
+    /// call.
     pub async fn take(
         &self,
         owner: Option<TornUserId>,
@@ -299,7 +301,7 @@ impl QuotaGate {
                     owner = owner.map(TornUserId::get),
                     "quota is not free before the call's deadline"
                 );
-                return Err(Error::Cancelled);
+                return Err(Error::Deadline);
             }
             tokio::time::sleep_until(wake).await;
         }

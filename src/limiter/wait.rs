@@ -19,7 +19,7 @@ use crate::identity::TornUserId;
 /// the IP's through the gate), and in the Torn client also for a pause after code 8 or 9
 /// and for a back-off before a retry. A call that would have to wait past it ends at once:
 /// [`Limiter::acquire_with`] returns its last [`Decision::Limited`]; the gate and the
-/// client waiting for quota end with [`Error::Cancelled`], the client paused with the
+/// client waiting for quota end with [`Error::Deadline`], the client paused with the
 /// Torn error that caused the pause, and the client about to retry with the last failure.
 /// The client's HTTP exchange itself is bounded by its configured request timeout.
 ///

@@ -28,7 +28,7 @@ use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Source};
 use crate::limiter::RateLimitConfig;
 
 /// The first half of the two-part advisory lock key: keeps these locks apart from other
@@ -205,9 +205,9 @@ impl LegacyLimiter {
                 .fetch_one(&self.pool)
                 .await
         }
-        .map_err(|source| Error::Database {
+        .map_err(|e| Error::Database {
             operation: "legacy acquire",
-            source,
+            source: Source::new(e),
         })?;
         metrics::histogram!("torn_quota_legacy_decision_seconds")
             .record(started.elapsed().as_secs_f64());
@@ -290,9 +290,9 @@ impl LegacyLimiter {
             .bind(self.window_ms)
             .fetch_one(&self.pool)
             .await
-            .map_err(|source| Error::Database {
+            .map_err(|e| Error::Database {
                 operation: "legacy status",
-                source,
+                source: Source::new(e),
             })?;
         Ok(n.clamp(0, i64::from(u32::MAX)) as u32)
     }
@@ -307,9 +307,9 @@ impl LegacyLimiter {
                 .bind(CLEANUP_BATCH)
                 .execute(&self.pool)
                 .await
-                .map_err(|source| Error::Database {
+                .map_err(|e| Error::Database {
                     operation: "legacy cleanup",
-                    source,
+                    source: Source::new(e),
                 })?
                 .rows_affected();
             total += deleted;

@@ -80,11 +80,13 @@ impl From<Error> for Failure {
                 code: code.get(),
                 text: message,
             },
-            Error::Cancelled => Self::NoQuota,
+            Error::Cancelled | Error::Deadline => Self::NoQuota,
             e @ (Error::InvalidArgument { .. } | Error::CostExceedsLimit { .. }) => {
                 Self::BadPath(e.to_string())
             }
-            e @ (Error::Http { .. } | Error::Challenge { .. }) => Self::Upstream(chain(&e)),
+            e @ (Error::Http { .. } | Error::TornAnswer { .. } | Error::Challenge { .. }) => {
+                Self::Upstream(chain(&e))
+            }
             e => Self::Unavailable(chain(&e)),
         }
     }

@@ -6,14 +6,14 @@ use std::path::Path;
 
 use zeroize::Zeroizing;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Source};
 
 /// The file's table, every key one of `names`; a name no setting has is refused, because a
 /// typo must not silently leave a default in force.
 pub(super) fn read(path: &Path, names: &[&str]) -> Result<toml::Table> {
     let file_err = |e: Box<dyn std::error::Error + Send + Sync>| Error::ConfigFile {
         path: path.display().to_string(),
-        source: e,
+        source: Source::boxed(e),
     };
     let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| file_err(Box::new(e)))?);
     let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
@@ -42,11 +42,10 @@ pub(super) fn read(path: &Path, names: &[&str]) -> Result<toml::Table> {
 pub(super) fn unknown(path: Option<&Path>, key: &str, names: &[&str]) -> Error {
     Error::ConfigFile {
         path: path.map_or_else(|| "settings".to_owned(), |p| p.display().to_string()),
-        source: format!(
+        source: Source::msg(format!(
             "unknown setting '{key}'; known settings: {}",
             names.join(", ")
-        )
-        .into(),
+        )),
     }
 }
 

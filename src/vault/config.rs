@@ -8,7 +8,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use zeroize::Zeroizing;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Source};
 use crate::vault::crypto::Keyring;
 
 /// The query parameters of `DATABASE_URL` the PostgreSQL driver understands (besides
@@ -250,7 +250,7 @@ impl DatabaseConfig {
                 target,
                 // The pool retries a refused connection until the deadline, then reports
                 // only that it waited: say what that means.
-                source: match source {
+                source: Source::new(match source {
                     sqlx::Error::PoolTimedOut => sqlx::Error::Io(std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
                         format!(
@@ -260,7 +260,7 @@ impl DatabaseConfig {
                         ),
                     )),
                     other => other,
-                },
+                }),
             })?;
         Ok(pool)
     }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use sqlx::PgPool;
 use sqlx::migrate::{Migrate, MigrateError, Migrator};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Source};
 
 /// The migrations, embedded at build time. Versions 1 to 7 belong to torn-quota; a database
 /// that also holds a program's own sqlx migrations keeps working, because versions this set
@@ -57,9 +57,9 @@ pub struct MigrationReport {
 /// # Ok(()) }
 /// ```
 pub async fn migrate(pool: &PgPool) -> Result<MigrationReport> {
-    let mut conn = pool.acquire().await.map_err(|source| Error::Database {
+    let mut conn = pool.acquire().await.map_err(|e| Error::Database {
         operation: "migrate",
-        source,
+        source: Source::new(e),
     })?;
     let result = run(&mut conn).await;
     if result.is_err() {
@@ -69,7 +69,7 @@ pub async fn migrate(pool: &PgPool) -> Result<MigrationReport> {
     }
     result.map_err(|e| Error::Database {
         operation: "migrate",
-        source: sqlx::Error::Migrate(Box::new(e)),
+        source: Source::new(sqlx::Error::Migrate(Box::new(e))),
     })
 }
 

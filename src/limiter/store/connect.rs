@@ -11,7 +11,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, Cmd, RedisError, RedisFuture, Value};
 
 use super::decode::script_error;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Source};
 use crate::limiter::RateLimitConfig;
 
 /// A connection one call is sent on: a multiplexed connection to the single Redis, or a
@@ -158,7 +158,10 @@ impl Conns {
             return Ok((lane, conn.conn()));
         }
         let pool_error = |e: PoolError| match e {
-            PoolError::Backend(source) => Error::Unavailable { operation, source },
+            PoolError::Backend(e) => Error::Unavailable {
+                operation,
+                source: Source::new(e),
+            },
             _ => Error::Timeout {
                 operation,
                 timeout: self.connect_timeout,
@@ -212,7 +215,7 @@ impl Conns {
                     self.lane(lane).take();
                     Err(Error::Unavailable {
                         operation,
-                        source: e,
+                        source: Source::new(e),
                     })
                 }
                 Err(e) => Err(script_error(operation, e)),

@@ -2,7 +2,7 @@
 
 use redis::{ErrorKind, RedisError, ServerErrorKind, Value};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Source};
 use crate::limiter::backend::RawDecision;
 
 /// Reads acquire.lua's reply (with its time).
@@ -30,13 +30,15 @@ pub(super) fn settle_entry(entry: Value) -> Result<u32> {
 /// A script's error message returned as a string entry of a batch reply.
 fn entry_error(operation: &'static str, bytes: &[u8]) -> Error {
     let msg = String::from_utf8_lossy(bytes);
-    let detail = msg.strip_prefix("ERR ").unwrap_or(&msg).to_owned();
-    script_error(
+    let (code, detail) = msg.split_once(' ').unwrap_or((&msg, ""));
+    script_failure(
         operation,
+        code,
+        detail,
         RedisError::from((
             ErrorKind::Server(ServerErrorKind::ResponseError),
             "script error",
-            detail,
+            msg.strip_prefix("ERR ").unwrap_or(&msg).to_owned(),
         )),
     )
 }
@@ -61,44 +63,45 @@ pub(super) fn entry_decision(entry: Value) -> Result<RawDecision> {
 
 /// Maps a script's error reply. The scripts' messages name the argument and carry no key.
 pub(super) fn script_error(operation: &'static str, e: RedisError) -> Error {
-    let detail = e.detail().unwrap_or_default();
-    if let Some(rest) = detail.strip_prefix("acquire: cost ") {
-        // "acquire: cost C exceeds the limit L (reserve R): ..."
-        let nums: Vec<u32> = rest
-            .split(|c: char| !c.is_ascii_digit())
-            .filter_map(|s| s.parse().ok())
-            .collect();
-        if let [cost, limit, reserve, ..] = nums[..] {
-            return Error::CostExceedsLimit {
-                cost,
-                limit: limit.saturating_sub(reserve),
-            };
-        }
+    let code = e.code().unwrap_or_default().to_owned();
+    let detail = e.detail().unwrap_or_default().to_owned();
+    script_failure(operation, &code, &detail, e)
+}
+
+/// The stable code first in a script's refusal of a cost that can never be granted:
+/// `TQ_COST cost=C limit=L reserve=R: <human text>` (see lua/acquire.lua, "errors").
+const COST_CODE: &str = "TQ_COST";
+
+/// Every script error, whether Redis returned it as the reply or as an entry of a batch
+/// reply, decoded here: `code` is its first word, `detail` the rest.
+fn script_failure(operation: &'static str, code: &str, detail: &str, e: RedisError) -> Error {
+    if code == COST_CODE
+        && let Some((cost, limit, reserve)) = cost_fields(detail)
+    {
+        return Error::CostExceedsLimit {
+            cost,
+            limit: limit.saturating_sub(reserve),
+        };
     }
     Error::Redis {
         operation,
-        source: e,
+        source: Source::new(e),
     }
 }
 
-/// The same failure for each caller of a failed batch (the error type is not `Clone`: some
-/// variants hold boxed sources, which a batch call never produces).
-pub(super) fn duplicate(e: &Error) -> Error {
-    match e {
-        Error::Unavailable { operation, source } => Error::Unavailable {
-            operation,
-            source: source.clone(),
-        },
-        Error::Redis { operation, source } => Error::Redis {
-            operation,
-            source: source.clone(),
-        },
-        Error::Timeout { operation, timeout } => Error::Timeout {
-            operation,
-            timeout: *timeout,
-        },
-        other => unexpected_msg("acquire", &other.to_string()),
+/// `cost=C limit=L reserve=R` from the front of a `TQ_COST` detail.
+fn cost_fields(detail: &str) -> Option<(u32, u32, u32)> {
+    let fields = detail.split(':').next()?;
+    let (mut cost, mut limit, mut reserve) = (None, None, None);
+    for field in fields.split_whitespace() {
+        match field.split_once('=') {
+            Some(("cost", v)) => cost = v.parse().ok(),
+            Some(("limit", v)) => limit = v.parse().ok(),
+            Some(("reserve", v)) => reserve = v.parse().ok(),
+            _ => {}
+        }
     }
+    Some((cost?, limit?, reserve?))
 }
 
 pub(super) fn unexpected(operation: &'static str, reply: &[i64]) -> Error {
@@ -108,10 +111,35 @@ pub(super) fn unexpected(operation: &'static str, reply: &[i64]) -> Error {
 pub(super) fn unexpected_msg(operation: &'static str, detail: &str) -> Error {
     Error::Redis {
         operation,
-        source: RedisError::from((
+        source: Source::new(RedisError::from((
             ErrorKind::UnexpectedReturnType,
             "unexpected script reply",
             detail.to_owned(),
-        )),
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// acquire.lua's refusal, as acquire_many.lua passes it on in a batch entry.
+    #[test]
+    fn a_cost_entry_decodes_to_cost_exceeds_limit() {
+        let msg = b"TQ_COST cost=9 limit=5 reserve=2: acquire: cost 9 exceeds the limit 5 \
+                    (reserve 2): it can never be granted";
+        match entry_error("acquire", msg) {
+            Error::CostExceedsLimit { cost: 9, limit: 3 } => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Any other script error stays a Redis refusal, with its text in the chain.
+    #[test]
+    fn another_entry_stays_a_redis_error() {
+        let e = entry_error("settle", b"ERR settle: the state at KEYS[1] is not a log");
+        assert!(matches!(e, Error::Redis { .. }), "{e:?}");
+        let cause = std::error::Error::source(&e).unwrap().to_string();
+        assert!(cause.contains("not a log"), "{cause}");
     }
 }

@@ -9,7 +9,7 @@ use redis::cluster_routing::Slot;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::connect::Conns;
-use super::decode::{decision, duplicate, entry_decision, settle_entry, unexpected_msg};
+use super::decode::{decision, entry_decision, settle_entry, unexpected_msg};
 use super::scripts::SCRIPTS;
 use crate::error::Result;
 use crate::limiter::backend::RawDecision;
@@ -101,7 +101,7 @@ impl Conns {
             }
             Err(e) => {
                 for q in batch {
-                    let _ = q.reply.send(Err(duplicate(&e)));
+                    let _ = q.reply.send(Err(e.clone()));
                 }
             }
         }
@@ -135,7 +135,7 @@ impl Conns {
             }
             Err(e) => {
                 for q in batch {
-                    let _ = q.reply.send(Err(duplicate(&e)));
+                    let _ = q.reply.send(Err(e.clone()));
                 }
             }
         }

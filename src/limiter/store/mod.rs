@@ -38,10 +38,9 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use redis::{ErrorKind, RedisError};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Source};
 use crate::limiter::backend::{Ask, RawDecision, RawStatus};
 use crate::limiter::keys::KeyBuilder;
 use crate::limiter::{RateLimitConfig, TornUserId};
@@ -156,7 +155,7 @@ impl RedisBackend {
             // The dispatcher's runtime shut down under it; the next call starts a new one.
             Ok(Err(_)) => Err(Error::Unavailable {
                 operation: "acquire",
-                source: RedisError::from((ErrorKind::Io, "the decision dispatcher stopped")),
+                source: Source::msg("the decision dispatcher stopped"),
             }),
             Err(_) => Err(Error::Timeout {
                 operation: "acquire",
@@ -185,7 +184,7 @@ impl RedisBackend {
             Ok(Ok(reply)) => reply,
             Ok(Err(_)) => Err(Error::Unavailable {
                 operation: "settle",
-                source: RedisError::from((ErrorKind::Io, "the decision dispatcher stopped")),
+                source: Source::msg("the decision dispatcher stopped"),
             }),
             Err(_) => Err(Error::Timeout {
                 operation: "settle",

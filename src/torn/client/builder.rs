@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::blocks::BLOCK_TTL;
 use super::{Inner, SystemWallClock, TornClient, WallClock};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Source};
 use crate::gate::QuotaGate;
 use crate::limiter::Limiter;
 use crate::torn::config::TornClientConfig;
@@ -141,7 +141,7 @@ pub(super) fn http_client_for(config: &TornClientConfig) -> Result<reqwest::Clie
     }
     b.build().map_err(|e| Error::Http {
         operation: "build the http client",
-        source: Box::new(e.without_url()),
+        source: Source::new(e.without_url()),
     })
 }
 

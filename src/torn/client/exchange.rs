@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 use super::retry::Failure;
 use super::wire::torn_error;
 use super::{Boxed, TornClient, lock};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Source};
 use crate::gate::{Reach, Ticket};
 use crate::identity::{ApiKey, TornUserId};
 use crate::limiter::Wait;
@@ -143,7 +143,7 @@ impl TornClient {
         );
         let http_err = |e: reqwest::Error| Error::Http {
             operation,
-            source: Box::new(e.without_url()),
+            source: Source::new(e.without_url()),
         };
         let response = match self.send(key, url).await {
             Ok(r) => r,
@@ -167,7 +167,7 @@ impl TornClient {
             self.pause_all(TornErrorCode::IP_BLOCK, owner);
             return Err(Failure::fatal(Error::Http {
                 operation,
-                source: Box::new(HttpStatus(status)),
+                source: Source::new(HttpStatus(status)),
             }));
         }
         if status == StatusCode::FORBIDDEN && is_challenge(response.headers()) {
@@ -181,7 +181,7 @@ impl TornClient {
         if !status.is_success() {
             let error = Error::Http {
                 operation,
-                source: Box::new(HttpStatus(status)),
+                source: Source::new(HttpStatus(status)),
             };
             let transient = status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT;
             return Err(Failure {
@@ -194,9 +194,9 @@ impl TornClient {
             .await
             .map_err(|e| Failure::transient(http_err(e)))?;
         let body: Value = serde_json::from_slice(&bytes).map_err(|e| {
-            Failure::transient(Error::Http {
+            Failure::transient(Error::TornAnswer {
                 operation,
-                source: Box::new(e),
+                source: Source::new(e),
             })
         })?;
         match torn_error(&body) {

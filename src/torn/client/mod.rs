@@ -62,6 +62,7 @@ use pause::Pause;
 /// | `DisableKey` | 13, 18 | parks the key for [`key_recheck`](TornClientConfig::key_recheck); its next use after that asks `/v2/key/info` once and sends it again when Torn accepts it |
 /// | — | HTTP 429 | pauses every call, as for code 8, returns [`Error::Http`] |
 /// | — | HTTP 403 with `cf-mitigated: challenge` | returns [`Error::Challenge`], never retried |
+/// | — | HTTP 200 with a body that is not Torn's JSON | retried as above; the last failure is [`Error::TornAnswer`] |
 /// | `HoldKey` | 14 | holds the key back until the next UTC day, returns the error |
 /// | `Reroute`, `FailRequest` | 16; 1, 3, 4, 6, 7, 19+ | returns the error |
 ///

@@ -1,74 +1,20 @@
 //! One error for each of the callers that waited on one shared call (an owner resolution,
-//! a re-check), keeping its code and its cause.
+//! a re-check), keeping its kind and its cause.
 
-use std::fmt;
 use std::sync::Arc;
 
 use crate::error::Error;
 
-/// An error shared by the callers that waited on one owner resolution, as a source: it
-/// shows the shared error's cause.
-#[derive(Debug)]
-pub(super) struct SharedCause(Arc<Error>);
-
-impl fmt::Display for SharedCause {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match std::error::Error::source(&*self.0) {
-            Some(cause) => fmt::Display::fmt(cause, f),
-            None => fmt::Display::fmt(&self.0, f),
-        }
-    }
-}
-
-impl std::error::Error for SharedCause {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        std::error::Error::source(&*self.0).and_then(std::error::Error::source)
-    }
-}
-
-/// The error of a resolution that several callers waited on, for one of them.
+/// The error of a resolution that several callers waited on, for one of them: the error
+/// itself (errors are `Clone`, so a shared "redis unavailable" stays one).
 pub(super) fn unshare(shared: Arc<Error>) -> Error {
-    let shared = match Arc::try_unwrap(shared) {
-        Ok(error) => return error,
-        Err(shared) => shared,
-    };
-    match &*shared {
-        Error::Torn { code, message } => Error::Torn {
-            code: *code,
-            message: message.clone(),
-        },
-        Error::Cancelled => Error::Cancelled,
-        Error::Challenge { operation } => Error::Challenge { operation },
-        Error::InvalidArgument { name, reason } => Error::InvalidArgument {
-            name,
-            reason: reason.clone(),
-        },
-        Error::Config { setting, reason } => Error::Config {
-            setting,
-            reason: reason.clone(),
-        },
-        Error::CostExceedsLimit { cost, limit } => Error::CostExceedsLimit {
-            cost: *cost,
-            limit: *limit,
-        },
-        Error::Timeout { operation, timeout } => Error::Timeout {
-            operation,
-            timeout: *timeout,
-        },
-        Error::Http { operation, .. } => Error::Http {
-            operation,
-            source: Box::new(SharedCause(Arc::clone(&shared))),
-        },
-        _ => Error::Http {
-            operation: "torn key info",
-            source: Box::new(SharedCause(Arc::clone(&shared))),
-        },
-    }
+    Arc::unwrap_or_clone(shared)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::{ErrorKind, Source};
     use crate::torn::TornErrorCode;
 
     #[test]
@@ -82,5 +28,20 @@ mod tests {
             Error::Torn { code, .. } => assert_eq!(code, TornErrorCode::INCORRECT_KEY),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// The hand clone this replaced turned a shared "redis unavailable" into an http error.
+    #[test]
+    fn a_shared_redis_failure_stays_unavailable() {
+        let shared = Arc::new(Error::Unavailable {
+            operation: "acquire",
+            source: Source::msg("connection refused"),
+        });
+        let _other_waiter = Arc::clone(&shared);
+        let e = unshare(shared);
+        assert_eq!(e.kind(), ErrorKind::RedisUnavailable);
+        assert!(e.is_unavailable());
+        let cause = std::error::Error::source(&e).map(ToString::to_string);
+        assert_eq!(cause.as_deref(), Some("connection refused"));
     }
 }

@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Source};
 use crate::identity::{AccessLevel, TornUserId};
 use crate::torn::TornErrorCode;
 
@@ -35,9 +35,9 @@ pub(super) fn parse_key_info(body: &Value) -> Result<(Option<TornUserId>, Access
         .and_then(Value::as_u64)
         .and_then(|l| u8::try_from(l).ok())
         .and_then(AccessLevel::from_number)
-        .ok_or_else(|| Error::Http {
+        .ok_or_else(|| Error::TornAnswer {
             operation: "torn key info",
-            source: "the answer has no known info.access.level".into(),
+            source: Source::msg("the answer has no known info.access.level"),
         })?;
     Ok((owner, access))
 }
@@ -48,9 +48,9 @@ pub(super) fn parse_profile_id(body: &Value) -> Result<TornUserId> {
         .and_then(Value::as_u64)
         .filter(|&id| id > 0)
         .map(TornUserId::new)
-        .ok_or_else(|| Error::Http {
+        .ok_or_else(|| Error::TornAnswer {
             operation: "torn user basic",
-            source: "the answer has no profile.id".into(),
+            source: Source::msg("the answer has no profile.id"),
         })
 }
 

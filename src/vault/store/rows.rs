@@ -4,7 +4,7 @@ use std::num::NonZeroU32;
 
 use chrono::{DateTime, Utc};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Source};
 use crate::identity::TornUserId;
 use crate::identity::{AccessLevel, ApiKey};
 use crate::torn::TornErrorCode;
@@ -161,9 +161,9 @@ impl KeyRow {
             .and_then(AccessLevel::from_number)
             .ok_or_else(|| Error::Database {
                 operation: "read key",
-                source: sqlx::Error::Decode(
+                source: Source::new(sqlx::Error::Decode(
                     format!("access_level {} is not 0 to 4", self.access_level).into(),
-                ),
+                )),
             })
     }
 

@@ -3,7 +3,7 @@
 
 use sqlx::{Postgres, Transaction};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Source};
 use crate::identity::TornUserId;
 use crate::torn::TornErrorCode;
 use crate::vault::AppUserId;
@@ -57,7 +57,10 @@ pub(super) fn no_such_key(user: AppUserId) -> Error {
 }
 
 pub(super) fn db(operation: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
-    move |source| Error::Database { operation, source }
+    move |e| Error::Database {
+        operation,
+        source: Source::new(e),
+    }
 }
 
 /// A foreign-key violation on insert means the account is not in `auth.users`: say so
@@ -73,6 +76,6 @@ pub(super) fn unknown_account(e: sqlx::Error, user: AppUserId, operation: &'stat
     }
     Error::Database {
         operation,
-        source: e,
+        source: Source::new(e),
     }
 }
