@@ -105,3 +105,49 @@ async fn a_stalled_owner_lookup_in_one_process_never_becomes_a_code_5_in_another
     );
     sim.shutdown().await;
 }
+
+/// Many callers in two processes on one owner, over a network that delays every answer by a
+/// varying amount and stalls a fifth of the requests on their way in (they reach Torn's
+/// count 250 ms late, within the request timeout): each grant stays counted until its
+/// answer, then one window from there, so the simulator's own arrival times never hold more
+/// than the limit in a window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn late_arrivals_and_slow_answers_never_overfill_torns_window() {
+    let (limit, window) = (8, Duration::from_millis(400));
+    let config = SimConfig::builder()
+        .limit(NonZeroU32::new(limit).unwrap())
+        .window(window)
+        .latency(Duration::from_millis(5))
+        .latency_jitter(Duration::from_millis(40))
+        .stalls(0.2, Duration::from_millis(250))
+        .build()
+        .unwrap();
+    let sim = Simulator::start([SimKey::new(KEY, OWNER, AccessLevel::Full)], config)
+        .await
+        .unwrap();
+    let prefix = common::unique_prefix("hostile-late");
+    let procs = [
+        process(&sim, &prefix, limit, window.as_millis() as u64),
+        process(&sim, &prefix, limit, window.as_millis() as u64),
+    ];
+    let key = ApiKey::new(KEY).unwrap();
+    let calls = (0..40).map(|i| {
+        let (client, key) = (procs[i % 2].clone(), key.clone());
+        async move { client.get(&key, &format!("user/basic?n={i}")).await }
+    });
+    let answers = common::join_all(calls).await;
+
+    let c = sim.counters();
+    assert_eq!(c.errors(5), 0, "the simulator served code 5: {c:?}");
+    for (i, r) in answers.iter().enumerate() {
+        let body = r.as_ref().unwrap_or_else(|e| panic!("call {i}: {e}"));
+        assert_eq!(body["profile"]["id"], 4, "call {i}: {body}");
+    }
+    assert_eq!(c.admitted, 41, "one lookup and 40 calls: {c:?}");
+    let arrivals = sim.admissions(OWNER);
+    assert!(
+        max_in_window(&arrivals, window) <= limit as usize,
+        "more than {limit} arrivals in one window: {arrivals:?}"
+    );
+    sim.shutdown().await;
+}
