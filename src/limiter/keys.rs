@@ -127,6 +127,13 @@ impl KeyBuilder {
         format!("owner:{key_hash}")
     }
 
+    /// The memo name (see [`memo`](Self::memo)) of the lease a process holds while it asks
+    /// Torn for a key's owner, so that other processes wait for its answer instead of
+    /// sending a second uncounted lookup.
+    pub fn owner_lookup_name(key_hash: &str) -> String {
+        format!("owner-lookup:{key_hash}")
+    }
+
     /// The memo name (see [`memo`](Self::memo)) of a selection's access need.
     pub fn access_memo_name(selection: &str) -> String {
         format!("access:{selection}")

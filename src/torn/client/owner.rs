@@ -4,9 +4,16 @@
 use super::TornClient;
 use super::shared_error::unshare;
 use super::wire::{parse_key_info, parse_profile_id};
-use crate::error::Result;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::error::{Error, Result};
 use crate::identity::{AccessLevel, ApiKey, KeyHash, KeyInfo, TornUserId};
 use crate::limiter::{KeyBuilder, Wait};
+
+/// How often a process waiting on another's owner lookup looks for its memo.
+const LEASE_POLL: Duration = Duration::from_millis(10);
 
 /// The name of a key's owner memo, as [`TornClient::lookup`] shares it.
 pub(super) fn owner_memo_name(hash: &KeyHash) -> String {
@@ -83,28 +90,100 @@ impl TornClient {
     /// the limiter's Redis, else from Torn (then shared). Sharing matters because a lookup
     /// spends a unit of a quota nobody can check beforehand: a second process looking the
     /// same key up while the owner's window is full would meet a code 5.
+    ///
+    /// The lookup is also a lease: one process at a time asks Torn for a key's owner, the
+    /// others wait for its memo. Without it two processes missing the memo together both
+    /// sent a lookup; the first to be answered recorded its own and went on granting while
+    /// the other's was still in flight, counted by Torn and by no bucket, so a loaded
+    /// machine (a slow answer) turned it into Torn's code 5 (issue 14's two-gateway proof).
     pub(super) async fn lookup(&self, key: &ApiKey, wait: &Wait) -> Result<KeyInfo> {
         let hash = key.hash();
         let memo = owner_memo_name(&hash);
         let limiter = self.inner.gate.limiter();
-        match limiter.recall(&memo).await {
-            Ok(Some(v)) => {
-                if let Some(info) = parse_owner_memo(&v) {
-                    return Ok(info);
+        let lease = limiter
+            .keys()
+            .memo(&KeyBuilder::owner_lookup_name(hash.as_str()));
+        loop {
+            match limiter.recall(&memo).await {
+                Ok(Some(v)) => {
+                    if let Some(info) = parse_owner_memo(&v) {
+                        return Ok(info);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "shared owner mapping unreadable; asking torn");
+                    break;
                 }
             }
-            Ok(None) => {}
-            Err(e) => tracing::debug!(error = %e, "shared owner mapping unreadable; asking torn"),
+            if self.claim_lookup(&lease).await {
+                break;
+            }
+            // Another process is asking Torn: its memo (or its lease's end) comes within
+            // the lookup's own timeouts.
+            if wait.is_cancelled() || wait.too_late(Instant::now() + LEASE_POLL) {
+                return Err(Error::Cancelled);
+            }
+            tokio::time::sleep(LEASE_POLL).await;
         }
-        let info = self.fetch_key_info(key, None, wait).await?;
-        let value = format!("{}:{}", info.owner.get(), info.access.number());
-        if let Err(e) = limiter
-            .remember(&memo, &value, self.inner.config.owner_cache_ttl())
-            .await
-        {
-            tracing::debug!(error = %e, "cannot share the owner mapping");
+        let fetched = self.fetch_key_info(key, None, wait).await;
+        if let Ok(info) = &fetched {
+            let value = format!("{}:{}", info.owner.get(), info.access.number());
+            if let Err(e) = limiter
+                .remember(&memo, &value, self.inner.config.owner_cache_ttl())
+                .await
+            {
+                tracing::debug!(error = %e, "cannot share the owner mapping");
+            }
         }
-        Ok(info)
+        // After the memo: a waiter finds the answer, or (after a failure) asks itself.
+        let released = limiter
+            .with_redis("release owner lookup", |mut c| async move {
+                ::redis::cmd("DEL").arg(&lease).exec_async(&mut c).await
+            })
+            .await;
+        if let Some(Err(e)) = released {
+            tracing::debug!(error = %e, "cannot release the owner lookup; it expires on its own");
+        }
+        fetched
+    }
+
+    /// Takes the lease on a key's owner lookup (`SET NX`), for as long as the lookup may
+    /// take: every attempt's hold. True when this process may ask Torn: the lease is its
+    /// own, or there is no Redis to share it through (in memory, or Redis failing).
+    async fn claim_lookup(&self, lease: &str) -> bool {
+        let attempts = self.inner.config.max_attempts().get();
+        let ttl = self
+            .inner
+            .gate
+            .hold()
+            .saturating_add(self.inner.config.retry_max_delay())
+            .saturating_mul(attempts);
+        let ttl_ms = (ttl.as_millis() as u64).max(1);
+        let lease = lease.to_owned();
+        let claimed = self
+            .inner
+            .gate
+            .limiter()
+            .with_redis("claim owner lookup", |mut c| async move {
+                ::redis::cmd("SET")
+                    .arg(&lease)
+                    .arg("1")
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .query_async::<Option<String>>(&mut c)
+                    .await
+            })
+            .await;
+        match claimed {
+            None => true,
+            Some(Ok(reply)) => reply.is_some(),
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "cannot share the owner lookup; asking torn");
+                true
+            }
+        }
     }
 
     pub(super) async fn fetch_key_info(
