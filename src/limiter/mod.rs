@@ -7,6 +7,7 @@ mod config;
 mod decision;
 mod fallback;
 mod grant;
+mod journal;
 mod keys;
 mod memory;
 mod request;
