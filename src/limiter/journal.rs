@@ -16,6 +16,9 @@ use crate::identity::TornUserId;
 
 /// The most entries one owner keeps, whatever its window: MAX_UNITS grants.
 pub(crate) const MAX_PER_OWNER: usize = 10_000;
+/// Added to a degraded grant's estimated Redis stamp: the estimate trails Redis by up to
+/// a round trip, and a record that left the window early would let Torn see one too many.
+pub(crate) const DEGRADED_PAD_MS: u64 = 50;
 /// Every this many pushes, owners not touched since are swept too.
 const SWEEP_EVERY: u64 = 1024;
 
@@ -50,6 +53,8 @@ struct Inner {
     next: u64,
     /// The newest Redis time seen, in ms: entries behind it by a window are gone.
     latest_ms: u64,
+    /// When `latest_ms` was seen here: degraded grants are stamped from it.
+    latest_at: Option<std::time::Instant>,
 }
 
 impl Journal {
@@ -72,7 +77,10 @@ impl Journal {
         call_id: bool,
     ) {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        inner.latest_ms = inner.latest_ms.max(now_ms);
+        if now_ms >= inner.latest_ms {
+            inner.latest_ms = now_ms;
+            inner.latest_at = Some(std::time::Instant::now());
+        }
         inner.next += 1;
         let (seq, latest) = (inner.next, inner.latest_ms);
         let entries = inner.owners.entry(user).or_default();
@@ -101,6 +109,21 @@ impl Journal {
                 !e.is_empty()
             });
         }
+    }
+
+    /// Notes a grant the local fallback made while Redis was unreachable. Its stamp is
+    /// the Redis time estimated from the last one seen (plus [`DEGRADED_PAD_MS`], so that
+    /// it never leaves the window early), + `hold_ms`: once Redis answers again, empty,
+    /// it is written back with the rest. Nothing is noted before Redis was ever seen.
+    pub(crate) fn push_degraded(&self, user: TornUserId, hold_ms: u64, cost: u32, window_ms: u64) {
+        let estimate = {
+            let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+            let Some(at) = inner.latest_at else {
+                return;
+            };
+            inner.latest_ms + at.elapsed().as_millis() as u64 + DEGRADED_PAD_MS
+        };
+        self.push(user, estimate, estimate + hold_ms, cost, window_ms, false);
     }
 
     /// Forgets a refunded grant: Redis no longer counts it, so neither may a rebuild.

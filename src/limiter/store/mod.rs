@@ -176,6 +176,13 @@ impl RedisBackend {
         Ok(raw)
     }
 
+    /// Journals a grant the local fallback made for this key space while Redis was
+    /// unreachable, so that a Redis that comes back empty gets it written back too.
+    pub(crate) fn journal_degraded(&self, user: TornUserId, ask: &Ask<'_>) {
+        self.journal
+            .push_degraded(user, ask.hold_ms, ask.cost, ask.window_ms);
+    }
+
     async fn acquire_now(&self, user: TornUserId, ask: &Ask<'_>) -> Result<RawDecision> {
         let bucket = self.keys.bucket(user);
         let idem = ask
