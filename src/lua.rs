@@ -41,6 +41,9 @@ pub const SETTLE: &str = with_prelude!("settle.lua");
 /// `lua/record.lua` after the prelude: record units Torn counted although nobody asked
 /// first.
 pub const RECORD: &str = with_prelude!("record.lua");
+/// `lua/restore.lua` after the prelude: write a process's journal of grants back into a
+/// bucket Redis lost, idempotently by grant id.
+pub const RESTORE: &str = with_prelude!("restore.lua");
 
 const PRELUDE_END: &str = "-- @prelude-end\n";
 const SHARED_END: &str = "-- @shared-end";
@@ -88,6 +91,7 @@ mod tests {
             ("refund.lua", include_str!("../lua/refund.lua").to_owned()),
             ("settle.lua", include_str!("../lua/settle.lua").to_owned()),
             ("record.lua", include_str!("../lua/record.lua").to_owned()),
+            ("restore.lua", include_str!("../lua/restore.lua").to_owned()),
         ]
     }
 
@@ -184,6 +188,7 @@ mod tests {
             REFUND,
             SETTLE,
             RECORD,
+            RESTORE,
             &acquire_many_source(),
         ] {
             assert!(text.starts_with(PRELUDE));

@@ -15,6 +15,9 @@
 //! | [`BATCH_REQUESTS`] | counter | `outcome` (ok, failed) | requests a batch answered |
 //! | [`BATCH_QUOTA_USED`] | gauge | | the last batch's quota use, 0 to 1 |
 //! | [`CLOCK_GAP`] | gauge | | Redis `TIME` minus this machine's wall clock, in seconds |
+//! | [`REDIS_REBUILDS`] | counter | | times this process found Redis had lost its state and wrote its journal back |
+//! | [`RESTORED_UNITS`] | counter | | grant units written back so |
+//! | [`OUTAGE_WAIT_MS`] | counter | | milliseconds the Torn client spent waiting out an unreachable Redis |
 //!
 //! Other parts of the crate emit `torn_quota_decisions_total{mode,outcome}`,
 //! `torn_quota_shadow_disagreements_total{direction}`, `torn_quota_redis_seconds{operation}`
@@ -40,6 +43,27 @@ pub const BATCH_REQUESTS: &str = "torn_quota_batch_requests_total";
 pub const BATCH_QUOTA_USED: &str = "torn_quota_batch_quota_used";
 /// Gauge: Redis `TIME` minus the local wall clock, in seconds (positive when Redis is ahead).
 pub const CLOCK_GAP: &str = "torn_quota_clock_gap_seconds";
+
+/// Counter: rebuilds, each time this process found that Redis lost its state (a new epoch)
+/// and wrote its journal of grants back (see `lua/restore.lua`).
+pub const REDIS_REBUILDS: &str = "torn_quota_redis_rebuilds_total";
+/// Counter: grant units written back into Redis by rebuilds.
+pub const RESTORED_UNITS: &str = "torn_quota_redis_restored_units_total";
+/// Counter: milliseconds the Torn client's quota gate spent backing off while Redis did not
+/// answer, instead of failing its calls.
+pub const OUTAGE_WAIT_MS: &str = "torn_quota_redis_outage_wait_ms_total";
+
+/// Counts one rebuild and the units it wrote back.
+pub(crate) fn redis_rebuild(units: u64) {
+    metrics::counter!(REDIS_REBUILDS).increment(1);
+    metrics::counter!(RESTORED_UNITS).increment(units);
+}
+
+/// Adds time spent waiting out an unreachable Redis.
+#[cfg(feature = "torn")]
+pub(crate) fn outage_wait(spent: Duration) {
+    metrics::counter!(OUTAGE_WAIT_MS).increment(spent.as_millis() as u64);
+}
 
 /// Counts one limiter decision.
 pub(crate) fn limiter_decision(backend: &'static str, outcome: &'static str, degraded: bool) {

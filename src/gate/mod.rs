@@ -280,16 +280,43 @@ impl QuotaGate {
         key: &KeyHash,
         wait: &Wait,
     ) -> Result<Ticket> {
+        let mut outage: Option<(Instant, backon::ExponentialBackoff)> = None;
         loop {
             if wait.is_cancelled() {
                 return Err(Error::Cancelled);
             }
-            let retry_after = match self
+            let taken = self
                 .try_take(owner, Some(key), 1, wait.priority_of(), None)
-                .await?
-            {
-                Ok(ticket) => return Ok(ticket),
-                Err(retry_after) => retry_after,
+                .await;
+            let retry_after = match taken {
+                Ok(Ok(ticket)) => {
+                    if let Some((since, _)) = outage {
+                        crate::telemetry::outage_wait(since.elapsed());
+                        tracing::warn!(
+                            waited_ms = since.elapsed().as_millis() as u64,
+                            "quota store answers again: the call goes ahead"
+                        );
+                    }
+                    return Ok(ticket);
+                }
+                Ok(Err(retry_after)) => retry_after,
+                // Redis unreachable (a restart, a failover): wait it out with back-off, up
+                // to the call's deadline (one window without one), rather than failing.
+                Err(e) if e.is_unavailable() => {
+                    let (since, delays) = outage.get_or_insert_with(|| {
+                        tracing::warn!(error = %e, "quota store unreachable: waiting it out");
+                        (Instant::now(), outage_backoff())
+                    });
+                    let delay = delays.next().unwrap_or(OUTAGE_MAX_DELAY);
+                    let at = Instant::now() + delay;
+                    if wait.too_late(at) || at.duration_since(*since) > self.window() {
+                        crate::telemetry::outage_wait(since.elapsed());
+                        return Err(e);
+                    }
+                    tokio::time::sleep_until(at).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
             };
             // A provisional unit blocking now counts for the whole request timeout only
             // until its call is answered, then one window from there: look again after a
@@ -578,6 +605,21 @@ async fn settle_pair(share: Option<(Limiter, Grant)>) -> Option<Error> {
 
 /// Up to 5 % of the wait, at most 20 ms: enough to spread waiters, small enough to keep the
 /// quota in use.
+/// The longest pause between two tries of an unreachable Redis.
+const OUTAGE_MAX_DELAY: Duration = Duration::from_secs(2);
+
+/// Pauses between tries of an unreachable Redis: 50 ms doubling to 2 s, with jitter so
+/// that the processes that lost it do not all come back in step.
+fn outage_backoff() -> backon::ExponentialBackoff {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(OUTAGE_MAX_DELAY)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
 fn jitter(wait: Duration) -> Duration {
     let cap = (wait.as_micros() as u64 / 20).clamp(1, 20_000);
     Duration::from_micros(rand::rng().random_range(0..=cap))

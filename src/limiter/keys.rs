@@ -11,6 +11,8 @@
 //! | `<p>:{u<id>}:limit` | string | `set_user_limit` | a per-user limit override ([`BucketKeys::limit`]) |
 //! | `<p>:{u<id>}:penalty` | string | penalize.lua | the penalty mark: Redis ms it ends ([`BucketKeys::penalty`]) |
 //! | `<p>:{u<id>}:idem:<call id>` | string | acquire.lua | one call id's decision ([`KeyBuilder::idempotency`]) |
+//! | `<p>:{u<id>}:restored` | set | restore.lua | grant ids written back after Redis lost the log ([`KeyBuilder::restored`]) |
+//! | `<p>:epoch` | string | the Redis backend | this Redis's state epoch: a new value means it lost state ([`KeyBuilder::epoch`]) |
 //! | `<p>:memo:<name>` | string | `Limiter::remember` | a shared memo ([`KeyBuilder::memo`]), named: |
 //! | `<p>:memo:owner:<key hash>` | string | the Torn client | a key's owner and access level ([`KeyBuilder::owner_memo_name`]) |
 //! | `<p>:memo:access:<selection>` | string | the quota gate | a selection's access need ([`KeyBuilder::access_memo_name`]) |
@@ -95,6 +97,17 @@ impl KeyBuilder {
     /// The idempotency record of one call id of `user` (`acquire.lua` `KEYS[4]`).
     pub fn idempotency(&self, user: TornUserId, id: &str) -> String {
         format!("{}:idem:{id}", self.base(user))
+    }
+
+    /// The ids of `user`'s grants that `restore.lua` wrote back (its `KEYS[2]`).
+    pub fn restored(&self, user: TornUserId) -> String {
+        format!("{}:restored", self.base(user))
+    }
+
+    /// The state epoch of this prefix: a random value set once, without expiry, and read
+    /// back after a connection failure. Missing or changed, it says Redis lost its state.
+    pub fn epoch(&self) -> String {
+        format!("{}:epoch", self.prefix)
     }
 
     /// A value shared through [`Limiter::remember`](crate::Limiter::remember), such as the

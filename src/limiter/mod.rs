@@ -7,6 +7,7 @@ mod config;
 mod decision;
 mod fallback;
 mod grant;
+mod journal;
 mod keys;
 mod memory;
 mod request;
@@ -344,7 +345,11 @@ impl Limiter {
         }
         crate::telemetry::degraded_tick();
         ask.limit = f.share(ask.limit);
-        Ok((f.local.acquire(user, &ask)?, true))
+        let raw = f.local.acquire(user, &ask)?;
+        if raw.granted {
+            redis.journal_degraded(user, &ask);
+        }
+        Ok((raw, true))
     }
 
     /// The bucket of `user` now; consumes nothing.

@@ -32,9 +32,11 @@
 mod connect;
 mod decode;
 mod dispatch;
+mod rebuild;
 mod scripts;
 
 use std::num::NonZeroU32;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -42,6 +44,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, Result, Source};
 use crate::limiter::backend::{Ask, RawDecision, RawStatus};
+use crate::limiter::journal::Journal;
 use crate::limiter::keys::KeyBuilder;
 use crate::limiter::{RateLimitConfig, TornUserId};
 
@@ -49,11 +52,15 @@ pub(crate) use connect::Conn;
 use connect::{Conns, Pools};
 use decode::unexpected;
 use dispatch::{Job, Queued, QueuedSettle, dispatch};
+use rebuild::EpochWatch;
 use scripts::SCRIPTS;
 
 pub(crate) struct RedisBackend {
     store: Arc<Store>,
     keys: KeyBuilder,
+    /// This key space's grants still in their window, written back when Redis lost them.
+    journal: Journal,
+    epoch: EpochWatch,
 }
 
 /// What every limiter of one Redis shares: connections and the dispatcher.
@@ -62,6 +69,8 @@ struct Store {
     /// The coalescing dispatcher's queue, started on first use in the caller's runtime and
     /// restarted if that runtime went away.
     queue: Mutex<Option<mpsc::UnboundedSender<Job>>>,
+    /// Calls that failed to reach Redis: each key space reads its epoch again after one.
+    failures: AtomicU64,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -86,8 +95,11 @@ impl RedisBackend {
             store: Arc::new(Store {
                 conns: Arc::new(Conns::new(config)?),
                 queue: Mutex::new(None),
+                failures: AtomicU64::new(0),
             }),
             keys: KeyBuilder::new(config.key_prefix()),
+            journal: Journal::new(),
+            epoch: EpochWatch::default(),
         })
     }
 
@@ -96,6 +108,8 @@ impl RedisBackend {
         Self {
             store: Arc::clone(&self.store),
             keys: KeyBuilder::new(key_prefix),
+            journal: Journal::new(),
+            epoch: EpochWatch::default(),
         }
     }
 
@@ -108,7 +122,17 @@ impl RedisBackend {
         F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        self.store.conns.run(operation, f).await
+        self.store
+            .conns
+            .run(operation, f)
+            .await
+            .inspect_err(|e| self.note_if_unreachable(e))
+    }
+
+    fn note_if_unreachable(&self, e: &Error) {
+        if e.is_unavailable() {
+            self.note_failure();
+        }
     }
 
     fn bound(&self) -> Duration {
@@ -128,7 +152,37 @@ impl RedisBackend {
     }
 
     /// One decision, sent with whatever other decisions are waiting (see the module docs).
+    ///
+    /// After a failure, and on the first call, the key space's epoch is read first, and
+    /// when Redis lost its state the journal is written back (see [`rebuild`]); a grant is
+    /// journaled.
     pub(crate) async fn acquire(&self, user: TornUserId, ask: &Ask<'_>) -> Result<RawDecision> {
+        self.ensure_state().await?;
+        let raw = self
+            .acquire_now(user, ask)
+            .await
+            .inspect_err(|e| self.note_if_unreachable(e))?;
+        if raw.granted {
+            self.journal.push(
+                user,
+                raw.at_ms,
+                raw.at_ms + ask.hold_ms,
+                ask.cost,
+                ask.window_ms,
+                ask.idempotency_id.is_some(),
+            );
+        }
+        Ok(raw)
+    }
+
+    /// Journals a grant the local fallback made for this key space while Redis was
+    /// unreachable, so that a Redis that comes back empty gets it written back too.
+    pub(crate) fn journal_degraded(&self, user: TornUserId, ask: &Ask<'_>) {
+        self.journal
+            .push_degraded(user, ask.hold_ms, ask.cost, ask.window_ms);
+    }
+
+    async fn acquire_now(&self, user: TornUserId, ask: &Ask<'_>) -> Result<RawDecision> {
         let bucket = self.keys.bucket(user);
         let idem = ask
             .idempotency_id
@@ -173,6 +227,7 @@ impl RedisBackend {
         cost: u32,
         window_ms: u64,
     ) -> Result<u32> {
+        self.ensure_state().await?;
         let (tx, rx) = oneshot::channel();
         self.enqueue(Job::Settle(QueuedSettle {
             key: self.keys.bucket(user).state,
@@ -180,7 +235,7 @@ impl RedisBackend {
             reply: tx,
         }));
         let bound = self.bound();
-        match tokio::time::timeout(bound, rx).await {
+        let reply = match tokio::time::timeout(bound, rx).await {
             Ok(Ok(reply)) => reply,
             Ok(Err(_)) => Err(Error::Unavailable {
                 operation: "settle",
@@ -190,7 +245,8 @@ impl RedisBackend {
                 operation: "settle",
                 timeout: bound,
             }),
-        }
+        };
+        reply.inspect_err(|e| self.note_if_unreachable(e))
     }
 
     /// Records `cost` units on `user`'s bucket now, full or not.
@@ -273,6 +329,9 @@ impl RedisBackend {
     ) -> Result<u32> {
         let state = self.keys.bucket(user).state;
         let idem = idempotency_id.map(|id| self.keys.idempotency(user, id));
+        // Forgotten first: a refund that fails may leave the records, which only ever
+        // under-admits; a rebuild writing a refunded grant back would over-count for nothing.
+        self.journal.forget(user, at_ms, cost);
         self.run("refund", |mut c| async move {
             let mut keys = vec![&state];
             if let Some(idem) = &idem {

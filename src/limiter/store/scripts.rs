@@ -17,6 +17,7 @@ pub(super) struct Scripts {
     pub(super) refund: Lua,
     pub(super) settle: Lua,
     pub(super) record: Lua,
+    pub(super) restore: Lua,
 }
 
 pub(super) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -27,6 +28,7 @@ pub(super) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     refund: Lua::new(crate::lua::REFUND.to_owned()),
     settle: Lua::new(crate::lua::SETTLE.to_owned()),
     record: Lua::new(crate::lua::RECORD.to_owned()),
+    restore: Lua::new(crate::lua::RESTORE.to_owned()),
 });
 
 /// One script: its text and SHA-1.

@@ -1,0 +1,231 @@
+//! The journal: this process's own grants that still count, kept so that when Redis loses
+//! its state (a restart without persistence, a failover to a replica behind, a flush) they
+//! can be written back (`lua/restore.lua`) before anything new is granted.
+//!
+//! Bounded: an entry leaves once its stamp + window is behind the newest Redis time this
+//! process has seen, so an owner holds at most the grants of one window (its limit: 100
+//! entries for Torn's 100 per minute), and at most [`MAX_PER_OWNER`] whatever the window.
+//! An entry is 32 bytes; with the map's overhead an owner at full quota costs about
+//! 3.3 KB, an idle owner nothing (its deque is dropped once empty).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::sync::PoisonError;
+
+use crate::identity::TornUserId;
+
+/// The most entries one owner keeps, whatever its window: MAX_UNITS grants.
+pub(crate) const MAX_PER_OWNER: usize = 10_000;
+/// Added to a degraded grant's estimated Redis stamp: the estimate trails Redis by up to
+/// a round trip, and a record that left the window early would let Torn see one too many.
+pub(crate) const DEGRADED_PAD_MS: u64 = 50;
+/// Every this many pushes, owners not touched since are swept too.
+const SWEEP_EVERY: u64 = 1024;
+
+/// One grant: its records' stamp (Redis ms, + hold when provisional) and how many.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Entry {
+    seq: u64,
+    stamp_ms: u64,
+    window_ms: u64,
+    cost: u32,
+}
+
+/// One owner's grants to write back: the longest window among them and `(id, stamp, cost)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Rebuild {
+    pub(crate) user: TornUserId,
+    pub(crate) window_ms: u64,
+    pub(crate) grants: Vec<(String, u64, u32)>,
+}
+
+/// The grants of one key space still inside their window.
+#[derive(Debug)]
+pub(crate) struct Journal {
+    /// Makes grant ids unique across processes: restore.lua dedupes by id.
+    process: u64,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    owners: HashMap<TornUserId, VecDeque<Entry>>,
+    next: u64,
+    /// The newest Redis time seen, in ms: entries behind it by a window are gone.
+    latest_ms: u64,
+    /// When `latest_ms` was seen here: degraded grants are stamped from it.
+    latest_at: Option<std::time::Instant>,
+}
+
+impl Journal {
+    pub(crate) fn new() -> Self {
+        Self {
+            process: rand::random(),
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    /// Notes a grant Redis made at `now_ms` (its TIME) for `user`. With `call_id` set, a
+    /// replay returns the first grant again: the same stamp and cost are noted once.
+    pub(crate) fn push(
+        &self,
+        user: TornUserId,
+        now_ms: u64,
+        stamp_ms: u64,
+        cost: u32,
+        window_ms: u64,
+        call_id: bool,
+    ) {
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if now_ms >= inner.latest_ms {
+            inner.latest_ms = now_ms;
+            inner.latest_at = Some(std::time::Instant::now());
+        }
+        inner.next += 1;
+        let (seq, latest) = (inner.next, inner.latest_ms);
+        let entries = inner.owners.entry(user).or_default();
+        prune(entries, latest);
+        if call_id
+            && entries
+                .iter()
+                .any(|e| e.stamp_ms == stamp_ms && e.cost == cost)
+        {
+            // An idempotent replay: already journaled.
+            return;
+        }
+        if entries.len() >= MAX_PER_OWNER {
+            entries.pop_front();
+        }
+        // Kept in push order; restore.lua inserts each in time order itself.
+        entries.push_back(Entry {
+            seq,
+            stamp_ms,
+            window_ms,
+            cost,
+        });
+        if seq % SWEEP_EVERY == 0 {
+            inner.owners.retain(|_, e| {
+                prune(e, latest);
+                !e.is_empty()
+            });
+        }
+    }
+
+    /// Notes a grant the local fallback made while Redis was unreachable. Its stamp is
+    /// the Redis time estimated from the last one seen (plus [`DEGRADED_PAD_MS`], so that
+    /// it never leaves the window early), + `hold_ms`: once Redis answers again, empty,
+    /// it is written back with the rest. Nothing is noted before Redis was ever seen.
+    pub(crate) fn push_degraded(&self, user: TornUserId, hold_ms: u64, cost: u32, window_ms: u64) {
+        let estimate = {
+            let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+            let Some(at) = inner.latest_at else {
+                return;
+            };
+            inner.latest_ms + at.elapsed().as_millis() as u64 + DEGRADED_PAD_MS
+        };
+        self.push(user, estimate, estimate + hold_ms, cost, window_ms, false);
+    }
+
+    /// Forgets a refunded grant: Redis no longer counts it, so neither may a rebuild.
+    pub(crate) fn forget(&self, user: TornUserId, stamp_ms: u64, cost: u32) {
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(entries) = inner.owners.get_mut(&user) {
+            if let Some(i) = entries
+                .iter()
+                .rposition(|e| e.stamp_ms == stamp_ms && e.cost == cost)
+            {
+                entries.remove(i);
+            }
+            if entries.is_empty() {
+                inner.owners.remove(&user);
+            }
+        }
+    }
+
+    /// Every owner's grants still inside their window, to write back. restore.lua judges
+    /// "still inside" again by the new Redis's TIME.
+    pub(crate) fn rebuilds(&self) -> Vec<Rebuild> {
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let latest = inner.latest_ms;
+        inner.owners.retain(|_, e| {
+            prune(e, latest);
+            !e.is_empty()
+        });
+        inner
+            .owners
+            .iter()
+            .map(|(user, entries)| Rebuild {
+                user: *user,
+                window_ms: entries.iter().map(|e| e.window_ms).max().unwrap_or(1),
+                grants: entries
+                    .iter()
+                    .map(|e| {
+                        (
+                            format!("{:016x}-{}", self.process, e.seq),
+                            e.stamp_ms,
+                            e.cost,
+                        )
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// Owners and entries held now (for tests and the memory figure).
+    #[cfg(test)]
+    pub(crate) fn size(&self) -> (usize, usize) {
+        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        (
+            inner.owners.len(),
+            inner.owners.values().map(VecDeque::len).sum(),
+        )
+    }
+}
+
+/// Drops the entries whose records have left the window by `latest_ms` (acquire.lua's
+/// rule: stamp + window < now). Entries are in push order, which is nearly time order: a
+/// longer hold may sit behind a shorter one, so pruning stops at the first live entry and
+/// the rest wait for a later sweep.
+fn prune(entries: &mut VecDeque<Entry>, latest_ms: u64) {
+    while entries
+        .front()
+        .is_some_and(|e| e.stamp_ms + e.window_ms < latest_ms)
+    {
+        entries.pop_front();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_leave_with_their_window_and_refunds_are_forgotten() {
+        let j = Journal::new();
+        let u = TornUserId::new(4);
+        j.push(u, 1_000, 1_000, 1, 100, false);
+        j.push(u, 1_050, 1_050, 2, 100, false);
+        j.forget(u, 1_050, 2);
+        assert_eq!(j.size(), (1, 1));
+        j.push(u, 1_101, 1_101, 1, 100, false);
+        assert_eq!(j.size(), (1, 1), "the grant at 1000 left at 1101");
+        let r = j.rebuilds();
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].grants.len(), 1);
+        assert_eq!(r[0].grants[0].1, 1_101);
+    }
+
+    #[test]
+    fn an_owner_is_bounded_and_replays_count_once() {
+        let j = Journal::new();
+        let u = TornUserId::new(5);
+        for i in 0..(MAX_PER_OWNER as u64 + 50) {
+            j.push(u, 10 + i, 10 + i, 1, 86_400_000, false);
+        }
+        assert_eq!(j.size(), (1, MAX_PER_OWNER));
+        // A replayed call returns its first decision: same stamp and cost.
+        let last = 10 + MAX_PER_OWNER as u64 + 49;
+        j.push(u, last, last, 1, 86_400_000, true);
+        assert_eq!(j.size(), (1, MAX_PER_OWNER));
+    }
+}

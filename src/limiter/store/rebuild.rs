@@ -1,0 +1,111 @@
+//! Noticing that Redis lost its state, and writing this process's journal back.
+//!
+//! A key space's epoch (`<prefix>:epoch`, [`KeyBuilder::epoch`]) is a random value set once,
+//! without expiry. Each key space reads it on its first call and again after any call of
+//! the store failed to reach Redis (a restart, a failover and a network cut all break
+//! connections first). Missing or changed, it means the Redis now answering is not the one
+//! the journal's grants were written to: the journal goes back (`lua/restore.lua`, one
+//! call per bucket) before this key space decides anything new. On the healthy path the
+//! check is one atomic load; the epoch read costs one round trip per key space at start
+//! and after each failure, never per decision.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use redis::Value;
+
+use super::scripts::SCRIPTS;
+use super::{RedisBackend, decode::unexpected_msg};
+use crate::error::Result;
+
+/// What one key space knows of its Redis's epoch.
+#[derive(Debug, Default)]
+pub(super) struct EpochWatch {
+    /// The epoch last read, or `None` before the first read.
+    known: tokio::sync::Mutex<Option<String>>,
+    /// The store's failure count when the epoch was last confirmed, plus one (0: never).
+    confirmed: AtomicU64,
+}
+
+impl RedisBackend {
+    /// True while the epoch must be (re)read before deciding: at start, and after any
+    /// failure of the store since it was last confirmed.
+    fn epoch_unconfirmed(&self) -> bool {
+        self.epoch.confirmed.load(Ordering::Acquire)
+            != self.store.failures.load(Ordering::Acquire) + 1
+    }
+
+    /// Notes that a call failed to reach Redis: the next call reads the epoch first.
+    pub(super) fn note_failure(&self) {
+        self.store.failures.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Reads the epoch when it is unconfirmed; when Redis lost its state, writes the journal
+    /// back first. Callers wait for one check at a time, so none decides before a rebuild.
+    pub(super) async fn ensure_state(&self) -> Result<()> {
+        if !self.epoch_unconfirmed() {
+            return Ok(());
+        }
+        let mut known = self.epoch.known.lock().await;
+        // Read before the call: a failure during it leaves the epoch unconfirmed.
+        let failures = self.store.failures.load(Ordering::Acquire);
+        if self.epoch.confirmed.load(Ordering::Acquire) == failures + 1 {
+            return Ok(());
+        }
+        let key = self.keys.epoch();
+        let mine = format!("{:032x}", rand::random::<u128>());
+        let offered = mine.clone();
+        // SET NX GET: sets the epoch when it is missing, and answers what was there.
+        let before: Option<String> = self
+            .run("epoch", |mut c| async move {
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(&offered)
+                    .arg("NX")
+                    .arg("GET")
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        let now = before.unwrap_or(mine);
+        let lost = known.as_ref().is_some_and(|k| *k != now);
+        if lost {
+            self.rebuild().await?;
+        }
+        *known = Some(now);
+        self.epoch.confirmed.store(failures + 1, Ordering::Release);
+        Ok(())
+    }
+
+    /// Writes every journaled grant still in its window back, one restore.lua call per
+    /// bucket, and reports it (log line and metric).
+    async fn rebuild(&self) -> Result<()> {
+        let rebuilds = self.journal.rebuilds();
+        let mut units = 0u64;
+        for r in &rebuilds {
+            let keys = [self.keys.bucket(r.user).state, self.keys.restored(r.user)];
+            let mut args: Vec<String> = Vec::with_capacity(1 + 3 * r.grants.len());
+            args.push(r.window_ms.to_string());
+            for (id, stamp, cost) in &r.grants {
+                args.push(id.clone());
+                args.push(stamp.to_string());
+                args.push(cost.to_string());
+            }
+            let reply: Value = self
+                .run("restore", |mut c| async move {
+                    SCRIPTS.restore.eval(&mut c, &keys, &args).await
+                })
+                .await?;
+            match reply {
+                Value::Int(n) => units += n.max(0) as u64,
+                other => return Err(unexpected_msg("restore", &format!("{other:?}"))),
+            }
+        }
+        crate::telemetry::redis_rebuild(units);
+        tracing::warn!(
+            owners = rebuilds.len(),
+            units,
+            "redis lost its state (a new epoch): this process's grants of the last window written back"
+        );
+        Ok(())
+    }
+}

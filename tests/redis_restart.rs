@@ -1,0 +1,105 @@
+//! Redis restarted empty in the middle of a batch at full quota, under the default policy
+//! (fail-fast): the batch waits the outage out, the process writes its journal of grants
+//! back before granting anything new, and Torn (the simulator) never answers code 5.
+
+mod common;
+
+use common::redis_server::PrivateRedis;
+
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use torn_quota::batch::{BatchConfig, BatchHandler, BatchRequest, Progress};
+use torn_quota::sim::{SimConfig, SimKey, Simulator};
+use torn_quota::torn::{TornClient, TornClientConfig};
+use torn_quota::{AccessLevel, ApiKey, Limiter, TornUserId};
+
+/// Per owner per window, the simulator's and the limiter's.
+const LIMIT: u32 = 10;
+/// Long enough that a restart (a few hundred ms) lands well inside one window.
+const WINDOW: Duration = Duration::from_millis(1500);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restarted_empty_mid_batch_costs_no_code_5() {
+    let mut redis = PrivateRedis::start();
+    let port = redis.port;
+    let owner = TornUserId::new(46);
+    let k = SimKey::new("Owner00046Key001", owner, AccessLevel::Full);
+    let sim = Simulator::start(
+        vec![k.clone()],
+        SimConfig::builder()
+            .limit(NonZeroU32::new(LIMIT).unwrap())
+            .window(WINDOW)
+            .build()
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let config = common::config("redis-restart", LIMIT, WINDOW.as_millis() as u64)
+        .redis_url(redis.url())
+        .command_timeout(Duration::from_millis(300))
+        .connect_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let client = TornClient::new(
+        Limiter::redis(config).unwrap(),
+        TornClientConfig::builder()
+            .base_url(sim.base_url())
+            .safety_margin(Duration::from_millis(40))
+            .request_timeout(Duration::from_secs(1))
+            .retry_min_delay(Duration::from_millis(20))
+            .retry_max_delay(Duration::from_millis(200))
+            .owner_hold(Duration::from_millis(200))
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    let done = Arc::new(Mutex::new(0usize));
+    let seen = done.clone();
+    let handler = BatchHandler::new(
+        client,
+        BatchConfig::default().concurrency(NonZeroUsize::new(8).unwrap()),
+    )
+    .on_progress(move |p: Progress| *seen.lock().unwrap() = p.done);
+
+    // Three and a half windows' worth: the quota is full in every window, and the restart
+    // comes in the middle of the third, right after its grants.
+    let requests: Vec<BatchRequest> = (1000..1035)
+        .map(|id| BatchRequest::new(format!("user/{id}/basic")))
+        .collect();
+    let restarter = {
+        let done = done.clone();
+        tokio::task::spawn_blocking(move || {
+            while *done.lock().unwrap() < 2 * LIMIT as usize + 2 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            redis.kill();
+            // Back on the same port, empty (no persistence): every window is gone.
+            PrivateRedis::start_on(port)
+        })
+    };
+    let outcome = handler
+        .run(requests, vec![ApiKey::new(&k.key).unwrap()])
+        .await
+        .expect("a restarted Redis must not abort the batch");
+    let _redis = restarter.await.unwrap();
+
+    for (i, r) in outcome.results.iter().enumerate() {
+        let data = r
+            .as_ref()
+            .unwrap_or_else(|e| panic!("request {i} failed: {e}"));
+        assert_eq!(
+            data["profile"]["id"],
+            1000 + i as u64,
+            "result {i} out of order"
+        );
+    }
+    let c = sim.counters();
+    assert_eq!(c.errors(5), 0, "code-5 answers after the restart: {c:?}");
+    assert!(
+        c.max_in_window <= LIMIT,
+        "Torn counted {} in a window",
+        c.max_in_window
+    );
+}
