@@ -126,3 +126,28 @@ fn sentinel_settings_are_checked_at_build() {
         "{with_cluster:?}"
     );
 }
+
+/// The settings reach the configuration: the sentinels, the master, and a password that
+/// never shows in its Debug.
+#[cfg(feature = "settings")]
+#[test]
+fn sentinel_settings_are_read() {
+    let env = |name: &str| match name {
+        "REDIS_SENTINEL_URLS" => Some("redis://10.0.0.1:26379, redis://10.0.0.2:26379".into()),
+        "REDIS_SENTINEL_MASTER" => Some("mymaster".into()),
+        "REDIS_SENTINEL_PASSWORD" => Some("s3cret-sentinel".into()),
+        _ => None,
+    };
+    let config = torn_quota::settings::Settings::from_sources(None, env)
+        .unwrap()
+        .rate_limit()
+        .unwrap();
+    assert!(config.is_redis_sentinel());
+    assert_eq!(
+        config.redis_sentinel_urls(),
+        ["redis://10.0.0.1:26379", "redis://10.0.0.2:26379"]
+    );
+    assert_eq!(config.redis_sentinel_master(), Some("mymaster"));
+    assert!(!format!("{config:?}").contains("s3cret-sentinel"));
+    assert!(config.redis_target_redacted().starts_with("sentinel "));
+}

@@ -160,3 +160,41 @@ fn tls_settings_are_checked_at_build() {
         "{err:?}"
     );
 }
+
+/// The settings reach the configuration.
+#[cfg(feature = "settings")]
+#[test]
+fn tls_settings_are_read() {
+    let env = |name: &str| match name {
+        "REDIS_URL" => Some("rediss://127.0.0.1:6380".into()),
+        "TORN_QUOTA_REDIS_CA_FILE" => Some("/etc/tq/ca.pem".into()),
+        _ => None,
+    };
+    let config = torn_quota::settings::Settings::from_sources(None, env)
+        .unwrap()
+        .rate_limit()
+        .unwrap();
+    assert_eq!(
+        config.redis_ca_file(),
+        Some(std::path::Path::new("/etc/tq/ca.pem"))
+    );
+    let env = |name: &str| match name {
+        "REDIS_URL" => Some("rediss://127.0.0.1:6380".into()),
+        "TORN_QUOTA_REDIS_CLIENT_KEY_FILE" => Some("/etc/tq/client.key".into()),
+        _ => None,
+    };
+    let err = torn_quota::settings::Settings::from_sources(None, env)
+        .unwrap()
+        .rate_limit()
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Config {
+                setting: "TORN_QUOTA_REDIS_CLIENT_CERT_FILE",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
