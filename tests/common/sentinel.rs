@@ -118,6 +118,20 @@ impl SentinelSet {
         );
     }
 
+    /// Waits until the sentinel has demoted the old primary to a replica of the new one
+    /// (it does so some seconds after the promotion; until then both accept writes).
+    pub fn wait_for_old_primary_demoted(&self) {
+        let old = self.primary.port;
+        self.wait_until(
+            Duration::from_secs(60),
+            "the old primary was never demoted",
+            || {
+                let role: Vec<redis::Value> = query(old, &redis::cmd("ROLE"));
+                matches!(&role[0], redis::Value::BulkString(r) if r == b"slave")
+            },
+        );
+    }
+
     fn wait_until(&self, limit: Duration, failure: &str, mut done: impl FnMut() -> bool) {
         let deadline = Instant::now() + limit;
         while !done() {
