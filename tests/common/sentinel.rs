@@ -61,7 +61,7 @@ impl SentinelSet {
             sentinel,
             conf,
         };
-        set.wait_until(
+        wait_until(
             Duration::from_secs(30),
             "the sentinel never saw the replica",
             || {
@@ -107,7 +107,7 @@ impl SentinelSet {
             redis::cmd("SENTINEL").arg("FAILOVER").arg(MASTER),
         );
         let replica = self.replica.port;
-        self.wait_until(
+        wait_until(
             Duration::from_secs(30),
             "the failover did not happen",
             || {
@@ -122,7 +122,7 @@ impl SentinelSet {
     /// (it does so some seconds after the promotion; until then both accept writes).
     pub fn wait_for_old_primary_demoted(&self) {
         let old = self.primary.port;
-        self.wait_until(
+        wait_until(
             Duration::from_secs(60),
             "the old primary was never demoted",
             || {
@@ -130,14 +130,6 @@ impl SentinelSet {
                 matches!(&role[0], redis::Value::BulkString(r) if r == b"slave")
             },
         );
-    }
-
-    fn wait_until(&self, limit: Duration, failure: &str, mut done: impl FnMut() -> bool) {
-        let deadline = Instant::now() + limit;
-        while !done() {
-            assert!(Instant::now() < deadline, "{failure}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
     }
 }
 
@@ -154,4 +146,13 @@ pub fn query<T: redis::FromRedisValue>(port: u16, cmd: &redis::Cmd) -> T {
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
     let mut c = client.get_connection().unwrap();
     cmd.query(&mut c).unwrap()
+}
+
+/// Polls `done` until it holds; panics with `failure` after `limit`.
+fn wait_until(limit: Duration, failure: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "{failure}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -68,7 +68,7 @@ impl RateLimitConfigBuilder {
     }
     /// A PEM CA to trust for `rediss://` instead of the public web roots (default none).
     pub fn redis_ca_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
-        self.config.redis_tls.ca_file = Some(path.into());
+        self.config.redis_tls.ca = Some(path.into());
         self
     }
     /// A PEM client certificate (chain) and its key, for Redis that asks for mutual TLS
@@ -78,18 +78,18 @@ impl RateLimitConfigBuilder {
         cert: impl Into<std::path::PathBuf>,
         key: impl Into<std::path::PathBuf>,
     ) -> Self {
-        self.config.redis_tls.client_cert_file = Some(cert.into());
-        self.config.redis_tls.client_key_file = Some(key.into());
+        self.config.redis_tls.client_cert = Some(cert.into());
+        self.config.redis_tls.client_key = Some(key.into());
         self
     }
     /// The client certificate alone; [`build`](Self::build) refuses it without its key.
     pub fn redis_client_cert_file(mut self, cert: impl Into<std::path::PathBuf>) -> Self {
-        self.config.redis_tls.client_cert_file = Some(cert.into());
+        self.config.redis_tls.client_cert = Some(cert.into());
         self
     }
     /// The client key alone; [`build`](Self::build) refuses it without its certificate.
     pub fn redis_client_key_file(mut self, key: impl Into<std::path::PathBuf>) -> Self {
-        self.config.redis_tls.client_key_file = Some(key.into());
+        self.config.redis_tls.client_key = Some(key.into());
         self
     }
     /// Redis behind Sentinel: the sentinels' URLs (`redis://` or `rediss://`) and the name
@@ -271,7 +271,7 @@ fn check_topology(c: &RateLimitConfig) -> Result<()> {
     if !c.redis_tls.is_set() {
         return Ok(());
     }
-    let setting = if c.redis_tls.ca_file.is_some() {
+    let setting = if c.redis_tls.ca.is_some() {
         "TORN_QUOTA_REDIS_CA_FILE"
     } else {
         "TORN_QUOTA_REDIS_CLIENT_CERT_FILE"

@@ -216,7 +216,7 @@ impl RateLimitConfig {
     /// The CA file trusted for `rediss://` instead of the public web roots
     /// (`TORN_QUOTA_REDIS_CA_FILE`).
     pub fn redis_ca_file(&self) -> Option<&std::path::Path> {
-        self.redis_tls.ca_file.as_deref()
+        self.redis_tls.ca.as_deref()
     }
     /// The TLS certificates read from the files, `None` when no file is set (the public
     /// web roots, no client certificate).

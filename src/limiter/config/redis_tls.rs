@@ -13,20 +13,20 @@ use super::invalid;
 /// certificate.
 #[derive(Debug, Clone, Default)]
 pub(super) struct RedisTls {
-    pub(super) ca_file: Option<PathBuf>,
-    pub(super) client_cert_file: Option<PathBuf>,
-    pub(super) client_key_file: Option<PathBuf>,
+    pub(super) ca: Option<PathBuf>,
+    pub(super) client_cert: Option<PathBuf>,
+    pub(super) client_key: Option<PathBuf>,
 }
 
 impl RedisTls {
     /// Whether any file is set (the default trust store and no client certificate when not).
     pub(super) fn is_set(&self) -> bool {
-        self.ca_file.is_some() || self.client_cert_file.is_some() || self.client_key_file.is_some()
+        self.ca.is_some() || self.client_cert.is_some() || self.client_key.is_some()
     }
 
     /// A client certificate needs its key and the other way round.
     pub(super) fn validate(&self) -> Result<()> {
-        match (&self.client_cert_file, &self.client_key_file) {
+        match (&self.client_cert, &self.client_key) {
             (Some(_), None) => Err(invalid(
                 "TORN_QUOTA_REDIS_CLIENT_KEY_FILE",
                 "is required with TORN_QUOTA_REDIS_CLIENT_CERT_FILE (mutual TLS needs both)".into(),
@@ -50,11 +50,11 @@ impl RedisTls {
                 )
             })
         };
-        let root_cert = match &self.ca_file {
+        let root_cert = match &self.ca {
             Some(p) => Some(read("TORN_QUOTA_REDIS_CA_FILE", p)?),
             None => None,
         };
-        let client_tls = match (&self.client_cert_file, &self.client_key_file) {
+        let client_tls = match (&self.client_cert, &self.client_key) {
             (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
                 client_cert: read("TORN_QUOTA_REDIS_CLIENT_CERT_FILE", cert)?,
                 client_key: read("TORN_QUOTA_REDIS_CLIENT_KEY_FILE", key)?,

@@ -69,7 +69,7 @@ pub(super) enum Pools {
     Single(Pool),
     Cluster(deadpool_redis::cluster::Pool),
     /// No pool: each lane asks the sentinels for the primary when it needs a connection.
-    Sentinel(Sentinel),
+    Sentinel(Box<Sentinel>),
 }
 
 /// The sentinels, asked one lane at a time, and the primary they named last.
@@ -118,7 +118,7 @@ impl Conns {
             .set_connection_timeout(Some(config.connect_timeout()))
             .set_response_timeout(Some(config.command_timeout()));
         let pool = if config.is_redis_sentinel() {
-            Pools::Sentinel(sentinel(config, certificates, conn_config)?)
+            Pools::Sentinel(Box::new(sentinel(config, certificates, conn_config)?))
         } else if config.is_redis_cluster() {
             // The client's own connect and response timeouts stay at its defaults: `run`
             // bounds every call by connect + command timeout anyway.
