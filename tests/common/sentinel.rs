@@ -25,6 +25,11 @@ impl SentinelSet {
     pub fn start() -> Self {
         let primary = PrivateRedis::start();
         let replica = PrivateRedis::start();
+        // A full sync writes an RDB file into the server's dir: keep it out of the tree.
+        let tmp = std::env::temp_dir();
+        for port in [primary.port, replica.port] {
+            let _: () = query(port, redis::cmd("CONFIG").arg("SET").arg("dir").arg(&tmp));
+        }
         let _: () = query(
             replica.port,
             redis::cmd("REPLICAOF").arg("127.0.0.1").arg(primary.port),
