@@ -25,10 +25,18 @@ impl SentinelSet {
     pub fn start() -> Self {
         let primary = PrivateRedis::start();
         let replica = PrivateRedis::start();
-        // A full sync writes an RDB file into the server's dir: keep it out of the tree.
-        let tmp = std::env::temp_dir();
+        // A full sync streams the RDB (diskless on both ends), so no file lands in the
+        // tree (the servers' working directory); both may become replicas.
         for port in [primary.port, replica.port] {
-            let _: () = query(port, redis::cmd("CONFIG").arg("SET").arg("dir").arg(&tmp));
+            let _: () = query(
+                port,
+                redis::cmd("CONFIG")
+                    .arg("SET")
+                    .arg("repl-diskless-sync")
+                    .arg("yes")
+                    .arg("repl-diskless-load")
+                    .arg("swapdb"),
+            );
         }
         let _: () = query(
             replica.port,
