@@ -17,6 +17,24 @@ impl Settings {
         if let Some(v) = &self.redis_cluster_urls {
             b = b.redis_cluster_urls(v.iter().map(|u| u.expose().to_owned()));
         }
+        if let Some(v) = &self.torn_quota_redis_ca_file {
+            b = b.redis_ca_file(v);
+        }
+        if let Some(v) = &self.torn_quota_redis_client_cert_file {
+            b = b.redis_client_cert_file(v);
+        }
+        if let Some(v) = &self.torn_quota_redis_client_key_file {
+            b = b.redis_client_key_file(v);
+        }
+        if let Some(v) = &self.redis_sentinel_urls {
+            b = b.redis_sentinel_urls(v.iter().map(|u| u.expose().to_owned()));
+        }
+        if let Some(v) = &self.redis_sentinel_master {
+            b = b.redis_sentinel_master(v);
+        }
+        if let Some(v) = &self.redis_sentinel_password {
+            b = b.redis_sentinel_password(v.expose());
+        }
         if let Some(v) = self.torn_quota_limit {
             b = b.limit(v);
         }

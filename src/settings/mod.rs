@@ -201,26 +201,26 @@ pub struct Settings {
     #[serde(deserialize_with = "de::secret")]
     pub torn_quota_serve_token: Option<Secret>,
 
-    // --- accepted, not yet used: TLS and Sentinel (DESIGN.md), read by no code yet ---
-    /// `TORN_QUOTA_REDIS_CA_FILE`: the CA for `rediss://`. Accepted, not yet used.
+    // --- Redis over TLS, and behind Sentinel (docs/redis.md) ---
+    /// `TORN_QUOTA_REDIS_CA_FILE`: a PEM CA trusted for `rediss://` instead of the public
+    /// web roots.
     #[serde(deserialize_with = "de::path")]
     pub torn_quota_redis_ca_file: Option<PathBuf>,
-    /// `TORN_QUOTA_REDIS_CLIENT_CERT_FILE`: the client certificate for `rediss://`.
-    /// Accepted, not yet used.
+    /// `TORN_QUOTA_REDIS_CLIENT_CERT_FILE`: the PEM client certificate for mutual TLS
+    /// (with `TORN_QUOTA_REDIS_CLIENT_KEY_FILE`).
     #[serde(deserialize_with = "de::path")]
     pub torn_quota_redis_client_cert_file: Option<PathBuf>,
-    /// `TORN_QUOTA_REDIS_CLIENT_KEY_FILE`: the client key for `rediss://`. Accepted, not
-    /// yet used.
+    /// `TORN_QUOTA_REDIS_CLIENT_KEY_FILE`: the PEM key of the client certificate.
     #[serde(deserialize_with = "de::path")]
     pub torn_quota_redis_client_key_file: Option<PathBuf>,
-    /// `REDIS_SENTINEL_URLS`: Sentinel node URLs. Accepted, not yet used.
+    /// `REDIS_SENTINEL_URLS`: the sentinels (comma-separated `redis://` or `rediss://`);
+    /// when set, the store asks them for the primary instead of using `REDIS_URL`.
     #[serde(deserialize_with = "de::secret_list")]
     pub redis_sentinel_urls: Option<Vec<Secret>>,
-    /// `REDIS_SENTINEL_MASTER`: the master's name at the Sentinels. Accepted, not yet used.
+    /// `REDIS_SENTINEL_MASTER`: the name of the service the sentinels watch.
     #[serde(deserialize_with = "de::text")]
     pub redis_sentinel_master: Option<String>,
-    /// `REDIS_SENTINEL_PASSWORD`: the Sentinels' password (a secret). Accepted, not yet
-    /// used.
+    /// `REDIS_SENTINEL_PASSWORD`: the sentinels' own password (a secret).
     #[serde(deserialize_with = "de::secret")]
     pub redis_sentinel_password: Option<Secret>,
 }

@@ -22,6 +22,8 @@ pub mod pg;
 pub mod redis_server;
 #[cfg(feature = "legacy")]
 pub mod rollout;
+pub mod sentinel;
+pub mod tls_redis;
 pub mod torn_client;
 pub mod vault;
 #[cfg(feature = "cli")]

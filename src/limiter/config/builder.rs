@@ -66,6 +66,65 @@ impl RateLimitConfigBuilder {
         self.config.redis_cluster_urls = urls.into_iter().map(|u| RedisUrl(u.into())).collect();
         self
     }
+    /// A PEM CA to trust for `rediss://` instead of the public web roots (default none).
+    pub fn redis_ca_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.config.redis_tls.ca = Some(path.into());
+        self
+    }
+    /// A PEM client certificate (chain) and its key, for Redis that asks for mutual TLS
+    /// (default none). Both are needed.
+    pub fn redis_client_cert(
+        mut self,
+        cert: impl Into<std::path::PathBuf>,
+        key: impl Into<std::path::PathBuf>,
+    ) -> Self {
+        self.config.redis_tls.client_cert = Some(cert.into());
+        self.config.redis_tls.client_key = Some(key.into());
+        self
+    }
+    /// The client certificate alone; [`build`](Self::build) refuses it without its key.
+    pub fn redis_client_cert_file(mut self, cert: impl Into<std::path::PathBuf>) -> Self {
+        self.config.redis_tls.client_cert = Some(cert.into());
+        self
+    }
+    /// The client key alone; [`build`](Self::build) refuses it without its certificate.
+    pub fn redis_client_key_file(mut self, key: impl Into<std::path::PathBuf>) -> Self {
+        self.config.redis_tls.client_key = Some(key.into());
+        self
+    }
+    /// Redis behind Sentinel: the sentinels' URLs (`redis://` or `rediss://`) and the name
+    /// of the service they watch. The store asks them for the primary, and asks again after
+    /// a connection error or a `READONLY` answer (a failover). An empty list goes back to
+    /// [`redis_url`](Self::redis_url).
+    pub fn redis_sentinel<I>(mut self, urls: I, master: impl Into<String>) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        self.config.redis_sentinel.urls = urls.into_iter().map(|u| RedisUrl(u.into())).collect();
+        self.config.redis_sentinel.master = Some(master.into());
+        self
+    }
+    /// The sentinels' URLs alone; [`build`](Self::build) refuses them without a master name.
+    pub fn redis_sentinel_urls<I>(mut self, urls: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        self.config.redis_sentinel.urls = urls.into_iter().map(|u| RedisUrl(u.into())).collect();
+        self
+    }
+    /// The service's name alone; [`build`](Self::build) refuses it without sentinels.
+    pub fn redis_sentinel_master(mut self, master: impl Into<String>) -> Self {
+        self.config.redis_sentinel.master = Some(master.into());
+        self
+    }
+    /// The sentinels' own password (default none); the primary's password goes in the
+    /// sentinels' URLs' user info, as the primary and the sentinels usually share it.
+    pub fn redis_sentinel_password(mut self, password: impl Into<String>) -> Self {
+        self.config.redis_sentinel.password = Some(zeroize::Zeroizing::new(password.into()));
+        self
+    }
     /// Time allowed to open a connection (default 500 ms).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.config.connect_timeout = timeout;
@@ -146,6 +205,9 @@ impl RateLimitConfigBuilder {
         for url in &c.redis_cluster_urls {
             validate_cluster_url(&url.0)?;
         }
+        c.redis_tls.validate()?;
+        c.redis_sentinel.validate()?;
+        check_topology(&c)?;
         if c.key_prefix.is_empty() || c.key_prefix.contains(['{', '}', ' ']) {
             return Err(invalid(
                 "TORN_QUOTA_KEY_PREFIX",
@@ -196,6 +258,51 @@ impl RateLimitConfigBuilder {
         }
         Ok(c)
     }
+}
+
+/// One way to reach Redis at a time, and TLS files only where they are used.
+fn check_topology(c: &RateLimitConfig) -> Result<()> {
+    if c.redis_sentinel.is_set() && !c.redis_cluster_urls.is_empty() {
+        return Err(invalid(
+            "REDIS_SENTINEL_URLS",
+            "cannot be used with REDIS_CLUSTER_URLS: a cluster fails over by itself".into(),
+        ));
+    }
+    if !c.redis_tls.is_set() {
+        return Ok(());
+    }
+    let setting = if c.redis_tls.ca.is_some() {
+        "TORN_QUOTA_REDIS_CA_FILE"
+    } else {
+        "TORN_QUOTA_REDIS_CLIENT_CERT_FILE"
+    };
+    // The cluster client keeps only the seed nodes' certificates, not those of the nodes it
+    // discovers, so a private CA would hold for some nodes and not others.
+    if !c.redis_cluster_urls.is_empty() {
+        return Err(invalid(
+            setting,
+            "is not supported with REDIS_CLUSTER_URLS yet: a cluster over rediss:// uses the \
+             public web roots"
+                .into(),
+        ));
+    }
+    let tls = if c.redis_sentinel.is_set() {
+        c.redis_sentinel
+            .urls
+            .iter()
+            .all(|u| u.0.starts_with("rediss://"))
+    } else {
+        c.redis_url.0.starts_with("rediss://")
+    };
+    if !tls {
+        return Err(invalid(
+            setting,
+            "needs a rediss:// URL (REDIS_URL, or every REDIS_SENTINEL_URLS): over redis:// \
+             it would be ignored"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The limiter's bounds: what one call may write to Redis, how many connections a process

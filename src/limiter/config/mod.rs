@@ -4,6 +4,8 @@
 mod builder;
 mod mode;
 mod on_redis_down;
+mod redis_sentinel;
+mod redis_tls;
 mod redis_url;
 #[cfg(test)]
 mod tests;
@@ -18,6 +20,8 @@ use crate::limiter::TornUserId;
 pub use builder::RateLimitConfigBuilder;
 pub use mode::Mode;
 pub use on_redis_down::OnRedisDown;
+use redis_sentinel::RedisSentinel;
+use redis_tls::RedisTls;
 use redis_url::RedisUrl;
 
 /// The most Redis connections one process opens (`TORN_QUOTA_REDIS_CONNECTIONS`): each
@@ -50,6 +54,8 @@ pub struct RateLimitConfig {
     cleanup_interval: Duration,
     redis_url: RedisUrl,
     redis_cluster_urls: Vec<RedisUrl>,
+    redis_tls: RedisTls,
+    redis_sentinel: RedisSentinel,
     connect_timeout: Duration,
     command_timeout: Duration,
     reconnect_interval: Duration,
@@ -75,6 +81,8 @@ impl Default for RateLimitConfig {
             cleanup_interval: Duration::from_secs(60),
             redis_url: RedisUrl("redis://127.0.0.1:6379".to_owned()),
             redis_cluster_urls: Vec::new(),
+            redis_tls: RedisTls::default(),
+            redis_sentinel: RedisSentinel::default(),
             connect_timeout: Duration::from_millis(500),
             command_timeout: Duration::from_millis(500),
             reconnect_interval: Duration::from_secs(1),
@@ -161,8 +169,57 @@ impl RateLimitConfig {
                 .map(RedisUrl::redacted)
                 .collect();
             format!("cluster {}", urls.join(","))
+        } else if self.is_redis_sentinel() {
+            let urls: Vec<String> = self
+                .redis_sentinel
+                .urls
+                .iter()
+                .map(RedisUrl::redacted)
+                .collect();
+            format!(
+                "sentinel {} master {}",
+                urls.join(","),
+                self.redis_sentinel.master.as_deref().unwrap_or_default()
+            )
         } else {
             self.redis_url.redacted()
+        }
+    }
+    /// The sentinels' URLs (`REDIS_SENTINEL_URLS`); empty when Redis is not behind
+    /// Sentinel.
+    pub fn redis_sentinel_urls(&self) -> Vec<&str> {
+        self.redis_sentinel
+            .urls
+            .iter()
+            .map(|u| u.0.as_str())
+            .collect()
+    }
+    /// The service the sentinels watch (`REDIS_SENTINEL_MASTER`).
+    pub fn redis_sentinel_master(&self) -> Option<&str> {
+        self.redis_sentinel.master.as_deref()
+    }
+    /// Whether the store asks sentinels for its primary instead of using `REDIS_URL`.
+    pub fn is_redis_sentinel(&self) -> bool {
+        self.redis_sentinel.is_set()
+    }
+    /// The sentinels' password, for the store only.
+    pub(crate) fn redis_sentinel_password(&self) -> Option<&str> {
+        self.redis_sentinel.password.as_ref().map(|p| p.as_str())
+    }
+    /// The CA file trusted for `rediss://` instead of the public web roots
+    /// (`TORN_QUOTA_REDIS_CA_FILE`).
+    pub fn redis_ca_file(&self) -> Option<&std::path::Path> {
+        self.redis_tls.ca.as_deref()
+    }
+    /// The TLS certificates read from the files, `None` when no file is set (the public
+    /// web roots, no client certificate).
+    pub(crate) fn redis_tls_certificates(
+        &self,
+    ) -> crate::error::Result<Option<redis::TlsCertificates>> {
+        if self.redis_tls.is_set() {
+            self.redis_tls.certificates().map(Some)
+        } else {
+            Ok(None)
         }
     }
     /// Time allowed to open a Redis connection.

@@ -91,3 +91,30 @@ pub(super) fn validate_cluster_url(raw: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// One sentinel's URL: `redis://` or `rediss://` with a host. The message never repeats the
+/// URL, which may hold a password.
+pub(super) fn validate_sentinel_url(raw: &str) -> Result<()> {
+    let url = url::Url::parse(raw).map_err(|e| {
+        invalid(
+            "REDIS_SENTINEL_URLS",
+            format!("a sentinel URL is not a URL ({e}); expected e.g. redis://10.0.0.1:26379"),
+        )
+    })?;
+    if !matches!(url.scheme(), "redis" | "rediss") {
+        return Err(invalid(
+            "REDIS_SENTINEL_URLS",
+            format!(
+                "a sentinel URL's scheme must be redis:// or rediss://, got '{}://'",
+                url.scheme()
+            ),
+        ));
+    }
+    if url.host().is_none() {
+        return Err(invalid(
+            "REDIS_SENTINEL_URLS",
+            "a sentinel URL has no host".into(),
+        ));
+    }
+    Ok(())
+}

@@ -1,5 +1,13 @@
-//! Connections: the pool (single Redis or Redis Cluster) with its timeouts, the lanes
-//! that share a few multiplexed connections, and the bound on every call.
+//! Connections: the pool (single Redis or Redis Cluster) with its timeouts, or the primary
+//! that Sentinel names; the lanes that share a few multiplexed connections, and the bound
+//! on every call.
+//!
+//! `rediss://` runs on rustls with the public web roots, or the CA in
+//! `TORN_QUOTA_REDIS_CA_FILE`; deadpool-redis takes the `ConnectionInfo` that
+//! `Client::build_with_tls` made, so the certificates reach every connection it creates.
+//! Behind Sentinel, a lane whose connection failed (or answered `READONLY`: the primary it
+//! reached was demoted) asks the sentinels for the current primary on its next call; redis-rs
+//! does not follow `+switch-master` by itself.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
@@ -8,7 +16,12 @@ use std::time::{Duration, Instant};
 use deadpool_redis::{Manager, Pool, PoolError, Runtime};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
-use redis::{AsyncConnectionConfig, Cmd, RedisError, RedisFuture, Value};
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::{
+    AsyncConnectionConfig, Cmd, ConnectionAddr, ErrorKind, IntoConnectionInfo, RedisError,
+    RedisFuture, TlsMode, Value,
+};
+use tokio::sync::watch;
 
 use super::decode::script_error;
 use crate::error::{Error, Result, Source};
@@ -55,12 +68,22 @@ impl ConnectionLike for Conn {
 pub(super) enum Pools {
     Single(Pool),
     Cluster(deadpool_redis::cluster::Pool),
+    /// No pool: each lane asks the sentinels for the primary when it needs a connection.
+    Sentinel(Box<Sentinel>),
 }
 
-/// A connection held out of the pool by a lane.
+/// The sentinels, asked one lane at a time, and the primary they named last.
+pub(super) struct Sentinel {
+    client: tokio::sync::Mutex<SentinelClient>,
+    conn_config: AsyncConnectionConfig,
+    primary: Mutex<Option<String>>,
+}
+
+/// A connection held by a lane: out of the pool, or to the primary Sentinel named.
 enum Pooled {
     Single(deadpool_redis::Connection),
     Cluster(deadpool_redis::cluster::Connection),
+    Sentinel(MultiplexedConnection),
 }
 
 impl Pooled {
@@ -68,6 +91,7 @@ impl Pooled {
         match self {
             Pooled::Single(c) => Conn::Single((**c).clone()),
             Pooled::Cluster(c) => Conn::Cluster((**c).clone()),
+            Pooled::Sentinel(c) => Conn::Single(c.clone()),
         }
     }
 }
@@ -89,7 +113,13 @@ impl Conns {
             setting: "TORN_QUOTA_REDIS_CONNECTIONS",
             reason: e.to_string(),
         };
-        let pool = if config.is_redis_cluster() {
+        let certificates = config.redis_tls_certificates()?;
+        let conn_config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(config.connect_timeout()))
+            .set_response_timeout(Some(config.command_timeout()));
+        let pool = if config.is_redis_sentinel() {
+            Pools::Sentinel(Box::new(sentinel(config, certificates, conn_config)?))
+        } else if config.is_redis_cluster() {
             // The client's own connect and response timeouts stay at its defaults: `run`
             // bounds every call by connect + command timeout anyway.
             let manager = deadpool_redis::cluster::Manager::new(config.redis_cluster_urls(), false)
@@ -107,16 +137,21 @@ impl Conns {
                 .map_err(|e| pool_err(&e))?;
             Pools::Cluster(pool)
         } else {
-            let conn_config = AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(config.connect_timeout()))
-                .set_response_timeout(Some(config.command_timeout()));
-            let manager =
-                Manager::new_with_config(config.redis_url(), conn_config).map_err(|e| {
-                    Error::Config {
-                        setting: "REDIS_URL",
-                        reason: format!("redis refused it: {e}"),
-                    }
-                })?;
+            let refused = |e: RedisError| Error::Config {
+                setting: "REDIS_URL",
+                reason: format!("redis refused it: {e}"),
+            };
+            let info = config.redis_url().into_connection_info().map_err(refused)?;
+            // build_with_tls puts the certificates into the connection info, which the
+            // pool's manager keeps (its own URL-based config would drop them).
+            let info = match certificates {
+                Some(certs) => redis::Client::build_with_tls(info, certs)
+                    .map_err(refused)?
+                    .get_connection_info()
+                    .clone(),
+                None => info,
+            };
+            let manager = Manager::new_with_config(info, conn_config).map_err(refused)?;
             let pool = Pool::builder(manager)
                 .max_size(lanes)
                 .runtime(Runtime::Tokio1)
@@ -133,8 +168,82 @@ impl Conns {
             next: AtomicUsize::new(0),
             connect_timeout: config.connect_timeout(),
             command_timeout: config.command_timeout(),
+            tls: uses_tls(config),
+            primary_changes: watch::Sender::new(0),
         })
     }
+}
+
+/// Whether connections run over TLS: their failures then say so.
+fn uses_tls(config: &RateLimitConfig) -> bool {
+    if config.is_redis_sentinel() {
+        config
+            .redis_sentinel_urls()
+            .iter()
+            .any(|u| u.starts_with("rediss://"))
+    } else if config.is_redis_cluster() {
+        config
+            .redis_cluster_urls()
+            .iter()
+            .any(|u| u.starts_with("rediss://"))
+    } else {
+        config.redis_url().starts_with("rediss://")
+    }
+}
+
+/// The sentinel client: the sentinels' addresses, the service, and how to reach the
+/// primary (TLS when the sentinels are reached over TLS, the password of the sentinels'
+/// URLs, the same certificates).
+fn sentinel(
+    config: &RateLimitConfig,
+    certificates: Option<redis::TlsCertificates>,
+    conn_config: AsyncConnectionConfig,
+) -> Result<Sentinel> {
+    let refused = |e: &RedisError| Error::Config {
+        setting: "REDIS_SENTINEL_URLS",
+        reason: format!("redis refused them: {:?}", e.kind()),
+    };
+    let mut addrs = Vec::new();
+    let mut redis_info = None;
+    for url in config.redis_sentinel_urls() {
+        let info = url.into_connection_info().map_err(|e| refused(&e))?;
+        redis_info.get_or_insert_with(|| info.redis_settings().clone());
+        addrs.push(info.addr().clone());
+    }
+    let tls = addrs
+        .iter()
+        .any(|a| matches!(a, ConnectionAddr::TcpTls { .. }));
+    let master = config.redis_sentinel_master().unwrap_or_default();
+    let mut b = SentinelClientBuilder::new(addrs, master, SentinelServerType::Master)
+        .map_err(|e| refused(&e))?;
+    if tls {
+        b = b
+            .set_client_to_redis_tls_mode(TlsMode::Secure)
+            .set_client_to_sentinel_tls_mode(TlsMode::Secure);
+    }
+    if let Some(certs) = certificates {
+        b = b
+            .set_client_to_redis_certificates(certs.clone())
+            .set_client_to_sentinel_certificates(certs);
+    }
+    // The primary usually shares the password (and user) written in the sentinels' URLs.
+    if let Some(info) = redis_info {
+        if let Some(user) = info.username() {
+            b = b.set_client_to_redis_username(user);
+        }
+        if let Some(password) = info.password() {
+            b = b.set_client_to_redis_password(password);
+        }
+        b = b.set_client_to_redis_db(info.db());
+    }
+    if let Some(password) = config.redis_sentinel_password() {
+        b = b.set_client_to_sentinel_password(password);
+    }
+    Ok(Sentinel {
+        client: tokio::sync::Mutex::new(b.build().map_err(|e| refused(&e))?),
+        conn_config,
+        primary: Mutex::new(None),
+    })
 }
 
 /// The connections, shared with the dispatcher task.
@@ -144,6 +253,10 @@ pub(super) struct Conns {
     next: AtomicUsize,
     pub(super) connect_timeout: Duration,
     pub(super) command_timeout: Duration,
+    tls: bool,
+    /// Counts the times Sentinel named a primary other than the one before (a failover
+    /// followed); see [`Conns::primary_changes`].
+    primary_changes: watch::Sender<u64>,
 }
 
 impl Conns {
@@ -160,7 +273,7 @@ impl Conns {
         let pool_error = |e: PoolError| match e {
             PoolError::Backend(e) => Error::Unavailable {
                 operation,
-                source: Source::new(e),
+                source: Source::new(self.named(e)),
             },
             _ => Error::Timeout {
                 operation,
@@ -170,10 +283,79 @@ impl Conns {
         let pooled = match &self.pool {
             Pools::Single(p) => Pooled::Single(p.get().await.map_err(pool_error)?),
             Pools::Cluster(p) => Pooled::Cluster(p.get().await.map_err(pool_error)?),
+            Pools::Sentinel(s) => Pooled::Sentinel(self.primary(s, operation).await?),
         };
         let conn = pooled.conn();
         *self.lane(lane) = Some(pooled);
         Ok((lane, conn))
+    }
+
+    /// A connection to the primary the sentinels name now, within the connect timeout.
+    async fn primary(
+        &self,
+        s: &Sentinel,
+        operation: &'static str,
+    ) -> Result<MultiplexedConnection> {
+        let ask = async {
+            let client = s.client.lock().await.async_get_client().await?;
+            let addr = client.get_connection_info().addr().to_string();
+            let conn = client
+                .get_multiplexed_async_connection_with_config(&s.conn_config)
+                .await?;
+            Ok::<_, RedisError>((addr, conn))
+        };
+        let (addr, conn) = match tokio::time::timeout(self.connect_timeout, ask).await {
+            Ok(Ok(found)) => found,
+            Ok(Err(source)) => {
+                return Err(Error::Unavailable {
+                    operation,
+                    source: Source::new(self.named(source)),
+                });
+            }
+            Err(_) => {
+                return Err(Error::Timeout {
+                    operation,
+                    timeout: self.connect_timeout,
+                });
+            }
+        };
+        let mut primary = s.primary.lock().unwrap_or_else(PoisonError::into_inner);
+        if primary.as_ref().is_some_and(|p| *p != addr) {
+            tracing::warn!(primary = %addr, "redis primary changed: following the failover");
+            self.primary_changes.send_modify(|n| *n += 1);
+        }
+        *primary = Some(addr);
+        Ok(conn)
+    }
+
+    /// A receiver that sees a new value each time the store followed a failover to another
+    /// primary (Sentinel only): the hook for whatever must learn that state may have been
+    /// lost (writes the old primary had not replicated).
+    pub(crate) fn primary_changes(&self) -> watch::Receiver<u64> {
+        self.primary_changes.subscribe()
+    }
+
+    /// A TLS failure says so: rustls names the certificate problem, this names TLS and the
+    /// settings to check, so an operator is not left with a bare "io error".
+    fn named(&self, e: RedisError) -> RedisError {
+        if !self.tls {
+            return e;
+        }
+        let text = e.to_string();
+        let lower = text.to_ascii_lowercase();
+        if ["certificate", "tls", "handshake", "alert", "issuer"]
+            .iter()
+            .any(|w| lower.contains(w))
+        {
+            RedisError::from((
+                ErrorKind::Io,
+                "tls failed: the certificate was refused (check TORN_QUOTA_REDIS_CA_FILE and \
+                 TORN_QUOTA_REDIS_CLIENT_CERT_FILE)",
+                text,
+            ))
+        } else {
+            e
+        }
     }
 
     pub(super) fn is_cluster(&self) -> bool {
@@ -215,8 +397,22 @@ impl Conns {
                     self.lane(lane).take();
                     Err(Error::Unavailable {
                         operation,
-                        source: Source::new(e),
+                        source: Source::new(self.named(e)),
                     })
+                }
+                // A demoted primary: behind Sentinel the lane asks for the new one on its
+                // next call, and the call counts as Redis being unavailable (the script did
+                // not run: its first write was refused, and it writes only after reading).
+                Err(e) if e.kind() == ErrorKind::Server(redis::ServerErrorKind::ReadOnly) => {
+                    self.lane(lane).take();
+                    if matches!(self.pool, Pools::Sentinel(_)) {
+                        Err(Error::Unavailable {
+                            operation,
+                            source: Source::new(e),
+                        })
+                    } else {
+                        Err(script_error(operation, e))
+                    }
                 }
                 Err(e) => Err(script_error(operation, e)),
             }

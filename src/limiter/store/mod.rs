@@ -76,8 +76,9 @@ struct Store {
 impl std::fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (kind, status) = match &self.store.conns.pool {
-            Pools::Single(p) => ("single", p.status()),
-            Pools::Cluster(p) => ("cluster", p.status()),
+            Pools::Single(p) => ("single", Some(p.status())),
+            Pools::Cluster(p) => ("cluster", Some(p.status())),
+            Pools::Sentinel(_) => ("sentinel", None),
         };
         f.debug_struct("RedisBackend")
             .field("redis", &kind)
@@ -133,6 +134,13 @@ impl RedisBackend {
         if e.is_unavailable() {
             self.note_failure();
         }
+    }
+
+    /// Sees a new value each time the store followed a failover to another primary
+    /// (Sentinel): writes the old primary had not replicated may be gone.
+    #[allow(dead_code)] // the hook for the grant journal, which subscribes to it
+    pub(crate) fn primary_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.store.conns.primary_changes()
     }
 
     fn bound(&self) -> Duration {
