@@ -101,7 +101,9 @@ pub mod torn;
 pub mod vault;
 
 pub use error::{Error, Result};
-pub use identity::{AccessLevel, ApiKey, AppUserId, KeyHash, KeyInfo, TornUserId};
+#[cfg(feature = "vault")]
+pub use identity::AppUserId;
+pub use identity::{AccessLevel, ApiKey, KeyHash, KeyInfo, TornUserId};
 pub use limiter::{
     BucketKeys, Clock, Decision, Grant, KeyBuilder, Limiter, ManualClock, Mode, OnRedisDown,
     Priority, RateLimitConfig, RateLimitConfigBuilder, Request, Status, SystemClock, Wait,

@@ -1,7 +1,6 @@
 //! The limiter's configuration: defaults, bounds, and every bad value named by its setting.
 
 use super::*;
-use crate::error::Result;
 
 /// The configuration the one [`Settings`](crate::settings::Settings) reader makes of
 /// `file` and `env`, as the binary reads it.
@@ -9,7 +8,7 @@ use crate::error::Result;
 fn from_sources(
     file: Option<&std::path::Path>,
     env: impl Fn(&str) -> Option<String>,
-) -> Result<RateLimitConfig> {
+) -> crate::error::Result<RateLimitConfig> {
     crate::settings::Settings::from_sources(file, env)?.rate_limit()
 }
 
