@@ -12,6 +12,8 @@
 mod convert;
 mod de;
 mod file;
+#[cfg(test)]
+pub(crate) mod test_env;
 
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
