@@ -63,9 +63,9 @@
 //! Each has one meaning in this crate's docs, names and messages.
 //!
 //! - **key**: a Torn API key, 16 characters, a secret: never logged, printed or put in a
-//!   URL ([`torn::ApiKey`]).
+//!   URL ([`ApiKey`]).
 //! - **key hash**: lowercase hex SHA-256 of a key, what is stored, logged and bucketed by
-//!   where a key must be named ([`torn::KeyHash`]; the legacy limiter's function too).
+//!   where a key must be named ([`KeyHash`]; the legacy limiter's function too).
 //! - **owner**: the Torn player a key belongs to ([`TornUserId`]); Torn limits owners, not
 //!   keys, so an owner's keys share one bucket.
 //! - **window**: the rolling span a limit counts over (Torn's: 100 per 60 s).
