@@ -23,25 +23,29 @@
 //!
 //! # Layout
 //!
-//! One folder per part; the cargo feature that brings it in (the limiter is always in, so a
+//! One folder or file per part; the cargo feature that brings it in (the limiter is always in, so a
 //! library user who turns default features off compiles Redis, tokio and a few small crates;
 //! no HTTP client or server, no PostgreSQL driver, no AES):
 //!
-//! | folder | owns | feature |
+//! | path | owns | feature |
 //! |---|---|---|
-//! | `limiter/` | [`Limiter`]: config, bucket key names, the Redis store (scripts, failover) and the in-memory twin | always |
-//! | `rollout/` | routing by mode and percent, the shadow comparison; the legacy limiter | always; legacy limiter: `legacy` |
-//! | `identity/` | Torn user id, app user id, API key, key hash, access level | always |
-//! | `torn/` | the Torn client: one call from path check to typed answer; Torn's error codes | `torn` |
+//! | `limiter/` | [`Limiter`]: its config (`config/`), every Redis key name (`keys.rs`), the Redis store (`store/`: scripts, connections, failover), the in-memory twin, waiting | always |
+//! | `rollout/` | routing by mode and percent (`router.rs`, `builder.rs`), the decision types, [`OwnerQuota`](rollout::OwnerQuota), the shadow comparison; the legacy limiter | always; legacy limiter: `legacy` |
+//! | `identity/` | Torn user id, app user id, API key, key hash, key info, access level | always; app user id: `vault` |
+//! | `torn/` | the Torn client (`client/`): one call from path check to typed answer; Torn's error codes and the client's config | client: `torn`; codes, config: always |
 //! | `gate/` | the quota gate: the one place a call takes its units (owner, egress, share) | `torn` |
-//! | `vault/` | keys encrypted in PostgreSQL, owners, migrations | `vault` |
+//! | `vault/` | keys encrypted in PostgreSQL (`store/`), owners, migrations | `vault` |
 //! | `batch/` | many requests over many owners' keys at their full quota | `batch` |
 //! | `sim/` | the Torn API simulator | `sim` |
-//! | `serve/` | the HTTP gateway | `serve` |
+//! | `serve/` | the HTTP gateway (`torn-quota serve`): the proxied call, batches, status JSON and page | `serve` |
+//! | `settings/` | the one reader of settings: a TOML file under the environment, into one typed [`Settings`](settings::Settings) | `settings` |
 //! | `telemetry.rs` | metric names, the Prometheus exporter | always; exporter: `prometheus` |
-//! | `settings/` | the one reader of settings: a TOML file under the environment | always |
+//! | `error.rs` | the one [`Error`] type (a denial is a value, not an error) | always |
+//! | `lua.rs` | the scripts as Redis runs them, `lua/prelude.lua` put before each | always |
+//! | `oracle.rs` | test oracles: the limiter's contract checked on recorded grant times | always |
 //! | `cli/`, `main.rs` | the `torn-quota` binary | `cli` (default) |
 //! | `../lua/` | the scripts, with their KEYS/ARGV/reply contract | always |
+//! | `../xtask/` | developer harnesses the product does not ship (`cargo xtask soak`) | (workspace member) |
 //!
 //! One Torn call, through the parts: the caller gives the client a path and a key
 //! (`torn/`). The client checks the path, takes the key's hash and finds its owner (a cache,
@@ -59,9 +63,9 @@
 //! Each has one meaning in this crate's docs, names and messages.
 //!
 //! - **key**: a Torn API key, 16 characters, a secret: never logged, printed or put in a
-//!   URL ([`torn::ApiKey`]).
+//!   URL ([`ApiKey`]).
 //! - **key hash**: lowercase hex SHA-256 of a key, what is stored, logged and bucketed by
-//!   where a key must be named ([`torn::KeyHash`]; the legacy limiter's function too).
+//!   where a key must be named ([`KeyHash`]; the legacy limiter's function too).
 //! - **owner**: the Torn player a key belongs to ([`TornUserId`]); Torn limits owners, not
 //!   keys, so an owner's keys share one bucket.
 //! - **window**: the rolling span a limit counts over (Torn's: 100 per 60 s).
@@ -101,7 +105,9 @@ pub mod torn;
 pub mod vault;
 
 pub use error::{Error, Result};
-pub use identity::{AccessLevel, ApiKey, AppUserId, KeyHash, KeyInfo, TornUserId};
+#[cfg(feature = "vault")]
+pub use identity::AppUserId;
+pub use identity::{AccessLevel, ApiKey, KeyHash, KeyInfo, TornUserId};
 pub use limiter::{
     BucketKeys, Clock, Decision, Grant, KeyBuilder, Limiter, ManualClock, Mode, OnRedisDown,
     Priority, RateLimitConfig, RateLimitConfigBuilder, Request, Status, SystemClock, Wait,

@@ -68,8 +68,9 @@ fn acquire_shared() -> &'static str {
 mod tests {
     use super::*;
 
-    /// Each script file's own text, with acquire.lua's prelude copy cut out.
-    fn own_texts() -> Vec<(&'static str, String)> {
+    /// Where acquire.lua carries its copy of the prelude: from `@prelude-begin` to the
+    /// end of the `@prelude-end` line.
+    fn prelude_copy() -> (usize, usize) {
         let begin = ACQUIRE
             .find("-- @prelude-begin")
             .expect("acquire.lua has @prelude-begin");
@@ -77,6 +78,12 @@ mod tests {
             .find(PRELUDE_END)
             .expect("acquire.lua has @prelude-end")
             + PRELUDE_END.len();
+        (begin, end)
+    }
+
+    /// Each script file's own text, with acquire.lua's prelude copy cut out.
+    fn own_texts() -> Vec<(&'static str, String)> {
+        let (begin, end) = prelude_copy();
         vec![
             (
                 "acquire.lua",
@@ -97,13 +104,7 @@ mod tests {
 
     #[test]
     fn acquire_carries_the_prelude_byte_for_byte() {
-        let begin = ACQUIRE
-            .find("-- @prelude-begin")
-            .expect("acquire.lua has @prelude-begin");
-        let end = ACQUIRE
-            .find(PRELUDE_END)
-            .expect("acquire.lua has @prelude-end")
-            + PRELUDE_END.len();
+        let (begin, end) = prelude_copy();
         assert_eq!(
             &ACQUIRE[begin..end],
             PRELUDE,

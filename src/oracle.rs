@@ -2,7 +2,7 @@
 //! independently of the limiter's own code.
 //!
 //! Not part of the limiting API. They are public because the integration tests, the
-//! benches and the soak (`torn-quota soak`) run them on grant times they recorded, and
+//! benches and the soak (`cargo xtask soak`) run them on grant times they recorded, and
 //! a user's own tests may do the same.
 
 /// The most grants in any window, by the limiter's own rule for millisecond stamps: a grant

@@ -164,6 +164,19 @@ pub struct RequestError {
     pub message: String,
 }
 
+/// The JSON Lines line of request `index`'s result, one shape for `torn-quota batch` and
+/// the gateway's batch: `{"index","ok":true,"data"}` or `{"index","ok":false,"error":{"code","message"}}`.
+pub fn result_line(index: usize, result: &std::result::Result<Value, RequestError>) -> Value {
+    match result {
+        Ok(data) => serde_json::json!({ "index": index, "ok": true, "data": data }),
+        Err(e) => serde_json::json!({
+            "index": index,
+            "ok": false,
+            "error": { "code": e.code, "message": e.message },
+        }),
+    }
+}
+
 impl RequestError {
     fn torn(code: TornErrorCode, message: &str) -> Self {
         Self {

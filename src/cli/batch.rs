@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::json;
-use torn_quota::batch::{BatchConfig, BatchHandler, BatchOutcome, BatchRequest, RequestError};
+use torn_quota::batch::{
+    BatchConfig, BatchHandler, BatchOutcome, BatchRequest, RequestError, result_line,
+};
 use torn_quota::torn::check_path;
 use torn_quota::{ApiKey, Limiter, RateLimitConfig};
 
@@ -301,15 +302,7 @@ pub(crate) fn write_results(
 ) -> std::io::Result<()> {
     let mut w = std::io::BufWriter::new(out);
     for (index, result) in outcome.results.iter().enumerate() {
-        let line = match result {
-            Ok(data) => json!({ "index": index, "ok": true, "data": data }),
-            Err(e) => json!({
-                "index": index,
-                "ok": false,
-                "error": { "code": e.code, "message": e.message },
-            }),
-        };
-        serde_json::to_writer(&mut w, &line)?;
+        serde_json::to_writer(&mut w, &result_line(index, result))?;
         w.write_all(b"\n")?;
     }
     w.flush()

@@ -280,21 +280,11 @@ async fn memory_of_active_users(
     let limiter = bench_limiter(base, false, base.limit()).await?;
     let mut conn = single_conn(base).await?;
     let before = used_memory(&mut conn).await?;
+    // Each call a new user, so every call makes a bucket.
     let next = Arc::new(AtomicU64::new(0));
-    let call = {
-        let limiter = limiter.clone();
-        move || -> CallFuture {
-            let limiter = limiter.clone();
-            let user = TornUserId::new(next.fetch_add(1, Ordering::Relaxed));
-            Box::pin(async move {
-                limiter
-                    .try_acquire(user, 1)
-                    .await
-                    .map(drop)
-                    .map_err(|e| e.to_string())
-            })
-        }
-    };
+    let call = call_with(&limiter, move || {
+        TornUserId::new(next.fetch_add(1, Ordering::Relaxed))
+    });
     drive(args, active, "active users", call).await?;
     let after = used_memory(&mut conn).await?;
     let keys = scan(&mut conn, &limiter.keys().pattern()).await?.len() as u64;
@@ -357,11 +347,22 @@ async fn run_cluster(base: RateLimitConfig, args: Args) -> CliResult {
 
 type CallFuture = std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 
+/// One unit for a user drawn at random among `users`.
 fn limiter_call(limiter: &Limiter, users: u64) -> impl Fn() -> CallFuture + Send + Sync + 'static {
+    call_with(limiter, move || {
+        TornUserId::new(rand::rng().random_range(0..users))
+    })
+}
+
+/// One unit for the user `user` picks, per call.
+fn call_with(
+    limiter: &Limiter,
+    user: impl Fn() -> TornUserId + Send + Sync + 'static,
+) -> impl Fn() -> CallFuture + Send + Sync + 'static {
     let limiter = limiter.clone();
     move || {
         let limiter = limiter.clone();
-        let user = TornUserId::new(rand::rng().random_range(0..users));
+        let user = user();
         Box::pin(async move {
             limiter
                 .try_acquire(user, 1)

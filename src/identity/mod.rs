@@ -6,6 +6,8 @@
 
 mod access_level;
 mod api_key;
+// A UUID account, which only the vault stores.
+#[cfg(feature = "vault")]
 mod app_user_id;
 mod key_hash;
 mod key_info;
@@ -13,6 +15,7 @@ mod torn_user_id;
 
 pub use access_level::AccessLevel;
 pub use api_key::ApiKey;
+#[cfg(feature = "vault")]
 pub use app_user_id::AppUserId;
 pub use key_hash::KeyHash;
 pub use key_info::KeyInfo;

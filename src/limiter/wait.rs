@@ -67,7 +67,8 @@ impl Wait {
         self
     }
 
-    /// The priority set with [`priority`](Self::priority).
+    /// The priority set with [`priority`](Self::priority). Read by the quota gate only.
+    #[cfg(feature = "torn")]
     pub(crate) fn priority_of(&self) -> Priority {
         self.priority
     }
@@ -79,7 +80,9 @@ impl Wait {
             .is_some_and(CancellationToken::is_cancelled)
     }
 
-    /// Resolves when the cancellation token is cancelled; never without one.
+    /// Resolves when the cancellation token is cancelled; never without one. Only the Torn
+    /// client races a call against it.
+    #[cfg(feature = "torn")]
     pub(crate) async fn cancelled(&self) {
         match &self.cancel {
             Some(token) => token.cancelled().await,

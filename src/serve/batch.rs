@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 
 use super::Shared;
 use super::proxy::priority;
-use crate::batch::{BatchConfig, BatchHandler, BatchRequest, PoolKey, RequestError};
+use crate::batch::{BatchConfig, BatchHandler, BatchRequest, PoolKey, RequestError, result_line};
 use crate::identity::ApiKey;
 use crate::limiter::Priority;
 use crate::torn::check_path;
@@ -288,15 +288,7 @@ fn lines(
                 message: "no result".into(),
             })
         });
-        let line = match result {
-            Ok(data) => json!({ "index": index, "ok": true, "data": data }),
-            Err(e) => json!({
-                "index": index,
-                "ok": false,
-                "error": { "code": e.code, "message": e.message },
-            }),
-        };
-        out.push_str(&line.to_string());
+        out.push_str(&result_line(index, &result).to_string());
         out.push('\n');
     }
     out

@@ -3,8 +3,11 @@
 
 use crate::error::{Error, Result};
 use crate::limiter::{OnRedisDown, RateLimitConfig};
-use crate::settings::{RedisDownPolicy, Secret, Settings};
+#[cfg(feature = "vault")]
+use crate::settings::Secret;
+use crate::settings::{RedisDownPolicy, Settings};
 use crate::torn::TornClientConfig;
+#[cfg(feature = "vault")]
 use crate::vault::{DatabaseConfig, Keyring, VaultConfig};
 
 impl Settings {
@@ -152,7 +155,11 @@ impl Settings {
         }
         b.build()
     }
+}
 
+// The vault's (and the legacy limiter's) database and keys: only with the vault.
+#[cfg(feature = "vault")]
+impl Settings {
     /// The database's configuration; `DATABASE_URL` is required.
     pub fn database(&self) -> Result<DatabaseConfig> {
         let url = self.database_url.as_ref().ok_or_else(|| Error::Config {

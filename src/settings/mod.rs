@@ -2,8 +2,8 @@
 //! the environment names, under the environment, which wins.
 //!
 //! [`Settings`] names every setting once, as a field; the library's configurations
-//! ([`RateLimitConfig`](crate::RateLimitConfig), [`TornClientConfig`], [`DatabaseConfig`],
-//! [`VaultConfig`]) take plain data through their builders and know no names but the ones
+//! ([`RateLimitConfig`](crate::RateLimitConfig), [`TornClientConfig`](crate::torn::TornClientConfig), [`DatabaseConfig`](crate::vault::DatabaseConfig),
+//! [`VaultConfig`](crate::vault::VaultConfig)) take plain data through their builders and know no names but the ones
 //! their validation reports. figment layers the two sources and extracts the struct, each
 //! error with the path of the setting it is about; `deny_unknown_fields` refuses a name
 //! nobody reads, because a typo must not silently leave a default in force. Values that are
@@ -13,6 +13,8 @@ mod convert;
 mod de;
 mod file;
 mod from_env;
+#[cfg(test)]
+pub(crate) mod test_env;
 
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};

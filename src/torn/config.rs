@@ -442,6 +442,8 @@ fn invalid(setting: &'static str, reason: String) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(feature = "settings")]
+    use crate::settings::test_env::env;
 
     /// The configuration the one [`Settings`](crate::settings::Settings) reader makes of
     /// `file` and `env`, as the binary reads it.
@@ -451,16 +453,6 @@ mod tests {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<TornClientConfig> {
         crate::settings::Settings::from_sources(file, env)?.torn_client()
-    }
-
-    #[cfg(feature = "settings")]
-    fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
-        move |name| {
-            pairs
-                .iter()
-                .find(|(k, _)| *k == name)
-                .map(|(_, v)| (*v).to_owned())
-        }
     }
 
     fn setting_of(err: &Error) -> &'static str {

@@ -319,6 +319,8 @@ pub struct VaultConfig {
 mod tests {
     use super::*;
     #[cfg(feature = "settings")]
+    use crate::settings::test_env::env;
+    #[cfg(feature = "settings")]
     use std::path::Path;
 
     /// The database configuration the one [`Settings`](crate::settings::Settings) reader
@@ -335,16 +337,6 @@ mod tests {
     #[cfg(feature = "settings")]
     fn vault(file: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<VaultConfig> {
         crate::settings::Settings::from_sources(file, env)?.vault()
-    }
-
-    #[cfg(feature = "settings")]
-    fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
-        move |name| {
-            pairs
-                .iter()
-                .find(|(k, _)| *k == name)
-                .map(|(_, v)| (*v).to_owned())
-        }
     }
 
     fn setting(err: Error) -> (&'static str, String) {

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use torn_quota::{RateLimitConfig, RateLimitConfigBuilder};
 
+#[cfg(all(feature = "batch", feature = "sim"))]
 pub mod batch;
 pub mod metrics;
 pub mod oracle_worker;
@@ -24,7 +25,9 @@ pub mod redis_server;
 pub mod rollout;
 pub mod sentinel;
 pub mod tls_redis;
+#[cfg(all(feature = "torn", feature = "sim"))]
 pub mod torn_client;
+#[cfg(feature = "vault")]
 pub mod vault;
 #[cfg(feature = "cli")]
 pub mod vault_cli;

@@ -6,7 +6,7 @@ use std::num::NonZeroU32;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum OnRedisDown {
-    /// Return [`Error::Unavailable`] (or [`Error::Timeout`]) at once. The default: a caller
+    /// Return [`Error::Unavailable`](crate::Error::Unavailable) (or [`Error::Timeout`](crate::Error::Timeout)) at once. The default: a caller
     /// that cannot reach the shared count should not guess.
     #[default]
     FailFast,

@@ -1,7 +1,8 @@
 //! The limiter's configuration: defaults, bounds, and every bad value named by its setting.
 
 use super::*;
-use crate::error::Result;
+#[cfg(feature = "settings")]
+use crate::settings::test_env::env;
 
 /// The configuration the one [`Settings`](crate::settings::Settings) reader makes of
 /// `file` and `env`, as the binary reads it.
@@ -9,18 +10,8 @@ use crate::error::Result;
 fn from_sources(
     file: Option<&std::path::Path>,
     env: impl Fn(&str) -> Option<String>,
-) -> Result<RateLimitConfig> {
+) -> crate::error::Result<RateLimitConfig> {
     crate::settings::Settings::from_sources(file, env)?.rate_limit()
-}
-
-#[cfg(feature = "settings")]
-fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
-    move |name| {
-        pairs
-            .iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| (*v).to_owned())
-    }
 }
 
 fn setting_of(err: Error) -> &'static str {

@@ -51,7 +51,7 @@ use pause::Pause;
 /// ticket, settled when Torn answers and given back when the request is never sent. The
 /// owner comes from [`owner_of`](Self::owner_of), cached for the configured TTL.
 ///
-/// What Torn's answers do, by [`ErrorClass`]:
+/// What Torn's answers do, by [`ErrorClass`](crate::torn::ErrorClass):
 ///
 /// | class | codes | the client |
 /// |---|---|---|

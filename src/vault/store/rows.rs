@@ -15,7 +15,7 @@ pub(super) const COLUMNS: &str = "id, user_id, api_key_encrypted, api_key_hash, 
      torn_user_id, access_level, max_requests_per_minute, is_primary, created_at, \
      last_used_at, disabled_at, disabled_reason";
 
-/// Choices for [`Vault::add_key_with`].
+/// Choices for [`Vault::add_key_with`](crate::vault::Vault::add_key_with).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AddOptions {
     /// Make the key its account's primary. An account's first key is primary anyway.
@@ -30,14 +30,14 @@ pub struct Added {
     /// The stored row.
     pub key: StoredKey,
     /// False when the account already held the key: the add was a no-op (or re-enabled a
-    /// disabled key, see [`Vault::add_key`]).
+    /// disabled key, see [`Vault::add_key`](crate::vault::Vault::add_key)).
     pub created: bool,
     /// True when the account held the key disabled and Torn accepted it again, so this add
     /// put it back in use.
     pub reenabled: bool,
 }
 
-/// The result of [`Vault::import_legacy`].
+/// The result of [`Vault::import_legacy`](crate::vault::Vault::import_legacy).
 #[derive(Debug, Clone)]
 pub struct Imported {
     /// The stored key.
@@ -77,7 +77,7 @@ pub struct StoredKey {
     pub is_primary: bool,
     /// When it was stored.
     pub created_at: DateTime<Utc>,
-    /// When it was last used, as recorded by [`Vault::record_use`].
+    /// When it was last used, as recorded by [`Vault::record_use`](crate::vault::Vault::record_use).
     pub last_used_at: Option<DateTime<Utc>>,
     /// Set while the key is out of use.
     pub disabled: Option<Disabled>,
@@ -88,7 +88,7 @@ pub struct StoredKey {
 /// A usable key, decrypted, for the batch handler.
 #[derive(Debug, Clone)]
 pub struct LiveKey {
-    /// The row id, for [`Vault::record_use`] and [`Vault::disable_key`].
+    /// The row id, for [`Vault::record_use`](crate::vault::Vault::record_use) and [`Vault::disable_key`](crate::vault::Vault::disable_key).
     pub id: StoredKeyId,
     /// The account that stored it.
     pub user: AppUserId,
@@ -104,7 +104,7 @@ pub struct LiveKey {
     pub key: ApiKey,
 }
 
-/// Where a [`Vault::rotate`] run stands, after each batch.
+/// Where a [`Vault::rotate`](crate::vault::Vault::rotate) run stands, after each batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RotateProgress {
     /// Rows re-encrypted so far.
@@ -115,7 +115,7 @@ pub struct RotateProgress {
     pub total: u64,
 }
 
-/// What a [`Vault::rotate`] run did.
+/// What a [`Vault::rotate`](crate::vault::Vault::rotate) run did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RotateReport {
     /// The key every rotated row is now sealed with.
