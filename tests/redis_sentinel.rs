@@ -33,7 +33,6 @@ async fn a_failover_mid_batch_is_followed() {
 /// promotion, before its demotion, are not on the new primary, whose windows then count
 /// fewer grants than Torn did: this needs the grant journal that restores lost windows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the grant journal: windows written to the old primary are lost"]
 async fn a_failover_mid_batch_costs_no_code_5() {
     failover_mid_batch(true).await;
 }

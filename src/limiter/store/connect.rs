@@ -331,6 +331,11 @@ impl Conns {
     /// A receiver that sees a new value each time the store followed a failover to another
     /// primary (Sentinel only): the hook for whatever must learn that state may have been
     /// lost (writes the old primary had not replicated).
+    /// How many times the store followed the sentinels to another primary so far.
+    pub(crate) fn primary_generation(&self) -> u64 {
+        *self.primary_changes.borrow()
+    }
+
     pub(crate) fn primary_changes(&self) -> watch::Receiver<u64> {
         self.primary_changes.subscribe()
     }

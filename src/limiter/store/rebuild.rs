@@ -24,6 +24,10 @@ pub(super) struct EpochWatch {
     known: tokio::sync::Mutex<Option<String>>,
     /// The store's failure count when the epoch was last confirmed, plus one (0: never).
     confirmed: AtomicU64,
+    /// The store's primary generation (Sentinel failovers followed) when the epoch was last
+    /// confirmed. A promoted replica carries the old epoch, since it replicated it, yet may
+    /// lack the last writes: a new primary is a loss even when the epoch agrees.
+    primary: AtomicU64,
 }
 
 impl RedisBackend {
@@ -32,6 +36,7 @@ impl RedisBackend {
     fn epoch_unconfirmed(&self) -> bool {
         self.epoch.confirmed.load(Ordering::Acquire)
             != self.store.failures.load(Ordering::Acquire) + 1
+            || self.epoch.primary.load(Ordering::Acquire) != self.store.conns.primary_generation()
     }
 
     /// Notes that a call failed to reach Redis: the next call reads the epoch first.
@@ -48,9 +53,10 @@ impl RedisBackend {
         let mut known = self.epoch.known.lock().await;
         // Read before the call: a failure during it leaves the epoch unconfirmed.
         let failures = self.store.failures.load(Ordering::Acquire);
-        if self.epoch.confirmed.load(Ordering::Acquire) == failures + 1 {
+        if !self.epoch_unconfirmed() {
             return Ok(());
         }
+        let primary_before = self.epoch.primary.load(Ordering::Acquire);
         let key = self.keys.epoch();
         let mine = format!("{:032x}", rand::random::<u128>());
         let offered = mine.clone();
@@ -67,11 +73,17 @@ impl RedisBackend {
             })
             .await?;
         let now = before.unwrap_or(mine);
-        let lost = known.as_ref().is_some_and(|k| *k != now);
+        // The read above went to the primary now in charge: if the store followed a
+        // failover since the last confirmation, the journal goes back even under the same
+        // epoch (restore.lua is idempotent by grant id, so a needless write-back is harmless).
+        let primary_now = self.store.conns.primary_generation();
+        let lost = known.as_ref().is_some_and(|k| *k != now)
+            || (known.is_some() && primary_now != primary_before);
         if lost {
             self.rebuild().await?;
         }
         *known = Some(now);
+        self.epoch.primary.store(primary_now, Ordering::Release);
         self.epoch.confirmed.store(failures + 1, Ordering::Release);
         Ok(())
     }
@@ -104,7 +116,7 @@ impl RedisBackend {
         tracing::warn!(
             owners = rebuilds.len(),
             units,
-            "redis lost its state (a new epoch): this process's grants of the last window written back"
+            "redis lost its state (a new epoch or a new primary): this process's grants of the last window written back"
         );
         Ok(())
     }
