@@ -513,6 +513,42 @@ async fn token_is_required_beyond_loopback_and_on_every_route() {
         .await
         .unwrap();
     assert_eq!(bearer.status(), 200);
+    // A browser opening the page cannot send a header: `?token=` works there, and only there.
+    let page = http()
+        .get(format!("{}/__torn_quota/?token={token}", p.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let bare = http()
+        .get(format!("{}/__torn_quota/", p.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bare.status(), 401);
+    let wrong = http()
+        .get(format!(
+            "{}/__torn_quota/?token=not-the-token-at-all",
+            p.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    for route in [
+        "__torn_quota/status",
+        "__torn_quota/healthz",
+        "v2/user/4/basic",
+    ] {
+        let r = http()
+            .get(format!("{}/{route}?token={token}", p.base))
+            .header("Authorization", format!("ApiKey {KEY}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{route} takes the token in a header only");
+    }
+    assert_eq!(sim.counters().requests, 2, "nothing unauthorised was sent");
     let (exit, stderr) = p.stop();
     assert!(exit.success(), "{stderr}");
     assert!(!stderr.contains(token), "the token was printed");
