@@ -27,6 +27,7 @@ mod batch;
 mod cache;
 mod config;
 mod metrics;
+mod owner;
 pub mod proxy;
 mod refused;
 mod stats;

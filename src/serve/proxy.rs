@@ -1,5 +1,6 @@
 //! The proxied call: the key from `Authorization: ApiKey K` or `?key=K` (forwarded only in
-//! the header, stripped from the query), the shared refused-key memo, the answer cache and
+//! the header, stripped from the query), the shared refused-key memo, the key's owner from
+//! the vault when there is one, the answer cache and
 //! the calls in flight, then the [`TornClient`](crate::torn::TornClient) with a deadline of
 //! `X-Torn-Quota-Wait-Ms`. Every answer is Torn-shaped, so apps keep their error handling:
 //!
@@ -29,7 +30,7 @@ use tokio::time::Instant;
 
 use super::Shared;
 use super::cache::{Answer, Source};
-use super::refused;
+use super::{owner, refused};
 use crate::error::Error;
 use crate::identity::ApiKey;
 use crate::identity::TornUserId;
@@ -202,6 +203,7 @@ pub(crate) async fn proxy(State(shared): State<Arc<Shared>>, request: Request) -
         return torn_error(StatusCode::OK, code.get(), code.text());
     }
 
+    owner::learn(client, shared.vault.as_ref(), &key).await;
     let opts = Wait::forever()
         .until(Instant::now() + wait)
         .priority(priority);
