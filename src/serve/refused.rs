@@ -112,7 +112,16 @@ pub(crate) async fn claim_first_send(
             })
             .await;
         match won {
-            Some(Ok(true)) => return FirstSend::Send(Some(Claim { name })),
+            Some(Ok(true)) => {
+                let claim = Claim { name };
+                // The claim may be free because its last holder just marked the key refused
+                // and let go: look once more, or this call would send it again.
+                if let Some(code) = recall(limiter, hash).await {
+                    claim.release(limiter).await;
+                    return FirstSend::Refused(code);
+                }
+                return FirstSend::Send(Some(claim));
+            }
             Some(Ok(false)) => {}
             None | Some(Err(_)) => return FirstSend::Send(None),
         }
