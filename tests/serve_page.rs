@@ -105,6 +105,7 @@ fn num(text: &str) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines)] // one browser session, read top to bottom
 async fn the_status_page_renders_the_owners_quota_the_chart_and_no_key() {
     chromium(); // fail first, and plainly, when the browser is missing
     let _ = common::redis_conn().await; // and when Redis is
@@ -249,7 +250,7 @@ async fn the_status_page_renders_the_owners_quota_the_chart_and_no_key() {
         .map(|r| num(attr(r, "data-count").expect("data-count")))
         .sum();
     assert!(
-        charted >= CALLS as u64 + 1,
+        charted > CALLS as u64,
         "the chart counts {charted} requests, {} were made: {chart}",
         CALLS + 1
     );
