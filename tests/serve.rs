@@ -515,6 +515,47 @@ async fn token_is_required_beyond_loopback_and_on_every_route() {
         .await
         .unwrap();
     assert_eq!(bearer.status(), 200);
+    // A browser opening the page cannot send a header: `?token=` works there, and only there.
+    let sent = sim.counters().requests;
+    let page = http()
+        .get(format!("{}/__torn_quota/?token={token}", p.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let bare = http()
+        .get(format!("{}/__torn_quota/", p.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bare.status(), 401);
+    let wrong = http()
+        .get(format!(
+            "{}/__torn_quota/?token=not-the-token-at-all",
+            p.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    for route in [
+        "__torn_quota/status",
+        "__torn_quota/healthz",
+        "v2/user/4/basic",
+    ] {
+        let r = http()
+            .get(format!("{}/{route}?token={token}", p.base))
+            .header("Authorization", format!("ApiKey {KEY}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{route} takes the token in a header only");
+    }
+    assert_eq!(
+        sim.counters().requests,
+        sent,
+        "nothing unauthorised was sent"
+    );
     let (exit, stderr) = p.stop();
     assert!(exit.success(), "{stderr}");
     assert!(!stderr.contains(token), "the token was printed");
@@ -647,5 +688,192 @@ async fn batch_by_account_uses_the_vault_keys() {
         .unwrap();
     assert_eq!(empty.status(), 400);
     gw.shutdown().await;
+    sim.shutdown().await;
+}
+
+/// The batch's lines as they arrive, each with the time it was read.
+async fn read_lines(mut r: reqwest::Response, upto: usize) -> Vec<(Value, std::time::Instant)> {
+    let mut got = Vec::new();
+    let mut buf = String::new();
+    while got.len() < upto {
+        let Some(chunk) = r.chunk().await.unwrap() else {
+            break;
+        };
+        buf.push_str(std::str::from_utf8(&chunk).unwrap());
+        while let Some(end) = buf.find('\n') {
+            let line: String = buf.drain(..=end).collect();
+            got.push((
+                serde_json::from_str(line.trim()).unwrap(),
+                std::time::Instant::now(),
+            ));
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_streams_lines_as_they_complete_and_stops_when_the_client_leaves() {
+    // 3 units per 1.5 s: the owner lookup and the first requests go at once, the last
+    // ones only a window later, so the first lines must reach the client long before.
+    let window = 1_500;
+    let sim = sim(3, Duration::from_millis(window), Duration::ZERO).await;
+    let gw = InProc::start(
+        "serve-stream",
+        &sim,
+        3,
+        window,
+        ServeConfig::default(),
+        None,
+    )
+    .await;
+    let url = format!("{}/__torn_quota/batch", gw.base);
+    let paths: Vec<String> = (0..4).map(|i| format!("user/4/basic?n={i}")).collect();
+    let r = http()
+        .post(&url)
+        .json(&json!({"requests": paths, "keys": [KEY]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let lines = read_lines(r, 4).await;
+    assert_eq!(lines.len(), 4);
+    for (i, (line, _)) in lines.iter().enumerate() {
+        assert_eq!(line["index"], i, "input order: {line}");
+        assert_eq!(line["ok"], true, "{line}");
+    }
+    let gap = lines[3].1 - lines[0].1;
+    assert!(
+        gap >= Duration::from_millis(window / 2),
+        "the first line came only with the last ({gap:?} apart): not streamed"
+    );
+
+    // A client that leaves after the first line stops the batch: nothing more is sent.
+    let paths: Vec<String> = (0..12).map(|i| format!("user/4/basic?m={i}")).collect();
+    let r = http()
+        .post(&url)
+        .json(&json!({"requests": paths, "keys": [KEY]}))
+        .send()
+        .await
+        .unwrap();
+    let first = read_lines(r, 1).await;
+    assert_eq!(first[0].0["index"], 0);
+    let at_leave = sim.counters().requests;
+    // Dropped with the response above; three windows would let 9 more requests go.
+    tokio::time::sleep(Duration::from_millis(window * 3)).await;
+    let after = sim.counters().requests;
+    assert!(
+        after <= at_leave + 3,
+        "the batch went on after its client left: {at_leave} -> {after}"
+    );
+    // The gateway and the owner's quota are fine: the next call is served.
+    let ok = get_with_key(&gw.base, "v2/user/4/basic", KEY).await;
+    let body: Value = ok.json().await.unwrap();
+    assert_eq!(body["profile"]["id"], 4, "{body}");
+    assert!(sim.counters().max_in_window <= 3);
+    gw.shutdown().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxied_calls_take_the_owner_from_the_vault() {
+    let sim = sim(100, Duration::from_millis(60_000), Duration::ZERO).await;
+    let db = common::pg::TestDb::migrated("serve_vault_owner").await;
+    let keyring = Keyring::parse("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=").unwrap();
+    let vault = Vault::new(db.pool.clone(), keyring);
+    let resolver = TornClient::new(
+        Limiter::redis(
+            common::config("serve-owner-add", 100, 60_000)
+                .build()
+                .unwrap(),
+        )
+        .unwrap(),
+        TornClientConfig::builder()
+            .base_url(sim.base_url())
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    let account = AppUserId::new(uuid::Uuid::new_v4());
+    sqlx::query("INSERT INTO auth.users (id) VALUES ($1)")
+        .bind(account.get())
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    vault
+        .add_key(account, &ApiKey::new(KEY).unwrap(), &resolver)
+        .await
+        .unwrap();
+    // Its own prefix: no owner memo shared from the add above.
+    let gw = InProc::start(
+        "serve-owner",
+        &sim,
+        100,
+        60_000,
+        ServeConfig::builder().cache_ms(0).build().unwrap(),
+        Some(vault),
+    )
+    .await;
+    let before = sim.counters().requests;
+    let body: Value = get_with_key(&gw.base, "v2/user/4/basic", KEY)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["profile"]["id"], 4, "{body}");
+    assert_eq!(
+        sim.counters().requests - before,
+        1,
+        "a key stored in the vault needs no /v2/key/info"
+    );
+    // A key the vault does not hold still costs its one lookup: the count above can fail.
+    let before = sim.counters().requests;
+    let body: Value = get_with_key(&gw.base, "v2/user/7/basic", OTHER)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["profile"]["id"], 7, "{body}");
+    assert_eq!(sim.counters().requests - before, 2);
+    gw.shutdown().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bad_key_fired_at_two_gateways_at_once_reaches_torn_once() {
+    let sim = sim(
+        100,
+        Duration::from_millis(60_000),
+        Duration::from_millis(50),
+    )
+    .await;
+    let prefix = common::unique_prefix("serve-first-send");
+    let a = Proc::start(&prefix, &sim, 100, 60_000, &[]);
+    let b = Proc::start(&prefix, &sim, 100, 60_000, &[]);
+    // Different paths, so no call shares another's answer inside one gateway: only the
+    // claim through Redis keeps the key from going out more than once.
+    let mut calls = Vec::new();
+    for i in 0..16 {
+        for base in [a.base.clone(), b.base.clone()] {
+            calls.push(tokio::spawn(async move {
+                let r = get_with_key(&base, &format!("v2/user/{i}/basic"), BAD).await;
+                r.json::<Value>().await.unwrap()
+            }));
+        }
+    }
+    for call in calls {
+        let body = call.await.unwrap();
+        assert_eq!(body["error"]["code"], 2, "{body}");
+    }
+    let sent = sim
+        .counters()
+        .requests_by_key
+        .get(&hash(BAD))
+        .copied()
+        .unwrap_or(0);
+    assert_eq!(sent, 1, "the bad key reached torn {sent} times");
+    let (ea, sa) = a.stop();
+    let (eb, sb) = b.stop();
+    assert!(ea.success() && eb.success(), "{sa}\n{sb}");
+    assert!(!sa.contains(BAD) && !sb.contains(BAD));
     sim.shutdown().await;
 }

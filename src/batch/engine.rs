@@ -770,6 +770,12 @@ impl<'h> Engine<'h> {
         if failed {
             self.failed += indices.len();
         }
+        // Each request's hook sees its answer as it lands, before the batch ends.
+        if let Some(on_result) = &self.handler.on_result {
+            for &i in &indices {
+                on_result(i, &result);
+            }
+        }
         // Merged requests share the answer: clones for all but the last.
         if let Some((&last, rest)) = indices.split_last() {
             for &i in rest {

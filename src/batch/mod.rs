@@ -339,6 +339,7 @@ impl BatchConfig {
 pub(crate) type AnswerCache = moka::sync::Cache<(String, AccessLevel), Value>;
 
 type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
+type ResultFn = Arc<dyn Fn(usize, &std::result::Result<Value, RequestError>) + Send + Sync>;
 type DisabledFn = Arc<dyn Fn(&KeyHash, TornErrorCode) + Send + Sync>;
 
 /// Runs batches over a [`TornClient`] (and through it, its limiter). Cheap to clone.
@@ -349,6 +350,7 @@ pub struct BatchHandler {
     cache: Option<AnswerCache>,
     cancel: CancellationToken,
     progress: Option<ProgressFn>,
+    on_result: Option<ResultFn>,
     on_key_disabled: Option<DisabledFn>,
 }
 
@@ -375,6 +377,7 @@ impl BatchHandler {
             cache,
             cancel: CancellationToken::new(),
             progress: None,
+            on_result: None,
             on_key_disabled: None,
         }
     }
@@ -391,6 +394,19 @@ impl BatchHandler {
     #[must_use]
     pub fn on_progress(mut self, f: impl Fn(Progress) + Send + Sync + 'static) -> Self {
         self.progress = Some(Arc::new(f));
+        self
+    }
+
+    /// Called once per request as soon as it is answered (in completion order, not input
+    /// order), with its index in the batch and its result: what a caller streams from
+    /// before the batch ends. The same results are in [`BatchOutcome::results`]. Runs on
+    /// the batch's task, so it should hand the result on (a channel) rather than block.
+    #[must_use]
+    pub fn on_result(
+        mut self,
+        f: impl Fn(usize, &std::result::Result<Value, RequestError>) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_result = Some(Arc::new(f));
         self
     }
 

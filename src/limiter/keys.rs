@@ -147,6 +147,12 @@ impl KeyBuilder {
         format!("owner-lookup:{key_hash}")
     }
 
+    /// The memo name (see [`memo`](Self::memo)) of the claim on a key nobody knows yet:
+    /// the one process holding it sends the key to Torn, the others wait for its answer.
+    pub fn first_send_memo_name(key_hash: &str) -> String {
+        format!("sending:{key_hash}")
+    }
+
     /// The memo name (see [`memo`](Self::memo)) of a selection's access need.
     pub fn access_memo_name(selection: &str) -> String {
         format!("access:{selection}")

@@ -8,9 +8,11 @@
 //! naming the field (`{"error":{"field":"keys[2]","message":"..."}}`, never repeating a
 //! key). A path the client would refuse fails alone, in its line, unsent.
 //!
-//! The lines are written once the batch is done (the batch handler answers all at once);
-//! the body is sent as it is produced.
+//! Each line is sent as soon as its request and every one before it are answered, so a
+//! slow request holds back only the lines after it. A client that goes away stops the
+//! batch: nothing more is sent, the requests in flight finish and count.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -19,6 +21,8 @@ use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::Shared;
 use super::proxy::priority;
@@ -231,9 +235,11 @@ pub(crate) async fn batch(State(shared): State<Arc<Shared>>, request: Request) -
         Err(response) => return *response,
     };
     let keys: Vec<ApiKey> = pool.iter().map(|k| k.key().clone()).collect();
-    let mut results: Vec<Option<Result<Value, RequestError>>> = Vec::with_capacity(paths.len());
+    let mut slots: Vec<Option<Result<Value, RequestError>>> = Vec::with_capacity(paths.len());
+    // `positions[i]`: where the batch's request `i` stands in the body's list.
+    let mut positions = Vec::new();
     let mut requests = Vec::new();
-    for path in &paths {
+    for (at, path) in paths.iter().enumerate() {
         let checked = match check_path(path) {
             Ok(_) if keys.iter().any(|k| path.contains(k.expose())) => Err(RequestError {
                 code: None,
@@ -242,7 +248,8 @@ pub(crate) async fn batch(State(shared): State<Arc<Shared>>, request: Request) -
             Ok(p) => {
                 requests
                     .push(BatchRequest::new(p.strip_prefix("v2/").unwrap_or(p)).priority(priority));
-                results.push(None);
+                positions.push(at);
+                slots.push(None);
                 continue;
             }
             Err(e) => Err(RequestError {
@@ -250,46 +257,148 @@ pub(crate) async fn batch(State(shared): State<Arc<Shared>>, request: Request) -
                 message: format!("not sent: {e}"),
             }),
         };
-        results.push(Some(checked));
+        slots.push(Some(checked));
     }
-    let outcome = match handler.run(requests, pool).await {
-        Ok(o) => o,
-        Err(e) => {
-            return bad(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "requests",
-                &format!("the batch failed: {e}"),
-            );
-        }
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let cancel = CancellationToken::new();
+    let results = tx.clone();
+    let handler = handler.cancel_on(cancel.clone()).on_result(move |i, r| {
+        let _ = results.send(Event::Answered(positions[i], r.clone()));
+    });
+    let runner = Arc::clone(&shared);
+    tokio::spawn(async move {
+        let done = match handler.run(requests, pool).await {
+            Ok(outcome) => {
+                record(&runner, &outcome.stats);
+                Ok(())
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        // The handler (and with it the hook's sender) goes first, so `Done` is the last event.
+        drop(handler);
+        let _ = tx.send(Event::Done(done));
+    });
+    // The first event decides the status: a batch that fails as a whole (no usable key)
+    // does so before any request is answered, and still gets its 503.
+    let first = events.recv().await;
+    if let Some(Event::Done(Err(e))) = &first {
+        return bad(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "requests",
+            &format!("the batch failed: {e}"),
+        );
+    }
+    shared.metrics.call("batch");
+    let lines = Lines {
+        slots,
+        next: 0,
+        first,
+        events,
+        // The body goes when the client does: the batch then sends nothing more.
+        _stop: cancel.drop_guard(),
     };
-    for (owner, s) in &outcome.stats.owners {
+    (
+        [(CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(lines.into_stream()),
+    )
+        .into_response()
+}
+
+/// Counts the batch's sends in the gateway's figures, per owner.
+fn record(shared: &Shared, stats: &crate::batch::BatchStats) {
+    for (owner, s) in &stats.owners {
         let owner = crate::identity::TornUserId::new(*owner);
         for i in 0..s.sent {
             let code = (i < s.rate_limited).then_some(5);
             shared.stats.record(Some(owner), code);
         }
     }
-    let out = lines(results, outcome.results);
-    shared.metrics.call("batch");
-    ([(CONTENT_TYPE, "application/x-ndjson")], Body::from(out)).into_response()
 }
 
-/// The JSON Lines: the refused requests in their places, the batch's results between.
-fn lines(
-    results: Vec<Option<Result<Value, RequestError>>>,
-    ran: Vec<Result<Value, RequestError>>,
-) -> String {
-    let mut ran = ran.into_iter();
-    let mut out = String::new();
-    for (index, slot) in results.into_iter().enumerate() {
-        let result = slot.or_else(|| ran.next()).unwrap_or_else(|| {
-            Err(RequestError {
-                code: None,
-                message: "no result".into(),
-            })
-        });
-        out.push_str(&result_line(index, &result).to_string());
-        out.push('\n');
+/// What the running batch tells the response.
+enum Event {
+    /// The request at this place in the body is answered.
+    Answered(usize, Result<Value, RequestError>),
+    /// The batch ended: every answer is in (or it failed as a whole, with why).
+    Done(Result<(), String>),
+}
+
+/// The answer's lines, in input order: each goes as soon as it and every one before it
+/// are answered.
+struct Lines {
+    slots: Vec<Option<Result<Value, RequestError>>>,
+    next: usize,
+    first: Option<Event>,
+    events: mpsc::UnboundedReceiver<Event>,
+    _stop: DropGuard,
+}
+
+impl Lines {
+    /// The lines ready now, in order, as one chunk.
+    fn ready(&mut self) -> String {
+        let mut out = String::new();
+        while let Some(Some(result)) = self.slots.get_mut(self.next).map(Option::take) {
+            out.push_str(&line(self.next, &result));
+            self.next += 1;
+        }
+        out
     }
+
+    /// Whatever is still missing once the batch ended (none, unless it failed).
+    fn rest(&mut self, why: &str) -> String {
+        let mut out = String::new();
+        for index in self.next..self.slots.len() {
+            let result = self.slots[index].take().unwrap_or_else(|| {
+                Err(RequestError {
+                    code: None,
+                    message: why.to_owned(),
+                })
+            });
+            out.push_str(&line(index, &result));
+        }
+        self.next = self.slots.len();
+        out
+    }
+
+    fn into_stream(self) -> impl futures_util::Stream<Item = Result<String, Infallible>> {
+        futures_util::stream::unfold(Some(self), |state| async move {
+            let mut lines = state?;
+            loop {
+                let event = match lines.first.take() {
+                    Some(e) => Some(e),
+                    None => lines.events.recv().await,
+                };
+                let chunk = match event {
+                    Some(Event::Answered(at, result)) => {
+                        if let Some(slot) = lines.slots.get_mut(at) {
+                            *slot = Some(result);
+                        }
+                        lines.ready()
+                    }
+                    Some(Event::Done(done)) => {
+                        let mut out = lines.ready();
+                        out.push_str(&lines.rest(match &done {
+                            Ok(()) => "no result",
+                            Err(e) => e,
+                        }));
+                        return Some((Ok(out), None));
+                    }
+                    None => {
+                        let out = lines.rest("no result");
+                        return Some((Ok(out), None));
+                    }
+                };
+                if !chunk.is_empty() {
+                    return Some((Ok(chunk), Some(lines)));
+                }
+            }
+        })
+    }
+}
+
+/// One JSON line, as `torn-quota batch` writes them.
+fn line(index: usize, result: &Result<Value, RequestError>) -> String {
+    let mut out = result_line(index, result).to_string();
+    out.push('\n');
     out
 }

@@ -7,7 +7,7 @@
 //! | route | does |
 //! |---|---|
 //! | `GET /v2/...`, `GET /{section}/{id}?selections=...` | the proxied call (see [`proxy`]) |
-//! | `POST /__torn_quota/batch` | a batch over given keys or an account's vault keys, JSON Lines in input order |
+//! | `POST /__torn_quota/batch` | a batch over given keys or an account's vault keys, JSON Lines in input order, each sent as soon as it and those before it are answered |
 //! | `GET /__torn_quota/status` | this gateway and the quotas it serves, as JSON |
 //! | `GET /__torn_quota/` | the status page |
 //! | `GET /__torn_quota/healthz` | 200 while Redis answers, else 503 |
@@ -20,13 +20,15 @@
 //! (`miss`, `shared`, `hit`).
 //!
 //! With `TORN_QUOTA_SERVE_TOKEN` set, every route asks for it, as `Authorization: Bearer T`
-//! or `X-Torn-Quota-Token: T` (the second leaves `Authorization` to the Torn key).
+//! or `X-Torn-Quota-Token: T` (the second leaves `Authorization` to the Torn key); the
+//! status page alone also takes `?token=T`, since a browser opening it sends no header.
 
 mod auth;
 mod batch;
 mod cache;
 mod config;
 mod metrics;
+mod owner;
 pub mod proxy;
 mod refused;
 mod stats;

@@ -1,5 +1,6 @@
 //! The proxied call: the key from `Authorization: ApiKey K` or `?key=K` (forwarded only in
-//! the header, stripped from the query), the shared refused-key memo, the answer cache and
+//! the header, stripped from the query), the shared refused-key memo, the key's owner from
+//! the vault when there is one, the answer cache and
 //! the calls in flight, then the [`TornClient`](crate::torn::TornClient) with a deadline of
 //! `X-Torn-Quota-Wait-Ms`. Every answer is Torn-shaped, so apps keep their error handling:
 //!
@@ -29,10 +30,11 @@ use tokio::time::Instant;
 
 use super::Shared;
 use super::cache::{Answer, Source};
-use super::refused;
+use super::owner;
+use super::refused::{self, FirstSend};
 use crate::error::Error;
-use crate::identity::ApiKey;
 use crate::identity::TornUserId;
+use crate::identity::{ApiKey, KeyHash};
 use crate::limiter::{Decision, Priority, Request as QuotaRequest, Wait};
 use crate::torn::TornErrorCode;
 
@@ -204,22 +206,55 @@ pub(crate) async fn proxy(State(shared): State<Arc<Shared>>, request: Request) -
         return torn_error(StatusCode::OK, code.get(), code.text());
     }
 
+    owner::learn(client, shared.vault.as_ref(), &key).await;
+    // A key no one knows may be bad: one gateway on this Redis sends it, the others wait.
+    let mut claim = None;
+    if client.known_owner(&key).await.is_none() {
+        match refused::claim_first_send(client.limiter(), &hash, Instant::now() + wait).await {
+            FirstSend::Send(held) => claim = held,
+            FirstSend::Refused(code) => {
+                shared.stats.record(None, Some(code.get()));
+                shared.metrics.call("refused_key");
+                return torn_error(StatusCode::OK, code.get(), code.text());
+            }
+        }
+    }
+    let response = answer(&shared, &key, &hash, &forwarded, bypass, v2, wait, priority).await;
+    if let Some(claim) = claim {
+        claim.release(client.limiter()).await;
+    }
+    response
+}
+
+/// The call's answer: cached, shared, or fetched through the client.
+#[allow(clippy::too_many_arguments)] // the call's parts, parsed once by `proxy`
+async fn answer(
+    shared: &Shared,
+    key: &ApiKey,
+    hash: &KeyHash,
+    forwarded: &str,
+    bypass: bool,
+    v2: bool,
+    wait: Duration,
+    priority: Priority,
+) -> Response {
+    let client = &shared.client;
     let opts = Wait::forever()
         .until(Instant::now() + wait)
         .priority(priority);
     let fetch = async {
         let body = if v2 {
-            client.get_with(&key, &forwarded, &opts).await
+            client.get_with(key, forwarded, &opts).await
         } else {
-            client.get_v1_with(&key, &forwarded, &[], &opts).await
+            client.get_v1_with(key, forwarded, &[], &opts).await
         };
-        let owner = client.known_owner(&key).await.map(|i| i.owner);
+        let owner = client.known_owner(key).await.map(|i| i.owner);
         match body {
             Ok(body) => Ok(Answer { body, owner }),
             Err(e) => Err((Failure::from(e), owner)),
         }
     };
-    let (result, source) = Box::pin(shared.answers.get(&hash, &forwarded, bypass, fetch)).await;
+    let (result, source) = Box::pin(shared.answers.get(hash, forwarded, bypass, fetch)).await;
     match result {
         Ok(answer) => {
             shared.stats.record(answer.owner, None);
@@ -236,13 +271,13 @@ pub(crate) async fn proxy(State(shared): State<Arc<Shared>>, request: Request) -
             let h = response.headers_mut();
             h.insert(CACHE_HEADER, HeaderValue::from_static(source.as_str()));
             if let Some(owner) = answer.owner {
-                remaining(&shared, owner, h).await;
+                remaining(shared, owner, h).await;
             }
             response
         }
         Err(failed) => {
             let (failure, owner) = &*failed;
-            failure_response(&shared, &key, failure, *owner, priority).await
+            failure_response(shared, key, failure, *owner, priority).await
         }
     }
 }

@@ -5,8 +5,10 @@
 
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use crate::identity::KeyHash;
-use crate::limiter::Limiter;
+use crate::limiter::{KeyBuilder, Limiter};
 use crate::torn::TornErrorCode;
 
 /// How long a key Torn calls incorrect (2) or jailed (10) is refused: a day. Torn will
@@ -55,5 +57,95 @@ pub(crate) async fn remember(limiter: &Limiter, hash: &KeyHash, code: u16, hold:
         .await
     {
         tracing::warn!(error = %e, "cannot share a refused key; other gateways may send it once");
+    }
+}
+
+/// How long a claim on a key's first send lasts: past one Torn call with its retries, so it
+/// outlives the send it guards, yet short enough that a gateway dying mid-call blocks the
+/// key only briefly.
+const CLAIM_HOLD: Duration = Duration::from_secs(10);
+/// How often a process waiting on another's first send looks for its answer. Redis has no
+/// cheap signal across processes for a key that may never be written; a short poll is it.
+const CLAIM_POLL: Duration = Duration::from_millis(20);
+
+/// What a call with a key nobody knows yet does.
+#[derive(Debug)]
+pub(crate) enum FirstSend {
+    /// Send it: this process holds the claim (release it after the answer), or there is no
+    /// Redis to claim in.
+    Send(Option<Claim>),
+    /// Another process sent it and Torn refused it with this code: answer it, send nothing.
+    Refused(TornErrorCode),
+}
+
+/// This process's claim on a key's first send.
+#[derive(Debug)]
+pub(crate) struct Claim {
+    name: String,
+}
+
+/// Claims the first send of the key with `hash` for every gateway on this Redis (`SET NX
+/// PX`), so that two processes seeing a bad key at the same moment send it once: the
+/// loser waits, until `deadline`, for the winner's refusal mark or its claim to go (a good
+/// key: then it sends too). Redis failing, or the wait running out, lets the call go.
+pub(crate) async fn claim_first_send(
+    limiter: &Limiter,
+    hash: &KeyHash,
+    deadline: Instant,
+) -> FirstSend {
+    let name = limiter
+        .keys()
+        .memo(&KeyBuilder::first_send_memo_name(hash.as_str()));
+    loop {
+        let key = name.clone();
+        let won = limiter
+            .with_redis("claim a key's first send", |mut c| async move {
+                let set: Option<String> = ::redis::cmd("SET")
+                    .arg(&key)
+                    .arg("1")
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(CLAIM_HOLD.as_millis() as u64)
+                    .query_async(&mut c)
+                    .await?;
+                Ok(set.is_some())
+            })
+            .await;
+        match won {
+            Some(Ok(true)) => {
+                let claim = Claim { name };
+                // The claim may be free because its last holder just marked the key refused
+                // and let go: look once more, or this call would send it again.
+                if let Some(code) = recall(limiter, hash).await {
+                    claim.release(limiter).await;
+                    return FirstSend::Refused(code);
+                }
+                return FirstSend::Send(Some(claim));
+            }
+            Some(Ok(false)) => {}
+            None | Some(Err(_)) => return FirstSend::Send(None),
+        }
+        if let Some(code) = recall(limiter, hash).await {
+            return FirstSend::Refused(code);
+        }
+        if Instant::now() + CLAIM_POLL >= deadline {
+            return FirstSend::Send(None);
+        }
+        tokio::time::sleep(CLAIM_POLL).await;
+    }
+}
+
+impl Claim {
+    /// Lets the waiting processes go: after the refusal, if any, is remembered.
+    pub(crate) async fn release(self, limiter: &Limiter) {
+        let name = self.name;
+        let released = limiter
+            .with_redis("release a key's first send", |mut c| async move {
+                ::redis::cmd("DEL").arg(&name).exec_async(&mut c).await
+            })
+            .await;
+        if let Some(Err(e)) = released {
+            tracing::debug!(error = %e, "cannot release a first-send claim; it expires");
+        }
     }
 }

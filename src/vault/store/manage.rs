@@ -6,7 +6,7 @@ use super::Vault;
 use super::rows::{COLUMNS, KeyRow, LiveKey, StoredKey};
 use super::sql::{clear_primary, db, lock_account, no_such_key, torn_code, torn_id};
 use crate::error::{Error, Result};
-use crate::identity::TornUserId;
+use crate::identity::{AccessLevel, TornUserId};
 use crate::identity::{ApiKey, KeyHash};
 use crate::torn::TornErrorCode;
 use crate::vault::{AppUserId, KeyInfo, ResolveOwner, StoredKeyId};
@@ -288,5 +288,28 @@ impl Vault {
             tracing::warn!(error = %e, key = %key, "key mapping not stored");
         }
         Ok(owner)
+    }
+
+    /// The owner and access level the vault holds for the key with `hash`, without asking
+    /// anyone: from a stored key that is neither removed nor disabled (the access level is
+    /// the stored key's). `None` when no such key is stored; a mapping row alone does not
+    /// say the access level, so it is not enough. The gateway asks this before a call, so
+    /// that a key an account stored never costs a `/v2/key/info`.
+    pub async fn known_key(&self, hash: &KeyHash) -> Result<Option<KeyInfo>> {
+        let row: Option<(i64, i16)> = sqlx::query_as(
+            "SELECT torn_user_id, access_level FROM sentinel_user_keys \
+             WHERE api_key_hash = $1 AND deleted_at IS NULL AND disabled_at IS NULL \
+             ORDER BY access_level DESC LIMIT 1",
+        )
+        .bind(hash.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("read a key's owner"))?;
+        Ok(row.and_then(|(owner, access)| {
+            Some(KeyInfo {
+                owner: TornUserId::new(u64::try_from(owner).ok()?),
+                access: AccessLevel::from_number(u8::try_from(access).ok()?)?,
+            })
+        }))
     }
 }
