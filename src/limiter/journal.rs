@@ -123,7 +123,32 @@ impl Journal {
             };
             inner.latest_ms + at.elapsed().as_millis() as u64 + DEGRADED_PAD_MS
         };
-        self.push(user, estimate, estimate + hold_ms, cost, window_ms, false);
+        // Without the hold: the local fallback's settle cannot find this entry (its stamp is
+        // local), and a hold of a whole request timeout written back would keep the owner
+        // full for that long after Redis returns. A degraded call still in flight then
+        // may count a little short; docs/failover.md says so.
+        let _ = hold_ms;
+        self.push(user, estimate, estimate, cost, window_ms, false);
+    }
+
+    /// Notes that the grant stamped `stamp_ms` was settled: Redis now counts it one window
+    /// from about now (the Redis time estimated from the last one seen, plus
+    /// [`DEGRADED_PAD_MS`] so it never leaves early), not from its provisional stamp.
+    pub(crate) fn settle(&self, user: TornUserId, stamp_ms: u64, cost: u32) {
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(at) = inner.latest_at else {
+            return;
+        };
+        let now = inner.latest_ms + at.elapsed().as_millis() as u64 + DEGRADED_PAD_MS;
+        if let Some(entries) = inner.owners.get_mut(&user) {
+            if let Some(e) = entries
+                .iter_mut()
+                .rev()
+                .find(|e| e.stamp_ms == stamp_ms && e.cost == cost)
+            {
+                e.stamp_ms = now;
+            }
+        }
     }
 
     /// Forgets a refunded grant: Redis no longer counts it, so neither may a rebuild.

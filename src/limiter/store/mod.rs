@@ -254,6 +254,9 @@ impl RedisBackend {
                 timeout: bound,
             }),
         };
+        if reply.is_ok() {
+            self.journal.settle(user, stamp_ms, cost);
+        }
         reply.inspect_err(|e| self.note_if_unreachable(e))
     }
 
