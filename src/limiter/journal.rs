@@ -140,14 +140,13 @@ impl Journal {
             return;
         };
         let now = inner.latest_ms + at.elapsed().as_millis() as u64 + DEGRADED_PAD_MS;
-        if let Some(entries) = inner.owners.get_mut(&user) {
-            if let Some(e) = entries
+        if let Some(e) = inner.owners.get_mut(&user).and_then(|entries| {
+            entries
                 .iter_mut()
                 .rev()
                 .find(|e| e.stamp_ms == stamp_ms && e.cost == cost)
-            {
-                e.stamp_ms = now;
-            }
+        }) {
+            e.stamp_ms = now;
         }
     }
 
@@ -238,6 +237,20 @@ mod tests {
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].grants.len(), 1);
         assert_eq!(r[0].grants[0].1, 1_101);
+    }
+
+    #[test]
+    fn a_settled_grant_is_written_back_from_its_settle_not_its_hold() {
+        let j = Journal::new();
+        let u = TornUserId::new(4);
+        // Granted at 1000 with a 10 s hold: provisional until 11000.
+        j.push(u, 1_000, 11_000, 1, 100, false);
+        j.settle(u, 11_000, 1);
+        let stamp = j.rebuilds()[0].grants[0].1;
+        assert!(
+            (1_000 + DEGRADED_PAD_MS..2_000).contains(&stamp),
+            "settled at about 1000 (+ the pad), not at its provisional 11000: {stamp}"
+        );
     }
 
     #[test]
