@@ -16,6 +16,8 @@ fn src() -> Source {
 #[allow(clippy::too_many_lines)]
 fn table() -> Vec<(Error, ErrorKind, bool, bool, bool)> {
     let operation = "op";
+    // Only the vault and legacy rows are added later, by feature.
+    #[cfg_attr(not(any(feature = "vault", feature = "legacy")), allow(unused_mut))]
     let mut rows = vec![
         (
             Error::Config {
