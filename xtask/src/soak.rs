@@ -605,6 +605,7 @@ async fn parent(args: Args) -> CliResult {
     let mut kill_at = None;
     let mut restart_at = None;
     let mut code5_at_kill = 0;
+    let mut code5_at_restart = 0;
     if !args.no_redis_fault {
         tokio::time::sleep(duration * 3 / 10).await;
         code5_at_kill = sim.counters().errors(5);
@@ -615,6 +616,7 @@ async fn parent(args: Args) -> CliResult {
             started.elapsed().as_secs_f64()
         );
         tokio::time::sleep(duration / 5).await;
+        code5_at_restart = sim.counters().errors(5);
         redis.restart()?;
         restart_at = Some(started.elapsed());
         eprintln!(
@@ -721,6 +723,9 @@ async fn parent(args: Args) -> CliResult {
         "crashed_workers": crashed,
         "code5_answers": code5,
         "code5_in_documented_window": code5_in_window,
+        // Which hand-over they came from: Redis lost (local windows start) or Redis back.
+        "code5_while_redis_down": code5_at_restart.saturating_sub(code5_at_kill),
+        "code5_after_restart": code5_at_window_end.map_or(0, |end| end.saturating_sub(code5_at_restart)),
         "over_limit_outside_window": over_limit_outside,
         "degraded_seconds_total": (degraded.iter().sum::<f64>() * 100.0).round() / 100.0,
         "degraded_seconds_max": (degraded.iter().copied().fold(0.0, f64::max) * 100.0).round() / 100.0,
