@@ -1,15 +1,25 @@
 //! The local fallback: how a limiter whose Redis is unreachable keeps deciding, at each
 //! worker's share of the limit, and how it notices Redis is back.
 
+//!
+//! The hand-over from Redis is where a fallback that starts from empty windows admits what
+//! Torn still counts: the last shared window, up to the whole limit. So an owner's local
+//! window starts from this process's journal of its own grants (exact when it is the only
+//! worker), and with other workers, whose grants of the last window this process cannot
+//! know, nothing is granted until they have all left Torn's window: one window, plus the
+//! hold of a call still in flight, after Redis was lost.
+
+use std::collections::HashSet;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::backend::{Ask, RawDecision};
 use super::memory::MemoryBackend;
-use super::{OnRedisDown, RateLimitConfig, SystemClock};
-use crate::error::Error;
+use super::{OnRedisDown, RateLimitConfig, SystemClock, TornUserId};
+use crate::error::{Error, Result};
 
 /// The degraded spell of a limiter whose Redis is unreachable.
 #[derive(Debug)]
@@ -17,6 +27,8 @@ pub(super) struct Fallback {
     pub(super) local: MemoryBackend,
     workers: NonZeroU32,
     down: Mutex<Option<Down>>,
+    /// Owners whose local window this spell has started from the journal.
+    seeded: Mutex<HashSet<TornUserId>>,
 }
 
 /// Since when Redis has been unreachable, and when to try it again.
@@ -38,6 +50,7 @@ impl Fallback {
                 ),
                 workers,
                 down: Mutex::new(None),
+                seeded: Mutex::new(HashSet::new()),
             }),
         }
     }
@@ -71,8 +84,53 @@ impl Fallback {
                 since: now,
                 retry_at: now + retry_in,
             });
+            // Grants made on Redis since the last spell: each owner starts again from the
+            // journal.
+            self.seeded
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clear();
             crate::telemetry::degraded_enter();
         }
+    }
+
+    /// Decides `ask` (already at this worker's share) locally for `user`. The owner's local
+    /// window starts from `journal` (this process's grants still in their window) on its
+    /// first decision of the spell; with other workers, nothing is granted until one window
+    /// plus the ask's hold has passed since Redis was lost (the wait is capped at
+    /// `retry_in`, so that the caller tries Redis again meanwhile).
+    pub(super) fn decide(
+        &self,
+        user: TornUserId,
+        ask: &Ask<'_>,
+        journal: impl FnOnce() -> Vec<(i64, u32, u64)>,
+        retry_in: Duration,
+    ) -> Result<RawDecision> {
+        if self
+            .seeded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(user)
+        {
+            self.local.reseed(user, &journal());
+        }
+        if self.workers.get() > 1
+            && let Some(down) = self.state()
+        {
+            let others_clear =
+                down.since + Duration::from_millis(ask.window_ms.saturating_add(ask.hold_ms));
+            let now = Instant::now();
+            if now < others_clear {
+                let wait = (others_clear - now).min(retry_in);
+                return Ok(RawDecision {
+                    granted: false,
+                    remaining: 0,
+                    retry_after_ms: (wait.as_millis() as u64).max(1),
+                    at_ms: self.local.clock().now_ms(),
+                });
+            }
+        }
+        self.local.acquire(user, ask)
     }
 
     pub(super) fn recovered(&self) {

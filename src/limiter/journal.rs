@@ -5,7 +5,7 @@
 //! Bounded: an entry leaves once its stamp + window is behind the newest Redis time this
 //! process has seen, so an owner holds at most the grants of one window (its limit: 100
 //! entries for Torn's 100 per minute), and at most [`MAX_PER_OWNER`] whatever the window.
-//! An entry is 32 bytes; with the map's overhead an owner at full quota costs about
+//! An entry is 32 bytes (checked by a test); with the map's overhead an owner at full quota costs about
 //! 3.3 KB, an idle owner nothing (its deque is dropped once empty).
 
 use std::collections::{HashMap, VecDeque};
@@ -22,12 +22,23 @@ pub(crate) const DEGRADED_PAD_MS: u64 = 50;
 /// Every this many pushes, owners not touched since are swept too.
 const SWEEP_EVERY: u64 = 1024;
 
-/// One grant: its records' stamp (Redis ms, + hold when provisional) and how many.
+/// Redis may count a settled or degraded entry this much shorter than the journal
+/// does (its stamp is an estimate, padded): a bucket is taken for lost only when it counts
+/// fewer than the grants that are certainly still in it.
+const CHECK_SLACK_MS: u64 = 2 * DEGRADED_PAD_MS;
+/// `granted_ms` of a grant Redis never saw (made by the local fallback).
+const NOT_IN_REDIS: u64 = u64::MAX;
+
+/// One grant: when Redis made it, its records' stamp (Redis ms, + hold when provisional)
+/// and how many. 32 bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Entry {
     seq: u64,
+    /// The Redis time of the decision, or [`NOT_IN_REDIS`].
+    granted_ms: u64,
     stamp_ms: u64,
-    window_ms: u64,
+    /// At most one day: [`crate::MAX_SPAN`].
+    window_ms: u32,
     cost: u32,
 }
 
@@ -67,6 +78,11 @@ impl Journal {
 
     /// Notes a grant Redis made at `now_ms` (its TIME) for `user`. With `call_id` set, a
     /// replay returns the first grant again: the same stamp and cost are noted once.
+    ///
+    /// Returns the units of this owner's earlier grants that Redis certainly still counted
+    /// when it made this one: made before `now_ms` and inside their window by a margin.
+    /// A bucket that counts fewer lost them (see `RedisBackend::acquire`). A replay
+    /// answers 0: its decision is an old one.
     pub(crate) fn push(
         &self,
         user: TornUserId,
@@ -75,7 +91,21 @@ impl Journal {
         cost: u32,
         window_ms: u64,
         call_id: bool,
-    ) {
+    ) -> u64 {
+        self.push_entry(user, now_ms, now_ms, stamp_ms, cost, window_ms, call_id)
+    }
+
+    #[allow(clippy::too_many_arguments)] // one private body behind push and push_degraded
+    fn push_entry(
+        &self,
+        user: TornUserId,
+        now_ms: u64,
+        granted_ms: u64,
+        stamp_ms: u64,
+        cost: u32,
+        window_ms: u64,
+        call_id: bool,
+    ) -> u64 {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         if now_ms >= inner.latest_ms {
             inner.latest_ms = now_ms;
@@ -91,16 +121,30 @@ impl Journal {
                 .any(|e| e.stamp_ms == stamp_ms && e.cost == cost)
         {
             // An idempotent replay: already journaled.
-            return;
+            return 0;
         }
+        let counted = if call_id {
+            0
+        } else {
+            entries
+                .iter()
+                .filter(|e| {
+                    e.granted_ms.saturating_add(1) < now_ms
+                        && e.stamp_ms + u64::from(e.window_ms) >= now_ms + CHECK_SLACK_MS
+                })
+                .map(|e| u64::from(e.cost))
+                .sum()
+        };
         if entries.len() >= MAX_PER_OWNER {
             entries.pop_front();
         }
         // Kept in push order; restore.lua inserts each in time order itself.
         entries.push_back(Entry {
             seq,
+            granted_ms,
             stamp_ms,
-            window_ms,
+            // The limiter refuses windows above one day, which fits.
+            window_ms: u32::try_from(window_ms).unwrap_or(u32::MAX),
             cost,
         });
         if seq % SWEEP_EVERY == 0 {
@@ -109,6 +153,7 @@ impl Journal {
                 !e.is_empty()
             });
         }
+        counted
     }
 
     /// Notes a grant the local fallback made while Redis was unreachable. Its stamp is
@@ -128,7 +173,37 @@ impl Journal {
         // full for that long after Redis returns. A degraded call still in flight then
         // may count a little short; docs/failover.md says so.
         let _ = hold_ms;
-        self.push(user, estimate, estimate, cost, window_ms, false);
+        self.push_entry(
+            user,
+            estimate,
+            NOT_IN_REDIS,
+            estimate,
+            cost,
+            window_ms,
+            false,
+        );
+    }
+
+    /// `user`'s grants still inside their window, for the local fallback to start from:
+    /// `(ms from the estimated Redis now, cost, window)`, negative for records in the past,
+    /// positive for provisional ones held ahead. Empty before Redis was ever seen.
+    pub(crate) fn live(&self, user: TornUserId) -> Vec<(i64, u32, u64)> {
+        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(at) = inner.latest_at else {
+            return Vec::new();
+        };
+        let now = inner.latest_ms + at.elapsed().as_millis() as u64;
+        inner.owners.get(&user).map_or_else(Vec::new, |entries| {
+            entries
+                .iter()
+                .filter(|e| e.stamp_ms + u64::from(e.window_ms) >= now)
+                .map(|e| {
+                    let rel = i64::try_from(e.stamp_ms).unwrap_or(i64::MAX)
+                        - i64::try_from(now).unwrap_or(i64::MAX);
+                    (rel, e.cost, u64::from(e.window_ms))
+                })
+                .collect()
+        })
     }
 
     /// Notes that the grant stamped `stamp_ms` was settled: Redis now counts it one window
@@ -180,7 +255,11 @@ impl Journal {
             .iter()
             .map(|(user, entries)| Rebuild {
                 user: *user,
-                window_ms: entries.iter().map(|e| e.window_ms).max().unwrap_or(1),
+                window_ms: entries
+                    .iter()
+                    .map(|e| u64::from(e.window_ms))
+                    .max()
+                    .unwrap_or(1),
                 grants: entries
                     .iter()
                     .map(|e| {
@@ -213,7 +292,7 @@ impl Journal {
 fn prune(entries: &mut VecDeque<Entry>, latest_ms: u64) {
     while entries
         .front()
-        .is_some_and(|e| e.stamp_ms + e.window_ms < latest_ms)
+        .is_some_and(|e| e.stamp_ms + u64::from(e.window_ms) < latest_ms)
     {
         entries.pop_front();
     }
@@ -251,6 +330,48 @@ mod tests {
             (1_000 + DEGRADED_PAD_MS..2_000).contains(&stamp),
             "settled at about 1000 (+ the pad), not at its provisional 11000: {stamp}"
         );
+    }
+
+    #[test]
+    fn an_entry_is_32_bytes() {
+        // The memory figure in the module docs and docs/failover.md rests on it.
+        assert_eq!(std::mem::size_of::<Entry>(), 32);
+    }
+
+    #[test]
+    fn push_answers_what_redis_must_still_count() {
+        let j = Journal::new();
+        let u = TornUserId::new(6);
+        assert_eq!(j.push(u, 1_000, 1_000, 2, 1_000, false), 0);
+        // The same millisecond: Redis may have run the two in either order.
+        assert_eq!(j.push(u, 1_000, 1_000, 1, 1_000, false), 0);
+        assert_eq!(j.push(u, 1_500, 1_500, 1, 1_000, false), 3);
+        // A grant the fallback made is not in Redis until a rebuild writes it.
+        j.push_degraded(u, 0, 5, 1_000);
+        assert_eq!(j.push(u, 1_800, 1_800, 1, 1_000, false), 4);
+        // Near the end of their window (inside the slack) the first ones no longer count
+        // for certain; the grant at 1500 still does.
+        assert_eq!(j.push(u, 1_950, 1_950, 1, 1_000, false), 2);
+        // Another owner's grants never count for this one.
+        assert_eq!(j.push(TornUserId::new(7), 1_960, 1_960, 1, 1_000, false), 0);
+        // A replay is an old decision: nothing to compare.
+        assert_eq!(j.push(u, 1_960, 1_960, 9, 1_000, true), 0);
+    }
+
+    #[test]
+    fn live_entries_are_relative_to_the_estimated_redis_now() {
+        let j = Journal::new();
+        let u = TornUserId::new(8);
+        assert!(j.live(u).is_empty());
+        j.push(u, 10_000, 10_000, 2, 1_000, false);
+        // Provisional: held 5 s ahead.
+        j.push(u, 10_000, 15_000, 1, 1_000, false);
+        let live = j.live(u);
+        assert_eq!(live.len(), 2);
+        assert!((-100..=0).contains(&live[0].0), "{live:?}");
+        assert_eq!((live[0].1, live[0].2), (2, 1_000));
+        assert!((4_900..=5_000).contains(&live[1].0), "{live:?}");
+        assert!(j.live(TornUserId::new(9)).is_empty());
     }
 
     #[test]

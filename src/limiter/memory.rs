@@ -264,6 +264,24 @@ impl MemoryBackend {
         moved
     }
 
+    /// Replaces `user`'s log with `records` (`(ms from now, units, window)`, as
+    /// [`Journal::live`](crate::limiter::journal::Journal::live) gives them), keeping its
+    /// penalty: the local fallback starts an owner from what this process granted on Redis.
+    pub(crate) fn reseed(&self, user: TornUserId, records: &[(i64, u32, u64)]) {
+        let now = self.clock.now_ms();
+        let mut state = self.lock();
+        let bucket = state.buckets.entry(user).or_default();
+        bucket.log.clear();
+        bucket.used = 0;
+        for &(rel, units, window) in records {
+            // A record older than the clock's origin is kept at the origin: it then leaves
+            // later than it would have, never earlier.
+            let ts = now.saturating_add_signed(rel);
+            let window = bucket.window(window);
+            bucket.insert(ts, units, window);
+        }
+    }
+
     /// Records `cost` units now, whatever the limit or a penalty says.
     pub(crate) fn record(&self, user: TornUserId, cost: u32, window_ms: u64) {
         let now = self.clock.now_ms();

@@ -345,7 +345,12 @@ impl Limiter {
         }
         crate::telemetry::degraded_tick();
         ask.limit = f.share(ask.limit);
-        let raw = f.local.acquire(user, &ask)?;
+        let raw = f.decide(
+            user,
+            &ask,
+            || redis.journal_live(user),
+            self.inner.config.reconnect_interval(),
+        )?;
         if raw.granted {
             redis.journal_degraded(user, &ask);
         }

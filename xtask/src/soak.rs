@@ -10,8 +10,8 @@
 //! read serves while PostgreSQL is down) and running batches through the limiter with
 //! `TORN_QUOTA_ON_REDIS_DOWN=local`; they report one JSON line when their time is up.
 //!
-//! Schedule: Redis is killed (SIGKILL) at 30 % of the run and restarted empty at 50 %;
-//! PostgreSQL is stopped (`-m immediate`) at 55 % and started at 80 %.
+//! Schedule: Redis is killed (SIGKILL) at 25 % of the run and restarted empty at 55 %;
+//! PostgreSQL is stopped (`-m immediate`) at 60 % and started at 85 %.
 //!
 //! The documented window (docs/failover.md): Redis holds the only shared record of the
 //! last window. From the moment it is lost until one window after it answers again, the
@@ -48,6 +48,10 @@ const REDIS_TIMEOUT_MS: u64 = 250;
 const RECONNECT_MS: u64 = 200;
 /// The client's safety margin (Torn counts on arrival).
 const SAFETY_MARGIN_MS: u64 = 250;
+/// The workers' Torn request timeout: well above the simulator's slow answers (400 ms), and
+/// short enough that the hold of a call in flight (which the local fallback waits out when
+/// Redis is lost) leaves most of the outage to decide in.
+const REQUEST_TIMEOUT_MS: u64 = 1_500;
 /// Slack for a loaded machine at the end of the documented window: process scheduling,
 /// in-flight requests that were granted just before the window closed.
 const WINDOW_SLACK_MS: u64 = 1_000;
@@ -581,6 +585,7 @@ async fn parent(args: Args) -> CliResult {
             )
             .env("TORN_QUOTA_RECONNECT_INTERVAL_MS", RECONNECT_MS.to_string())
             .env("TORN_QUOTA_SAFETY_MARGIN_MS", SAFETY_MARGIN_MS.to_string())
+            .env("TORN_API_TIMEOUT_MS", REQUEST_TIMEOUT_MS.to_string())
             // The most a limit may be: far above what the soak's owners can reach.
             .env("TORN_QUOTA_IP_LIMIT", "10000")
             // A code 5 holds the owner back for one window: Torn's window has drained by then.
@@ -596,18 +601,20 @@ async fn parent(args: Args) -> CliResult {
         workers.push(Worker { id, child });
     }
 
-    // PostgreSQL stops at 55 % of the run and starts again at 80 %, on its own thread.
+    // PostgreSQL stops at 60 % of the run and starts again at 85 %, on its own thread.
     let pg_fault = vault.take().map(|(pg, _, _)| {
         tokio::task::spawn_blocking(move || postgres_fault(pg, started, duration))
     });
 
-    // The fault schedule: Redis dies at 30 % of the run and comes back, empty, at 50 %.
+    // The fault schedule: Redis dies at 25 % of the run and comes back, empty, at 55 %:
+    // long enough that the local fallback, after waiting out the last shared window (one
+    // window plus a request timeout), decides for a while on its own.
     let mut kill_at = None;
     let mut restart_at = None;
     let mut code5_at_kill = 0;
     let mut code5_at_restart = 0;
     if !args.no_redis_fault {
-        tokio::time::sleep(duration * 3 / 10).await;
+        tokio::time::sleep(duration / 4).await;
         code5_at_kill = sim.counters().errors(5);
         redis.kill();
         kill_at = Some(started.elapsed());
@@ -615,7 +622,7 @@ async fn parent(args: Args) -> CliResult {
             "soak: redis killed at {:.1} s",
             started.elapsed().as_secs_f64()
         );
-        tokio::time::sleep(duration / 5).await;
+        tokio::time::sleep(duration * 3 / 10).await;
         code5_at_restart = sim.counters().errors(5);
         redis.restart()?;
         restart_at = Some(started.elapsed());
@@ -777,10 +784,10 @@ struct PgFault {
     result: Result<(), String>,
 }
 
-/// Stops the private server at 55 % of the run and starts it at 80 %.
+/// Stops the private server at 60 % of the run and starts it at 85 %.
 fn postgres_fault(mut pg: PrivatePostgres, started: Instant, duration: Duration) -> PgFault {
     let sleep_until = |at: Duration| std::thread::sleep(at.saturating_sub(started.elapsed()));
-    sleep_until(duration * 11 / 20);
+    sleep_until(duration * 3 / 5);
     if let Err(e) = pg.stop() {
         return PgFault {
             _pg: pg,
@@ -794,7 +801,7 @@ fn postgres_fault(mut pg: PrivatePostgres, started: Instant, duration: Duration)
         "soak: postgres stopped at {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    sleep_until(duration * 4 / 5);
+    sleep_until(duration * 17 / 20);
     let result = pg.restart();
     let started_at = result.is_ok().then(|| started.elapsed());
     if result.is_ok() {

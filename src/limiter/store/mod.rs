@@ -170,17 +170,62 @@ impl RedisBackend {
             .acquire_now(user, ask)
             .await
             .inspect_err(|e| self.note_if_unreachable(e))?;
-        if raw.granted {
-            self.journal.push(
-                user,
-                raw.at_ms,
-                raw.at_ms + ask.hold_ms,
-                ask.cost,
-                ask.window_ms,
-                ask.idempotency_id.is_some(),
-            );
+        if !raw.granted {
+            return Ok(raw);
         }
-        Ok(raw)
+        let counted = self.journal_grant(user, ask, &raw);
+        // acquire.lua answers what is left after this grant: what the bucket held before.
+        let held = u64::from(ask.limit.saturating_sub(ask.reserve))
+            .saturating_sub(u64::from(raw.remaining) + u64::from(ask.cost));
+        if counted <= held || !self.epoch.suspect() {
+            return Ok(raw);
+        }
+        // The bucket holds fewer units than this process alone granted from it and that
+        // still count: Redis lost them without a broken connection (a flush, a restart
+        // between two calls). The epoch says whether the whole state went; if it did, the
+        // journal goes back, and this grant, made from the emptied bucket, is given back and
+        // decided again on the rebuilt one.
+        tracing::warn!(
+            user = user.get(),
+            counted,
+            held,
+            "a bucket holds fewer grants than this process made from it: checking redis's state"
+        );
+        let stamp = raw.at_ms + ask.hold_ms;
+        // Out of the journal while the state is checked: a rebuild must not write back the
+        // grant it is about to give back.
+        self.journal.forget(user, stamp, ask.cost);
+        self.note_failure();
+        if !self.ensure_state().await? {
+            self.journal_grant(user, ask, &raw);
+            return Ok(raw);
+        }
+        self.refund(user, stamp, ask.cost, ask.idempotency_id).await?;
+        let again = self
+            .acquire_now(user, ask)
+            .await
+            .inspect_err(|e| self.note_if_unreachable(e))?;
+        if again.granted {
+            self.journal_grant(user, ask, &again);
+        }
+        Ok(again)
+    }
+
+    fn journal_grant(&self, user: TornUserId, ask: &Ask<'_>, raw: &RawDecision) -> u64 {
+        self.journal.push(
+            user,
+            raw.at_ms,
+            raw.at_ms + ask.hold_ms,
+            ask.cost,
+            ask.window_ms,
+            ask.idempotency_id.is_some(),
+        )
+    }
+
+    /// This key space's grants of `user` still in their window, for the local fallback to
+    /// start from (see [`Journal::live`]).
+    pub(crate) fn journal_live(&self, user: TornUserId) -> Vec<(i64, u32, u64)> {
+        self.journal.live(user)
     }
 
     /// Journals a grant the local fallback made for this key space while Redis was

@@ -28,6 +28,30 @@ pub(super) struct EpochWatch {
     /// confirmed. A promoted replica carries the old epoch, since it replicated it, yet may
     /// lack the last writes: a new primary is a loss even when the epoch agrees.
     primary: AtomicU64,
+    /// When a short bucket last made this key space read its epoch again (ms since the
+    /// Unix epoch, 0: never): at most once per [`SUSPECT_EVERY_MS`], since a bucket may be
+    /// short for reasons that are no loss (a limit override above the configured one, an
+    /// operator's reset).
+    suspected_ms: AtomicU64,
+}
+
+/// The least time between two epoch reads prompted by a short bucket.
+const SUSPECT_EVERY_MS: u64 = 1_000;
+
+impl EpochWatch {
+    /// True when a short bucket may make this key space read its epoch again now; then
+    /// the next chance is [`SUSPECT_EVERY_MS`] later.
+    pub(super) fn suspect(&self) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let last = self.suspected_ms.load(Ordering::Acquire);
+        now >= last.saturating_add(SUSPECT_EVERY_MS)
+            && self
+                .suspected_ms
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+    }
 }
 
 impl RedisBackend {
@@ -46,15 +70,16 @@ impl RedisBackend {
 
     /// Reads the epoch when it is unconfirmed; when Redis lost its state, writes the journal
     /// back first. Callers wait for one check at a time, so none decides before a rebuild.
-    pub(super) async fn ensure_state(&self) -> Result<()> {
+    /// True when this call rebuilt.
+    pub(super) async fn ensure_state(&self) -> Result<bool> {
         if !self.epoch_unconfirmed() {
-            return Ok(());
+            return Ok(false);
         }
         let mut known = self.epoch.known.lock().await;
         // Read before the call: a failure during it leaves the epoch unconfirmed.
         let failures = self.store.failures.load(Ordering::Acquire);
         if !self.epoch_unconfirmed() {
-            return Ok(());
+            return Ok(false);
         }
         let primary_before = self.epoch.primary.load(Ordering::Acquire);
         let key = self.keys.epoch();
@@ -85,7 +110,7 @@ impl RedisBackend {
         *known = Some(now);
         self.epoch.primary.store(primary_now, Ordering::Release);
         self.epoch.confirmed.store(failures + 1, Ordering::Release);
-        Ok(())
+        Ok(lost)
     }
 
     /// Writes every journaled grant still in its window back, one restore.lua call per
