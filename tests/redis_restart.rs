@@ -1,6 +1,8 @@
 //! Redis restarted empty in the middle of a batch at full quota, under the default policy
 //! (fail-fast): the batch waits the outage out, the process writes its journal of grants
 //! back before granting anything new, and Torn (the simulator) never answers code 5.
+//! The same for a Redis flushed under the batch, where no connection breaks: the first
+//! grant from a bucket holding less than this process granted gives the loss away.
 
 mod common;
 
@@ -20,8 +22,26 @@ const LIMIT: u32 = 10;
 /// Long enough that a restart (a few hundred ms) lands well inside one window.
 const WINDOW: Duration = Duration::from_millis(1500);
 
+/// What happens to Redis in the middle of the batch.
+#[derive(Clone, Copy)]
+enum Fault {
+    /// Killed and started again on its port, empty: connections break.
+    Restart,
+    /// `FLUSHALL` from another client: every window is gone, no connection breaks.
+    Flush,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restarted_empty_mid_batch_costs_no_code_5() {
+    full_quota_batch_through(Fault::Restart).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_flushed_mid_batch_costs_no_code_5() {
+    full_quota_batch_through(Fault::Flush).await;
+}
+
+async fn full_quota_batch_through(fault: Fault) {
     let mut redis = PrivateRedis::start();
     let port = redis.port;
     let owner = TornUserId::new(46);
@@ -74,15 +94,27 @@ async fn a_redis_restarted_empty_mid_batch_costs_no_code_5() {
             while *done.lock().unwrap() < 2 * LIMIT as usize + 2 {
                 std::thread::sleep(Duration::from_millis(2));
             }
-            redis.kill();
-            // Back on the same port, empty (no persistence): every window is gone.
-            PrivateRedis::start_on(port)
+            match fault {
+                Fault::Restart => {
+                    redis.kill();
+                    // Back on the same port, empty (no persistence): every window is gone.
+                    PrivateRedis::start_on(port)
+                }
+                Fault::Flush => {
+                    let out = std::process::Command::new("redis-cli")
+                        .args(["-p", &port.to_string(), "FLUSHALL"])
+                        .output()
+                        .expect("run redis-cli");
+                    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
+                    redis
+                }
+            }
         })
     };
     let outcome = handler
         .run(requests, vec![ApiKey::new(&k.key).unwrap()])
         .await
-        .expect("a restarted Redis must not abort the batch");
+        .expect("a restarted or flushed Redis must not abort the batch");
     let _redis = restarter.await.unwrap();
 
     for (i, r) in outcome.results.iter().enumerate() {
@@ -96,7 +128,7 @@ async fn a_redis_restarted_empty_mid_batch_costs_no_code_5() {
         );
     }
     let c = sim.counters();
-    assert_eq!(c.errors(5), 0, "code-5 answers after the restart: {c:?}");
+    assert_eq!(c.errors(5), 0, "code-5 answers after the fault: {c:?}");
     assert!(
         c.max_in_window <= LIMIT,
         "Torn counted {} in a window",

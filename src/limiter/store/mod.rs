@@ -166,6 +166,7 @@ impl RedisBackend {
     /// journaled.
     pub(crate) async fn acquire(&self, user: TornUserId, ask: &Ask<'_>) -> Result<RawDecision> {
         self.ensure_state().await?;
+        let losses = self.epoch.losses();
         let raw = self
             .acquire_now(user, ask)
             .await
@@ -177,15 +178,15 @@ impl RedisBackend {
         // acquire.lua answers what is left after this grant: what the bucket held before.
         let held = u64::from(ask.limit.saturating_sub(ask.reserve))
             .saturating_sub(u64::from(raw.remaining) + u64::from(ask.cost));
-        if counted <= held || !self.epoch.suspect() {
+        if counted <= held {
             return Ok(raw);
         }
         // The bucket holds fewer units than this process alone granted from it and that
-        // still count: Redis lost them without a broken connection (a flush, a restart
-        // between two calls). The epoch says whether the whole state went; if it did, the
-        // journal goes back, and this grant, made from the emptied bucket, is given back and
-        // decided again on the rebuilt one.
-        tracing::warn!(
+        // still count: Redis may have lost them without a broken connection (a flush). The
+        // epoch says whether the whole state went; if it did, the journal went back, and
+        // this grant, perhaps made from the emptied bucket, is given back and decided
+        // again on the rebuilt one.
+        tracing::debug!(
             user = user.get(),
             counted,
             held,
@@ -193,10 +194,9 @@ impl RedisBackend {
         );
         let stamp = raw.at_ms + ask.hold_ms;
         // Out of the journal while the state is checked: a rebuild must not write back the
-        // grant it is about to give back.
+        // grant it may be about to give back.
         self.journal.forget(user, stamp, ask.cost);
-        self.note_failure();
-        if !self.ensure_state().await? {
+        if !self.check_short_bucket(losses).await? {
             self.journal_grant(user, ask, &raw);
             return Ok(raw);
         }

@@ -28,29 +28,23 @@ pub(super) struct EpochWatch {
     /// confirmed. A promoted replica carries the old epoch, since it replicated it, yet may
     /// lack the last writes: a new primary is a loss even when the epoch agrees.
     primary: AtomicU64,
-    /// When a short bucket last made this key space read its epoch again (ms since the
-    /// Unix epoch, 0: never): at most once per [`SUSPECT_EVERY_MS`], since a bucket may be
-    /// short for reasons that are no loss (a limit override above the configured one, an
-    /// operator's reset).
-    suspected_ms: AtomicU64,
+    /// Losses of state seen (each followed by a rebuild): a grant decided before the
+    /// count moved may have come from an emptied bucket.
+    losses: AtomicU64,
+    /// Taken by each grant from a bucket that held too little, one at a time, and holding
+    /// when such a grant last made this key space read its epoch (ms since the Unix epoch):
+    /// at most once per [`SUSPECT_EVERY_MS`], since a bucket may be short for reasons that
+    /// are no loss (a limit override above the configured one, an operator's reset).
+    suspicion: tokio::sync::Mutex<u64>,
 }
 
 /// The least time between two epoch reads prompted by a short bucket.
 const SUSPECT_EVERY_MS: u64 = 1_000;
 
 impl EpochWatch {
-    /// True when a short bucket may make this key space read its epoch again now; then
-    /// the next chance is [`SUSPECT_EVERY_MS`] later.
-    pub(super) fn suspect(&self) -> bool {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let last = self.suspected_ms.load(Ordering::Acquire);
-        now >= last.saturating_add(SUSPECT_EVERY_MS)
-            && self
-                .suspected_ms
-                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
+    /// Losses seen so far: read before a decision is sent.
+    pub(super) fn losses(&self) -> u64 {
+        self.losses.load(Ordering::Acquire)
     }
 }
 
@@ -106,11 +100,33 @@ impl RedisBackend {
             || (known.is_some() && primary_now != primary_before);
         if lost {
             self.rebuild().await?;
+            self.epoch.losses.fetch_add(1, Ordering::AcqRel);
         }
         *known = Some(now);
         self.epoch.primary.store(primary_now, Ordering::Release);
         self.epoch.confirmed.store(failures + 1, Ordering::Release);
         Ok(lost)
+    }
+
+    /// Called for a grant decided when [`EpochWatch::losses`] was `before`, from a bucket
+    /// that held fewer units than this process alone granted from it and that still count.
+    /// Reads the epoch (unless a short bucket did within the last second, or a loss was
+    /// seen since), rebuilding when Redis lost its state. True when a loss was seen after
+    /// the grant was decided: the grant may have come from the emptied bucket.
+    /// Such grants wait for each other here, so none of a batch slips past the check.
+    pub(super) async fn check_short_bucket(&self, before: u64) -> Result<bool> {
+        let mut last = self.epoch.suspicion.lock().await;
+        if self.epoch.losses() == before {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            if now >= last.saturating_add(SUSPECT_EVERY_MS) {
+                *last = now;
+                self.note_failure();
+                self.ensure_state().await?;
+            }
+        }
+        Ok(self.epoch.losses() != before)
     }
 
     /// Writes every journaled grant still in its window back, one restore.lua call per
