@@ -276,29 +276,19 @@ fn check_topology(c: &RateLimitConfig) -> Result<()> {
     } else {
         "TORN_QUOTA_REDIS_CLIENT_CERT_FILE"
     };
-    // The cluster client keeps only the seed nodes' certificates, not those of the nodes it
-    // discovers, so a private CA would hold for some nodes and not others.
-    if !c.redis_cluster_urls.is_empty() {
-        return Err(invalid(
-            setting,
-            "is not supported with REDIS_CLUSTER_URLS yet: a cluster over rediss:// uses the \
-             public web roots"
-                .into(),
-        ));
-    }
-    let tls = if c.redis_sentinel.is_set() {
-        c.redis_sentinel
-            .urls
-            .iter()
-            .all(|u| u.0.starts_with("rediss://"))
+    let all_tls = |urls: &[RedisUrl]| urls.iter().all(|u| u.0.starts_with("rediss://"));
+    let tls = if !c.redis_cluster_urls.is_empty() {
+        all_tls(&c.redis_cluster_urls)
+    } else if c.redis_sentinel.is_set() {
+        all_tls(&c.redis_sentinel.urls)
     } else {
         c.redis_url.0.starts_with("rediss://")
     };
     if !tls {
         return Err(invalid(
             setting,
-            "needs a rediss:// URL (REDIS_URL, or every REDIS_SENTINEL_URLS): over redis:// \
-             it would be ignored"
+            "needs a rediss:// URL (REDIS_URL, or every REDIS_CLUSTER_URLS or \
+             REDIS_SENTINEL_URLS): over redis:// it would be ignored"
                 .into(),
         ));
     }

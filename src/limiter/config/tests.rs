@@ -315,6 +315,40 @@ fn cluster_urls_read_from_a_toml_list() {
     );
 }
 
+/// TLS files go with a cluster whose every seed is `rediss://` (the client takes one TLS
+/// mode for all nodes); a `redis://` seed would leave them unused, so it is refused.
+#[test]
+fn tls_files_with_a_cluster_need_every_seed_over_tls() {
+    let with = |urls: &[&str]| {
+        RateLimitConfig::builder()
+            .redis_cluster_urls(urls.iter().copied())
+            .redis_ca_file("/etc/tq/ca.pem")
+            .redis_client_cert("/etc/tq/client.crt", "/etc/tq/client.key")
+            .build()
+    };
+    let c = with(&["rediss://10.0.0.1:7000", "rediss://10.0.0.2:7000"]).unwrap();
+    assert!(c.is_redis_cluster());
+    assert_eq!(
+        c.redis_ca_file(),
+        Some(std::path::Path::new("/etc/tq/ca.pem"))
+    );
+    for urls in [
+        &["redis://10.0.0.1:7000"][..],
+        &["rediss://10.0.0.1:7000", "redis://10.0.0.2:7000"][..],
+    ] {
+        let err = with(urls).unwrap_err();
+        assert!(err.to_string().contains("rediss://"), "{err}");
+        assert_eq!(setting_of(err), "TORN_QUOTA_REDIS_CA_FILE", "for {urls:?}");
+    }
+    // A plain REDIS_URL does not matter once the cluster is used.
+    let c = RateLimitConfig::builder()
+        .redis_url("redis://127.0.0.1:6379")
+        .redis_cluster_urls(["rediss://10.0.0.1:7000"])
+        .redis_ca_file("/etc/tq/ca.pem")
+        .build();
+    assert!(c.is_ok(), "{c:?}");
+}
+
 #[test]
 fn builder_rejects_a_zero_window() {
     let err = RateLimitConfig::builder()

@@ -1,10 +1,13 @@
-//! Connections: the pool (single Redis or Redis Cluster) with its timeouts, or the primary
-//! that Sentinel names; the lanes that share a few multiplexed connections, and the bound
-//! on every call.
+//! Connections: the pool of a single Redis with its timeouts, the Redis Cluster client, or
+//! the primary that Sentinel names; the lanes that share a few multiplexed connections, and
+//! the bound on every call.
 //!
 //! `rediss://` runs on rustls with the public web roots, or the CA in
 //! `TORN_QUOTA_REDIS_CA_FILE`; deadpool-redis takes the `ConnectionInfo` that
 //! `Client::build_with_tls` made, so the certificates reach every connection it creates.
+//! A cluster takes them through `ClusterClientBuilder::certs`, which redis-rs applies to
+//! every node it connects to, the seeds and the nodes `CLUSTER SLOTS` names alike (the
+//! seeds' own `ConnectionInfo` gives only their addresses).
 //! Behind Sentinel, a lane whose connection failed (or answered `READONLY`: the primary it
 //! reached was demoted) asks the sentinels for the current primary on its next call; redis-rs
 //! does not follow `+switch-master` by itself.
@@ -15,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use deadpool_redis::{Manager, Pool, PoolError, Runtime};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{
@@ -67,7 +71,11 @@ impl ConnectionLike for Conn {
 /// The pool connections come from.
 pub(super) enum Pools {
     Single(Pool),
-    Cluster(deadpool_redis::cluster::Pool),
+    /// No pool: each lane opens its own cluster connection from the client when it needs
+    /// one. A cluster connection is multiplexed over every node already, and
+    /// deadpool-redis's cluster manager builds its client from URLs alone, which would drop
+    /// the certificates.
+    Cluster(Box<ClusterClient>),
     /// No pool: each lane asks the sentinels for the primary when it needs a connection.
     Sentinel(Box<Sentinel>),
 }
@@ -79,10 +87,11 @@ pub(super) struct Sentinel {
     primary: Mutex<Option<String>>,
 }
 
-/// A connection held by a lane: out of the pool, or to the primary Sentinel named.
+/// A connection held by a lane: out of the pool, to the cluster, or to the primary
+/// Sentinel named.
 enum Pooled {
     Single(deadpool_redis::Connection),
-    Cluster(deadpool_redis::cluster::Connection),
+    Cluster(ClusterConnection),
     Sentinel(MultiplexedConnection),
 }
 
@@ -90,7 +99,7 @@ impl Pooled {
     fn conn(&self) -> Conn {
         match self {
             Pooled::Single(c) => Conn::Single((**c).clone()),
-            Pooled::Cluster(c) => Conn::Cluster((**c).clone()),
+            Pooled::Cluster(c) => Conn::Cluster(c.clone()),
             Pooled::Sentinel(c) => Conn::Single(c.clone()),
         }
     }
@@ -105,8 +114,8 @@ pub(super) struct Lane {
 }
 
 impl Conns {
-    /// Builds the pool (of cluster connections when `REDIS_CLUSTER_URLS` is set) and its
-    /// lanes; connects lazily, on the first call.
+    /// Builds the pool (the cluster client when `REDIS_CLUSTER_URLS` is set, the sentinel
+    /// client with `REDIS_SENTINEL_URLS`) and its lanes; connects lazily, on the first call.
     pub(super) fn new(config: &RateLimitConfig) -> Result<Self> {
         let lanes = config.connections().get();
         let pool_err = |e: &dyn std::fmt::Display| Error::Config {
@@ -121,21 +130,17 @@ impl Conns {
             Pools::Sentinel(Box::new(sentinel(config, certificates, conn_config)?))
         } else if config.is_redis_cluster() {
             // The client's own connect and response timeouts stay at its defaults: `run`
-            // bounds every call by connect + command timeout anyway.
-            let manager = deadpool_redis::cluster::Manager::new(config.redis_cluster_urls(), false)
-                .map_err(|e| Error::Config {
-                    setting: "REDIS_CLUSTER_URLS",
-                    reason: format!("redis refused them: {:?}", e.kind()),
-                })?;
-            let pool = deadpool_redis::cluster::Pool::builder(manager)
-                .max_size(lanes)
-                .runtime(Runtime::Tokio1)
-                .wait_timeout(Some(config.connect_timeout()))
-                .create_timeout(Some(config.connect_timeout()))
-                .recycle_timeout(Some(config.command_timeout()))
-                .build()
-                .map_err(|e| pool_err(&e))?;
-            Pools::Cluster(pool)
+            // bounds every call by connect + command timeout anyway, and `connection` bounds
+            // opening a cluster connection by the connect timeout.
+            let mut b = ClusterClientBuilder::new(config.redis_cluster_urls());
+            if let Some(certs) = certificates {
+                b = b.certs(certs);
+            }
+            let client = b.build().map_err(|e| Error::Config {
+                setting: "REDIS_CLUSTER_URLS",
+                reason: format!("redis refused them: {:?}", e.kind()),
+            })?;
+            Pools::Cluster(Box::new(client))
         } else {
             let refused = |e: RedisError| Error::Config {
                 setting: "REDIS_URL",
@@ -282,7 +287,10 @@ impl Conns {
         };
         let pooled = match &self.pool {
             Pools::Single(p) => Pooled::Single(p.get().await.map_err(pool_error)?),
-            Pools::Cluster(p) => Pooled::Cluster(p.get().await.map_err(pool_error)?),
+            Pools::Cluster(c) => Pooled::Cluster(
+                self.within_connect_timeout(operation, c.get_async_connection())
+                    .await?,
+            ),
             Pools::Sentinel(s) => Pooled::Sentinel(self.primary(s, operation).await?),
         };
         let conn = pooled.conn();
@@ -304,21 +312,7 @@ impl Conns {
                 .await?;
             Ok::<_, RedisError>((addr, conn))
         };
-        let (addr, conn) = match tokio::time::timeout(self.connect_timeout, ask).await {
-            Ok(Ok(found)) => found,
-            Ok(Err(source)) => {
-                return Err(Error::Unavailable {
-                    operation,
-                    source: Source::new(self.named(source)),
-                });
-            }
-            Err(_) => {
-                return Err(Error::Timeout {
-                    operation,
-                    timeout: self.connect_timeout,
-                });
-            }
-        };
+        let (addr, conn) = self.within_connect_timeout(operation, ask).await?;
         let mut primary = s.primary.lock().unwrap_or_else(PoisonError::into_inner);
         if primary.as_ref().is_some_and(|p| *p != addr) {
             tracing::warn!(primary = %addr, "redis primary changed: following the failover");
@@ -326,6 +320,26 @@ impl Conns {
         }
         *primary = Some(addr);
         Ok(conn)
+    }
+
+    /// Opening a connection, bounded by the connect timeout: a refusal is Redis being
+    /// unavailable (TLS named, when it is TLS), running out of time is a timeout.
+    async fn within_connect_timeout<T>(
+        &self,
+        operation: &'static str,
+        open: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.connect_timeout, open).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(source)) => Err(Error::Unavailable {
+                operation,
+                source: Source::new(self.named(source)),
+            }),
+            Err(_) => Err(Error::Timeout {
+                operation,
+                timeout: self.connect_timeout,
+            }),
+        }
     }
 
     /// A receiver that sees a new value each time the store followed a failover to another

@@ -19,10 +19,11 @@
 //! One process holds one store (pool, lanes, dispatcher) per Redis: a sibling limiter is a
 //! new key space on the same store, never a new pool.
 //!
-//! With `REDIS_CLUSTER_URLS` the same code runs over deadpool-redis cluster connections,
-//! which route each call to the node owning its keys' slot. Every script call touches one
-//! user's keys, which share the `{u<id>}` hash tag, so one slot; a coalesced batch is split
-//! by slot first, and its per-slot calls go out together (pipelined on the connections).
+//! With `REDIS_CLUSTER_URLS` the same code runs over redis-rs cluster connections (one per
+//! lane, opened by the lane itself: no pool), which route each call to the node owning its
+//! keys' slot. Every script call touches one user's keys, which share the `{u<id>}` hash
+//! tag, so one slot; a coalesced batch is split by slot first, and its per-slot calls go out
+//! together (pipelined on the connections).
 //!
 //! Scripts are sent as `EVALSHA`; on `NOSCRIPT` (a restarted or flushed node, a failover)
 //! the call is repeated once as `EVAL` with the script's text, which also caches the script
@@ -77,7 +78,7 @@ impl std::fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (kind, status) = match &self.store.conns.pool {
             Pools::Single(p) => ("single", Some(p.status())),
-            Pools::Cluster(p) => ("cluster", Some(p.status())),
+            Pools::Cluster(_) => ("cluster", None),
             Pools::Sentinel(_) => ("sentinel", None),
         };
         f.debug_struct("RedisBackend")
@@ -89,8 +90,8 @@ impl std::fmt::Debug for RedisBackend {
 }
 
 impl RedisBackend {
-    /// Builds the pool (of cluster connections when `REDIS_CLUSTER_URLS` is set); connects
-    /// lazily, on the first call.
+    /// Builds the connections (the cluster client when `REDIS_CLUSTER_URLS` is set);
+    /// connects lazily, on the first call.
     pub(crate) fn new(config: &RateLimitConfig) -> Result<Self> {
         Ok(Self {
             store: Arc::new(Store {
