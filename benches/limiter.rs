@@ -155,6 +155,24 @@ fn decisions(c: &mut Criterion) {
             .iter(|| async { black_box(redis.try_acquire(user(), 1).await.unwrap()) });
     });
 
+    // The same decisions without the journal of grants (issue 15): its cost on the healthy
+    // path is the gap between the two, against the no-op EVALSHA below.
+    let unjournaled = Limiter::redis(
+        RateLimitConfig::builder()
+            .redis_url(redis.config().redis_url())
+            .key_prefix(format!("tq-criterion-nojournal-{}", std::process::id()))
+            .limit(NonZeroU32::new(100).unwrap())
+            .window(Duration::from_secs(60))
+            .journal(false)
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    c.bench_function("decision/redis (no journal)", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(unjournaled.try_acquire(user(), 1).await.unwrap()) });
+    });
+
     let ip = redis
         .sibling(
             "ip",

@@ -55,6 +55,8 @@ pub(crate) struct Rebuild {
 pub(crate) struct Journal {
     /// Makes grant ids unique across processes: restore.lua dedupes by id.
     process: u64,
+    /// False when the configuration turned the journal off: nothing is kept.
+    enabled: bool,
     inner: Mutex<Inner>,
 }
 
@@ -69,11 +71,18 @@ struct Inner {
 }
 
 impl Journal {
-    pub(crate) fn new() -> Self {
+    /// A journal; one that keeps nothing when `enabled` is false.
+    pub(crate) fn with(enabled: bool) -> Self {
         Self {
             process: rand::random(),
+            enabled,
             inner: Mutex::new(Inner::default()),
         }
+    }
+
+    /// Whether anything is kept.
+    pub(crate) fn enabled(&self) -> bool {
+        self.enabled
     }
 
     /// Notes a grant Redis made at `now_ms` (its TIME) for `user`. With `call_id` set, a
@@ -106,6 +115,9 @@ impl Journal {
         window_ms: u64,
         call_id: bool,
     ) -> u64 {
+        if !self.enabled {
+            return 0;
+        }
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         if now_ms >= inner.latest_ms {
             inner.latest_ms = now_ms;
@@ -304,7 +316,7 @@ mod tests {
 
     #[test]
     fn entries_leave_with_their_window_and_refunds_are_forgotten() {
-        let j = Journal::new();
+        let j = Journal::with(true);
         let u = TornUserId::new(4);
         j.push(u, 1_000, 1_000, 1, 100, false);
         j.push(u, 1_050, 1_050, 2, 100, false);
@@ -320,7 +332,7 @@ mod tests {
 
     #[test]
     fn a_settled_grant_is_written_back_from_its_settle_not_its_hold() {
-        let j = Journal::new();
+        let j = Journal::with(true);
         let u = TornUserId::new(4);
         // Granted at 1000 with a 10 s hold: provisional until 11000.
         j.push(u, 1_000, 11_000, 1, 100, false);
@@ -333,6 +345,16 @@ mod tests {
     }
 
     #[test]
+    fn a_journal_turned_off_keeps_nothing() {
+        let j = Journal::with(false);
+        let u = TornUserId::new(3);
+        assert_eq!(j.push(u, 1_000, 1_000, 1, 100, false), 0);
+        j.push_degraded(u, 0, 1, 100);
+        assert_eq!(j.size(), (0, 0));
+        assert!(j.live(u).is_empty() && j.rebuilds().is_empty());
+    }
+
+    #[test]
     fn an_entry_is_32_bytes() {
         // The memory figure in the module docs and docs/failover.md rests on it.
         assert_eq!(std::mem::size_of::<Entry>(), 32);
@@ -340,7 +362,7 @@ mod tests {
 
     #[test]
     fn push_answers_what_redis_must_still_count() {
-        let j = Journal::new();
+        let j = Journal::with(true);
         let u = TornUserId::new(6);
         assert_eq!(j.push(u, 1_000, 1_000, 2, 1_000, false), 0);
         // The same millisecond: Redis may have run the two in either order.
@@ -360,7 +382,7 @@ mod tests {
 
     #[test]
     fn live_entries_are_relative_to_the_estimated_redis_now() {
-        let j = Journal::new();
+        let j = Journal::with(true);
         let u = TornUserId::new(8);
         assert!(j.live(u).is_empty());
         j.push(u, 10_000, 10_000, 2, 1_000, false);
@@ -376,7 +398,7 @@ mod tests {
 
     #[test]
     fn an_owner_is_bounded_and_replays_count_once() {
-        let j = Journal::new();
+        let j = Journal::with(true);
         let u = TornUserId::new(5);
         for i in 0..(MAX_PER_OWNER as u64 + 50) {
             j.push(u, 10 + i, 10 + i, 1, 86_400_000, false);

@@ -44,6 +44,15 @@ impl RateLimitConfigBuilder {
         self.config.log_decisions = on;
         self
     }
+    /// Keep the journal of this process's grants still in their window (default on), so
+    /// that a Redis that lost its state (a restart, a failover, a flush) is rebuilt and the
+    /// local fallback starts from what this process granted (docs/failover.md). Off saves
+    /// 32 bytes per grant in the window and a mutex per decision; then a lost Redis costs
+    /// up to one window of over-admission again. For measurements, mostly.
+    pub fn journal(mut self, on: bool) -> Self {
+        self.config.journal = on;
+        self
+    }
     /// How often the in-memory backend sweeps idle buckets (default 60 s).
     pub fn cleanup_interval(mut self, every: Duration) -> Self {
         self.config.cleanup_interval = every;

@@ -51,6 +51,7 @@ pub struct RateLimitConfig {
     user_limits: HashMap<TornUserId, NonZeroU32>,
     key_prefix: String,
     log_decisions: bool,
+    journal: bool,
     cleanup_interval: Duration,
     redis_url: RedisUrl,
     redis_cluster_urls: Vec<RedisUrl>,
@@ -78,6 +79,7 @@ impl Default for RateLimitConfig {
             user_limits: HashMap::new(),
             key_prefix: "tq".to_owned(),
             log_decisions: false,
+            journal: true,
             cleanup_interval: Duration::from_secs(60),
             redis_url: RedisUrl("redis://127.0.0.1:6379".to_owned()),
             redis_cluster_urls: Vec::new(),
@@ -133,6 +135,11 @@ impl RateLimitConfig {
     /// Whether every decision is logged (at `info`).
     pub fn log_decisions(&self) -> bool {
         self.log_decisions
+    }
+    /// Whether the Redis backend keeps a journal of this process's grants (see
+    /// [`RateLimitConfigBuilder::journal`]).
+    pub fn journal(&self) -> bool {
+        self.journal
     }
     /// How often the in-memory backend sweeps idle buckets.
     pub fn cleanup_interval(&self) -> Duration {

@@ -100,7 +100,7 @@ impl RedisBackend {
                 failures: AtomicU64::new(0),
             }),
             keys: KeyBuilder::new(config.key_prefix()),
-            journal: Journal::new(),
+            journal: Journal::with(config.journal()),
             epoch: EpochWatch::default(),
         })
     }
@@ -110,7 +110,7 @@ impl RedisBackend {
         Self {
             store: Arc::clone(&self.store),
             keys: KeyBuilder::new(key_prefix),
-            journal: Journal::new(),
+            journal: Journal::with(self.journal.enabled()),
             epoch: EpochWatch::default(),
         }
     }
