@@ -18,6 +18,9 @@ pub struct Grant {
     /// The window it was decided with, for settling.
     pub(super) window_ms: u64,
     pub(super) degraded: bool,
+    /// A degraded grant's stamp in the Redis journal (Redis time, estimated), by which it
+    /// is forgotten when given back and restamped when settled.
+    pub(super) journal_ms: Option<u64>,
     pub(super) idempotency_id: Option<String>,
 }
 

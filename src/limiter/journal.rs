@@ -119,7 +119,9 @@ impl Journal {
             return 0;
         }
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        if now_ms >= inner.latest_ms {
+        // Only a time Redis answered is noted: an estimate noted as seen would be padded
+        // again by the next estimate, and the pads would add up to seconds ahead.
+        if granted_ms != NOT_IN_REDIS && now_ms >= inner.latest_ms {
             inner.latest_ms = now_ms;
             inner.latest_at = Some(std::time::Instant::now());
         }
@@ -172,12 +174,22 @@ impl Journal {
     /// the Redis time estimated from the last one seen (plus [`DEGRADED_PAD_MS`], so that
     /// it never leaves the window early), + `hold_ms`: once Redis answers again, empty,
     /// it is written back with the rest. Nothing is noted before Redis was ever seen.
-    pub(crate) fn push_degraded(&self, user: TornUserId, hold_ms: u64, cost: u32, window_ms: u64) {
+    ///
+    /// Returns the stamp noted, by which [`Self::forget`] and [`Self::settle`] find it when
+    /// the degraded grant is given back or settled.
+    pub(crate) fn push_degraded(
+        &self,
+        user: TornUserId,
+        hold_ms: u64,
+        cost: u32,
+        window_ms: u64,
+    ) -> Option<u64> {
+        if !self.enabled {
+            return None;
+        }
         let estimate = {
             let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-            let Some(at) = inner.latest_at else {
-                return;
-            };
+            let at = inner.latest_at?;
             inner.latest_ms + at.elapsed().as_millis() as u64 + DEGRADED_PAD_MS
         };
         // Without the hold: the local fallback's settle cannot find this entry (its stamp is
@@ -194,6 +206,7 @@ impl Journal {
             window_ms,
             false,
         );
+        Some(estimate)
     }
 
     /// `user`'s grants still inside their window, for the local fallback to start from:
@@ -352,6 +365,22 @@ mod tests {
         j.push_degraded(u, 0, 1, 100);
         assert_eq!(j.size(), (0, 0));
         assert!(j.live(u).is_empty() && j.rebuilds().is_empty());
+    }
+
+    #[test]
+    fn degraded_stamps_do_not_run_ahead() {
+        let j = Journal::with(true);
+        let u = TornUserId::new(2);
+        j.push(u, 10_000, 10_000, 1, 1_000, false);
+        let stamps: Vec<u64> = (0..1_000)
+            .map(|_| j.push_degraded(u, 0, 1, 1_000).unwrap())
+            .collect();
+        // Each is the last Redis time + the time since + one pad, never pads piled up.
+        let last = *stamps.last().unwrap();
+        assert!(
+            last < 10_000 + DEGRADED_PAD_MS + 1_000,
+            "1000 degraded grants ran the estimate to {last}"
+        );
     }
 
     #[test]

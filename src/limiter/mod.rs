@@ -290,13 +290,14 @@ impl Limiter {
             idempotency_id: request.idempotency_id.as_deref(),
         };
         let decided = match &self.inner.backend {
-            Backend::Memory(m) => m.acquire(user, &ask).map(|raw| (raw, false)),
+            Backend::Memory(m) => m.acquire(user, &ask).map(|raw| (raw, None)),
             Backend::Redis(r) => self.decide_on_redis(r, user, ask).await,
         };
         let (raw, degraded) = decided.inspect_err(|_| {
             crate::telemetry::limiter_decision(self.backend_name(), "error", false);
         })?;
         let decision = to_decision(user, request, &ask, raw, degraded);
+        let degraded = degraded.is_some();
         crate::telemetry::limiter_decision(
             self.backend_name(),
             if decision.is_granted() {
@@ -321,21 +322,22 @@ impl Limiter {
     }
 
     /// Asks Redis; when it is unreachable and the policy allows, decides locally at each
-    /// worker's share of the limit, and says so.
+    /// worker's share of the limit, and says so: `Some` (with a grant's journal stamp, if
+    /// it was journaled) when the decision is degraded.
     async fn decide_on_redis(
         &self,
         redis: &RedisBackend,
         user: TornUserId,
         mut ask: Ask<'_>,
-    ) -> Result<(RawDecision, bool)> {
+    ) -> Result<(RawDecision, Option<Option<u64>>)> {
         let Some(f) = self.inner.fallback.as_ref() else {
-            return Ok((redis.acquire(user, &ask).await?, false));
+            return Ok((redis.acquire(user, &ask).await?, None));
         };
         if !f.skip_redis() {
             match redis.acquire(user, &ask).await {
                 Ok(raw) => {
                     f.recovered();
-                    return Ok((raw, false));
+                    return Ok((raw, None));
                 }
                 Err(e) if e.is_unavailable() => {
                     f.failed(&e, self.inner.config.reconnect_interval());
@@ -351,10 +353,12 @@ impl Limiter {
             || redis.journal_live(user),
             self.inner.config.reconnect_interval(),
         )?;
-        if raw.granted {
-            redis.journal_degraded(user, &ask);
-        }
-        Ok((raw, true))
+        let journaled = if raw.granted {
+            redis.journal_degraded(user, &ask)
+        } else {
+            None
+        };
+        Ok((raw, Some(journaled)))
     }
 
     /// The bucket of `user` now; consumes nothing.
@@ -426,7 +430,10 @@ impl Limiter {
         let (user, stamp, cost) = (grant.user, grant.stamp_ms, grant.cost);
         match (&self.inner.backend, &self.inner.fallback) {
             (Backend::Memory(m), _) => Ok(m.refund(user, stamp, cost, id)),
-            (Backend::Redis(_), Some(f)) if grant.degraded => {
+            (Backend::Redis(r), Some(f)) if grant.degraded => {
+                if let Some(j) = grant.journal_ms {
+                    r.journal_forget(user, j, cost);
+                }
                 Ok(f.local.refund(user, stamp, cost, id))
             }
             (Backend::Redis(r), _) => r.refund(user, stamp, cost, id).await,
@@ -443,7 +450,10 @@ impl Limiter {
         let (user, stamp, cost, window) = (grant.user, grant.stamp_ms, grant.cost, grant.window_ms);
         match (&self.inner.backend, &self.inner.fallback) {
             (Backend::Memory(m), _) => Ok(m.settle(user, stamp, cost, window)),
-            (Backend::Redis(_), Some(f)) if grant.degraded => {
+            (Backend::Redis(r), Some(f)) if grant.degraded => {
+                if let Some(j) = grant.journal_ms {
+                    r.journal_settle(user, j, cost);
+                }
                 Ok(f.local.settle(user, stamp, cost, window))
             }
             (Backend::Redis(r), _) => r.settle(user, stamp, cost, window).await,
@@ -513,8 +523,10 @@ fn to_decision(
     request: &Request,
     ask: &Ask<'_>,
     raw: RawDecision,
-    degraded: bool,
+    degraded: Option<Option<u64>>,
 ) -> Decision {
+    let journal_ms = degraded.flatten();
+    let degraded = degraded.is_some();
     if raw.granted {
         Decision::Granted(Grant {
             user,
@@ -524,6 +536,7 @@ fn to_decision(
             stamp_ms: raw.at_ms + ask.hold_ms,
             window_ms: ask.window_ms,
             degraded,
+            journal_ms,
             idempotency_id: request.idempotency_id.clone(),
         })
     } else {

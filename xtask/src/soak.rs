@@ -613,9 +613,11 @@ async fn parent(args: Args) -> CliResult {
     let mut restart_at = None;
     let mut code5_at_kill = 0;
     let mut code5_at_restart = 0;
+    let (mut kill_unix_ms, mut restart_unix_ms) = (0, 0);
     if !args.no_redis_fault {
         tokio::time::sleep(duration / 4).await;
         code5_at_kill = sim.counters().errors(5);
+        kill_unix_ms = unix_ms();
         redis.kill();
         kill_at = Some(started.elapsed());
         eprintln!(
@@ -624,6 +626,7 @@ async fn parent(args: Args) -> CliResult {
         );
         tokio::time::sleep(duration * 3 / 10).await;
         code5_at_restart = sim.counters().errors(5);
+        restart_unix_ms = unix_ms();
         redis.restart()?;
         restart_at = Some(started.elapsed());
         eprintln!(
@@ -663,6 +666,42 @@ async fn parent(args: Args) -> CliResult {
         code5_at_window_end = Some(sim.counters().errors(5));
     }
     let counters = sim.counters();
+    // What the fault cost in throughput: Torn's admissions per second before the kill,
+    // while Redis was down, and after it came back (until the last admission).
+    let throughput = {
+        let stamps: Vec<u64> = owners
+            .iter()
+            .flat_map(|&o| sim.admissions(TornUserId::new(o)))
+            .map(|us| us / 1000)
+            .collect();
+        let start_ms = until_ms.saturating_sub(duration.as_millis() as u64);
+        let last_ms = stamps.iter().copied().max().unwrap_or(start_ms);
+        let rate = |from: u64, to: u64| {
+            let n = stamps.iter().filter(|&&t| t >= from && t < to).count();
+            let secs = to.saturating_sub(from) as f64 / 1000.0;
+            if secs > 0.0 {
+                (n as f64 / secs * 10.0).round() / 10.0
+            } else {
+                0.0
+            }
+        };
+        let mut by_second = vec![0u64; (last_ms.saturating_sub(start_ms) / 1000 + 1) as usize];
+        for &t in &stamps {
+            if let Some(n) = by_second.get_mut((t.saturating_sub(start_ms) / 1000) as usize) {
+                *n += 1;
+            }
+        }
+        if kill_unix_ms == 0 {
+            json!({ "whole_run": rate(start_ms, last_ms + 1), "by_second": by_second })
+        } else {
+            json!({
+                "before_kill": rate(start_ms, kill_unix_ms),
+                "redis_down": rate(kill_unix_ms, restart_unix_ms),
+                "after_restart": rate(restart_unix_ms, last_ms + 1),
+                "by_second": by_second,
+            })
+        }
+    };
     sim.shutdown().await;
     drop(redis);
 
@@ -756,6 +795,7 @@ async fn parent(args: Args) -> CliResult {
         "vault_degraded_seconds_max": (vault_degraded.iter().copied().fold(0.0, f64::max) * 100.0).round() / 100.0,
         "workers_vault_recovered": pg_fault.as_ref().map(|_| vault_recovered),
         "clock_gap_seconds": clock_gap,
+        "admitted_per_s": throughput,
         "sim": {
             "requests": counters.requests,
             "admitted": counters.admitted,

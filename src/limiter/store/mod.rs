@@ -231,9 +231,23 @@ impl RedisBackend {
 
     /// Journals a grant the local fallback made for this key space while Redis was
     /// unreachable, so that a Redis that comes back empty gets it written back too.
-    pub(crate) fn journal_degraded(&self, user: TornUserId, ask: &Ask<'_>) {
+    ///
+    /// Returns the stamp it was journaled with, for [`Self::journal_forget`] and
+    /// [`Self::journal_settle`].
+    pub(crate) fn journal_degraded(&self, user: TornUserId, ask: &Ask<'_>) -> Option<u64> {
         self.journal
-            .push_degraded(user, ask.hold_ms, ask.cost, ask.window_ms);
+            .push_degraded(user, ask.hold_ms, ask.cost, ask.window_ms)
+    }
+
+    /// Forgets a degraded grant given back (by its journal stamp): written back, it would
+    /// fill the owner's window with calls never sent.
+    pub(crate) fn journal_forget(&self, user: TornUserId, stamp_ms: u64, cost: u32) {
+        self.journal.forget(user, stamp_ms, cost);
+    }
+
+    /// Restamps a degraded grant Torn answered (by its journal stamp) with about now.
+    pub(crate) fn journal_settle(&self, user: TornUserId, stamp_ms: u64, cost: u32) {
+        self.journal.settle(user, stamp_ms, cost);
     }
 
     async fn acquire_now(&self, user: TornUserId, ask: &Ask<'_>) -> Result<RawDecision> {
