@@ -60,38 +60,45 @@ async fn no_call_hangs_on_a_frozen_redis() {
     redis.signal("-CONT");
 }
 
-#[tokio::test]
-async fn local_fallback_is_conservative_and_recovers() {
-    let mut redis = PrivateRedis::start();
-    let port = redis.port;
-    let policy = OnRedisDown::LocalFallback {
-        workers: NonZeroU32::new(4).unwrap(),
-    };
-    // A short window: the hand-over below waits one out.
-    let window = Duration::from_millis(800);
-    let limiter = Limiter::redis(
+/// 20 per 800 ms shared by 4 workers: a short window, since the hand-over waits one out.
+fn four_workers(url: &str) -> Limiter {
+    Limiter::redis(
         RateLimitConfig::builder()
-            .redis_url(redis.url())
+            .redis_url(url)
             .key_prefix(common::unique_prefix("down"))
             .limit(NonZeroU32::new(20).unwrap())
-            .window(window)
+            .window(HANDOVER_WINDOW)
             .connect_timeout(Duration::from_millis(200))
             .command_timeout(Duration::from_millis(200))
             .reconnect_interval(Duration::from_millis(100))
             .connections(NonZeroUsize::MIN)
-            .on_redis_down(policy)
+            .on_redis_down(OnRedisDown::LocalFallback {
+                workers: NonZeroU32::new(4).unwrap(),
+            })
             .build()
             .unwrap(),
     )
-    .unwrap();
-    let d = limiter.try_acquire(USER, 1).await.unwrap();
-    assert!(d.is_granted() && !d.is_degraded());
+    .unwrap()
+}
+
+const HANDOVER_WINDOW: Duration = Duration::from_millis(800);
+
+#[tokio::test]
+async fn local_fallback_is_conservative_and_recovers() {
+    let mut redis = PrivateRedis::start();
+    let port = redis.port;
+    let limiter = four_workers(&redis.url());
+    // The owner's window is full on Redis when it is lost.
+    for _ in 0..20 {
+        let d = limiter.try_acquire(USER, 1).await.unwrap();
+        assert!(d.is_granted() && !d.is_degraded());
+    }
     assert_eq!(limiter.degraded_for(), None);
 
     redis.kill();
-    // The other three workers may have spent the owner's last window on Redis, which this
-    // one cannot know: nothing until that window has passed, and each wait is short
-    // enough that Redis is tried again meanwhile.
+    // Torn still counts those 20 for a window, whichever workers took them: nothing until
+    // the window has passed, and each wait is short enough that Redis is tried again
+    // meanwhile.
     let lost = Instant::now();
     let d = limiter.try_acquire(USER, 1).await.unwrap();
     assert!(!d.is_granted() && d.is_degraded(), "{d:?}");
@@ -105,10 +112,13 @@ async fn local_fallback_is_conservative_and_recovers() {
         if d.is_granted() {
             break lost.elapsed();
         }
-        assert!(lost.elapsed() < window * 4, "never granted locally");
+        assert!(lost.elapsed() < HANDOVER_WINDOW * 4, "never granted locally");
         tokio::time::sleep(d.retry_after()).await;
     };
-    assert!(first_grant >= window, "granted {first_grant:?} after the loss");
+    assert!(
+        first_grant >= HANDOVER_WINDOW,
+        "granted {first_grant:?} after the loss"
+    );
     // Then 20 per window shared by 4 workers: each may grant 5 alone.
     for i in 1..5 {
         let d = limiter.try_acquire(USER, 1).await.unwrap();
@@ -129,6 +139,36 @@ async fn local_fallback_is_conservative_and_recovers() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(limiter.degraded_for(), None);
+}
+
+/// A bucket Redis said had room just before it was lost: during the hand-over each worker
+/// grants its share of that room, no more, even when its own share of the limit would
+/// allow more.
+#[tokio::test]
+async fn the_hand_over_grants_a_share_of_the_room_last_seen() {
+    let mut redis = PrivateRedis::start();
+    let limiter = four_workers(&redis.url());
+    // Another worker of the same owner (same Redis, same key space) took 12 of the 20.
+    let other = Limiter::redis(limiter.config().clone()).unwrap();
+    for _ in 0..12 {
+        assert!(other.try_acquire(USER, 1).await.unwrap().is_granted());
+    }
+    let d = limiter.try_acquire(USER, 1).await.unwrap();
+    assert_eq!(d.remaining(), 7, "{d:?}");
+    redis.kill();
+    let lost = Instant::now();
+    // 7 left when Redis last answered: this worker's share of them is 1 (of 4 workers),
+    // though its share of the limit (5) holds only its own 1 so far.
+    let d = limiter.try_acquire(USER, 1).await.unwrap();
+    assert!(d.is_granted() && d.is_degraded(), "{d:?}");
+    let d = limiter.try_acquire(USER, 1).await.unwrap();
+    assert!(!d.is_granted() && d.is_degraded(), "{d:?}");
+    assert!(d.retry_after() <= Duration::from_millis(100), "{d:?}");
+    assert!(
+        lost.elapsed() < HANDOVER_WINDOW,
+        "the machine was too slow to see the hand-over: {:?}",
+        lost.elapsed()
+    );
 }
 
 /// A lone worker knows every grant of the last window (its journal): when Redis is lost

@@ -5,11 +5,14 @@
 //! The hand-over from Redis is where a fallback that starts from empty windows admits what
 //! Torn still counts: the last shared window, up to the whole limit. So an owner's local
 //! window starts from this process's journal of its own grants (exact when it is the only
-//! worker), and with other workers, whose grants of the last window this process cannot
-//! know, nothing is granted until they have all left Torn's window: one window, plus the
-//! hold of a call still in flight, after Redis was lost.
+//! worker). With other workers, whose grants of the last window this process cannot know,
+//! the first window plus the hold of a call in flight after Redis was lost is a hand-over:
+//! each worker then grants at most its share of what Redis last said the bucket had left,
+//! provided Redis said so just before it was lost (within the connect and command timeouts
+//! and [`FRESH_SLACK`]); otherwise nothing. A busy owner at full quota thus waits, and a
+//! bucket with room (say, the per-IP one) goes on.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -29,7 +32,16 @@ pub(super) struct Fallback {
     down: Mutex<Option<Down>>,
     /// Owners whose local window this spell has started from the journal.
     seeded: Mutex<HashSet<TornUserId>>,
+    /// Units granted per owner during this spell's hand-over.
+    handed: Mutex<HashMap<TornUserId, u32>>,
+    /// How long before the failure was noticed an answer of Redis still describes the
+    /// bucket: the failing call's connect and command timeouts, and [`FRESH_SLACK`].
+    fresh: Duration,
 }
+
+/// Added to the timeouts for an answer to count as fresh: about one round trip on a loaded
+/// machine.
+pub(super) const FRESH_SLACK: Duration = Duration::from_millis(100);
 
 /// Since when Redis has been unreachable, and when to try it again.
 #[derive(Debug, Clone, Copy)]
@@ -51,6 +63,8 @@ impl Fallback {
                 workers,
                 down: Mutex::new(None),
                 seeded: Mutex::new(HashSet::new()),
+                handed: Mutex::new(HashMap::new()),
+                fresh: config.connect_timeout() + config.command_timeout() + FRESH_SLACK,
             }),
         }
     }
@@ -90,20 +104,28 @@ impl Fallback {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .clear();
+            self.handed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clear();
             crate::telemetry::degraded_enter();
         }
     }
 
     /// Decides `ask` (already at this worker's share) locally for `user`. The owner's local
     /// window starts from `journal` (this process's grants still in their window) on its
-    /// first decision of the spell; with other workers, nothing is granted until one window
-    /// plus the ask's hold has passed since Redis was lost (the wait is capped at
-    /// `retry_in`, so that the caller tries Redis again meanwhile).
+    /// first decision of the spell. With other workers, during the hand-over (one window
+    /// plus the ask's hold after Redis was lost: `unreachable_since`, when the store's
+    /// first call failed, or this spell's start if earlier) at most this worker's share of
+    /// `remaining_seen(fresh_since)` is granted (the wait is capped at `retry_in`, so that
+    /// the caller tries Redis again meanwhile).
     pub(super) fn decide(
         &self,
         user: TornUserId,
         ask: &Ask<'_>,
         journal: impl FnOnce() -> Vec<(i64, u32, u64)>,
+        remaining_seen: impl FnOnce(std::time::Instant) -> u32,
+        unreachable_since: Option<std::time::Instant>,
         retry_in: Duration,
     ) -> Result<RawDecision> {
         if self
@@ -114,23 +136,37 @@ impl Fallback {
         {
             self.local.reseed(user, &journal());
         }
-        if self.workers.get() > 1
-            && let Some(down) = self.state()
-        {
-            let others_clear =
-                down.since + Duration::from_millis(ask.window_ms.saturating_add(ask.hold_ms));
-            let now = Instant::now();
-            if now < others_clear {
-                let wait = (others_clear - now).min(retry_in);
-                return Ok(RawDecision {
-                    granted: false,
-                    remaining: 0,
-                    retry_after_ms: (wait.as_millis() as u64).max(1),
-                    at_ms: self.local.clock().now_ms(),
-                });
-            }
+        let Some(down) = self.state().filter(|_| self.workers.get() > 1) else {
+            return self.local.acquire(user, ask);
+        };
+        // Redis was lost when the first call of the store failed, which may be long before
+        // this key space's first failure (its calls wait behind another key space's).
+        let lost = unreachable_since
+            .map(Instant::from_std)
+            .map_or(down.since, |u| u.min(down.since));
+        let handed_over = lost + Duration::from_millis(ask.window_ms.saturating_add(ask.hold_ms));
+        let now = Instant::now();
+        if now >= handed_over {
+            return self.local.acquire(user, ask);
         }
-        self.local.acquire(user, ask)
+        let fresh_since = lost.into_std().checked_sub(self.fresh);
+        let budget = fresh_since.map_or(0, remaining_seen) / self.workers.get();
+        let mut handed = self.handed.lock().unwrap_or_else(PoisonError::into_inner);
+        let used = handed.entry(user).or_default();
+        if used.saturating_add(ask.cost) <= budget {
+            let raw = self.local.acquire(user, ask)?;
+            if raw.granted {
+                *used += ask.cost;
+            }
+            return Ok(raw);
+        }
+        let wait = (handed_over - now).min(retry_in);
+        Ok(RawDecision {
+            granted: false,
+            remaining: 0,
+            retry_after_ms: (wait.as_millis() as u64).max(1),
+            at_ms: self.local.clock().now_ms(),
+        })
     }
 
     pub(super) fn recovered(&self) {

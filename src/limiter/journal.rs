@@ -68,7 +68,13 @@ struct Inner {
     latest_ms: u64,
     /// When `latest_ms` was seen here: degraded grants are stamped from it.
     latest_at: Option<std::time::Instant>,
+    /// Each owner's bucket as Redis last answered for it: units left, the Redis time of
+    /// that answer, and when it arrived here.
+    seen: HashMap<TornUserId, (u32, u64, std::time::Instant)>,
 }
+
+/// How long an owner's last answer is kept for [`Journal::remaining_seen`].
+const SEEN_FOR: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Journal {
     /// A journal; one that keeps nothing when `enabled` is false.
@@ -166,6 +172,7 @@ impl Journal {
                 prune(e, latest);
                 !e.is_empty()
             });
+            inner.seen.retain(|_, (_, _, at)| at.elapsed() < SEEN_FOR);
         }
         counted
     }
@@ -207,6 +214,39 @@ impl Journal {
             false,
         );
         Some(estimate)
+    }
+
+    /// Notes what Redis answered, at its time `at_ms`, that `user`'s bucket had left
+    /// (granted or not): the local fallback's budget when Redis is lost right after.
+    /// Answers of one coalesced call may arrive out of order: the latest answer wins, and
+    /// of answers in the same millisecond the smallest.
+    pub(crate) fn note_remaining(&self, user: TornUserId, at_ms: u64, remaining: u32) {
+        if !self.enabled {
+            return;
+        }
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = std::time::Instant::now();
+        inner
+            .seen
+            .entry(user)
+            .and_modify(|(r, at, seen)| {
+                if at_ms > *at || (at_ms == *at && remaining < *r) {
+                    (*r, *at) = (remaining, at_ms);
+                }
+                *seen = now;
+            })
+            .or_insert((remaining, at_ms, now));
+    }
+
+    /// What `user`'s bucket had left when Redis last answered for it, if that was at or
+    /// after `since`; 0 otherwise (an old answer says nothing about the window now).
+    pub(crate) fn remaining_seen(&self, user: TornUserId, since: std::time::Instant) -> u32 {
+        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        inner
+            .seen
+            .get(&user)
+            .filter(|(_, _, at)| *at >= since)
+            .map_or(0, |(remaining, _, _)| *remaining)
     }
 
     /// `user`'s grants still inside their window, for the local fallback to start from:
@@ -381,6 +421,24 @@ mod tests {
             last < 10_000 + DEGRADED_PAD_MS + 1_000,
             "1000 degraded grants ran the estimate to {last}"
         );
+    }
+
+    #[test]
+    fn remaining_seen_is_the_last_answer_only_while_fresh() {
+        let j = Journal::with(true);
+        let u = TornUserId::new(11);
+        let before = std::time::Instant::now();
+        assert_eq!(j.remaining_seen(u, before), 0, "never answered");
+        j.note_remaining(u, 100, 7);
+        j.note_remaining(u, 101, 5);
+        // An answer of the same call arriving late changes nothing.
+        j.note_remaining(u, 100, 9);
+        assert_eq!(j.remaining_seen(u, before), 5);
+        j.note_remaining(u, 101, 4);
+        assert_eq!(j.remaining_seen(u, before), 4);
+        let after = std::time::Instant::now() + std::time::Duration::from_millis(1);
+        assert_eq!(j.remaining_seen(u, after), 0, "answered before `since`");
+        assert_eq!(j.remaining_seen(TornUserId::new(12), before), 0);
     }
 
     #[test]

@@ -351,6 +351,8 @@ impl Limiter {
             user,
             &ask,
             || redis.journal_live(user),
+            |since| redis.remaining_seen(user, since),
+            redis.unreachable_since(),
             self.inner.config.reconnect_interval(),
         )?;
         let journaled = if raw.granted {

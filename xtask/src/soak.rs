@@ -588,6 +588,10 @@ async fn parent(args: Args) -> CliResult {
             .env("TORN_API_TIMEOUT_MS", REQUEST_TIMEOUT_MS.to_string())
             // The most a limit may be: far above what the soak's owners can reach.
             .env("TORN_QUOTA_IP_LIMIT", "10000")
+            // The per-IP window as short as the owners': with several workers the local
+            // fallback waits one window out when Redis is lost (docs/failover.md), and a
+            // minute of it would cover the whole outage.
+            .env("TORN_QUOTA_IP_WINDOW_MS", args.window_ms.to_string())
             // A code 5 holds the owner back for one window: Torn's window has drained by then.
             .env("TORN_QUOTA_OWNER_HOLD_MS", args.window_ms.to_string())
             .env(

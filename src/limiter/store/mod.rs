@@ -72,6 +72,11 @@ struct Store {
     queue: Mutex<Option<mpsc::UnboundedSender<Job>>>,
     /// Calls that failed to reach Redis: each key space reads its epoch again after one.
     failures: AtomicU64,
+    /// When a call first failed to reach Redis since it last answered, as µs after
+    /// `origin` plus one, so never early (0: Redis answers): every key space's local fallback counts its
+    /// hand-over from there, not from its own first failure, which may come much later.
+    unreachable_since: AtomicU64,
+    origin: std::time::Instant,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -98,6 +103,8 @@ impl RedisBackend {
                 conns: Arc::new(Conns::new(config)?),
                 queue: Mutex::new(None),
                 failures: AtomicU64::new(0),
+                unreachable_since: AtomicU64::new(0),
+                origin: std::time::Instant::now(),
             }),
             keys: KeyBuilder::new(config.key_prefix()),
             journal: Journal::with(config.journal()),
@@ -134,6 +141,38 @@ impl RedisBackend {
     fn note_if_unreachable(&self, e: &Error) {
         if e.is_unavailable() {
             self.note_failure();
+            let now = self.store.origin.elapsed().as_micros() as u64 + 1;
+            let _ = self.store.unreachable_since.compare_exchange(
+                0,
+                now,
+                std::sync::atomic::Ordering::AcqRel,
+                std::sync::atomic::Ordering::Acquire,
+            );
+        }
+    }
+
+    fn note_answered(&self) {
+        if self
+            .store
+            .unreachable_since
+            .load(std::sync::atomic::Ordering::Acquire)
+            != 0
+        {
+            self.store
+                .unreachable_since
+                .store(0, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    /// Since when Redis has not answered any call of this store, if it has not.
+    pub(crate) fn unreachable_since(&self) -> Option<std::time::Instant> {
+        match self
+            .store
+            .unreachable_since
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            0 => None,
+            us => Some(self.store.origin + Duration::from_micros(us)),
         }
     }
 
@@ -172,6 +211,8 @@ impl RedisBackend {
             .acquire_now(user, ask)
             .await
             .inspect_err(|e| self.note_if_unreachable(e))?;
+        self.note_answered();
+        self.journal.note_remaining(user, raw.at_ms, raw.remaining);
         if !raw.granted {
             return Ok(raw);
         }
@@ -221,6 +262,12 @@ impl RedisBackend {
             ask.window_ms,
             ask.idempotency_id.is_some(),
         )
+    }
+
+    /// What `user`'s bucket had left when Redis last answered for it, if at or after
+    /// `since` (see [`Journal::remaining_seen`]).
+    pub(crate) fn remaining_seen(&self, user: TornUserId, since: std::time::Instant) -> u32 {
+        self.journal.remaining_seen(user, since)
     }
 
     /// This key space's grants of `user` still in their window, for the local fallback to
