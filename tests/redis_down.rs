@@ -112,7 +112,10 @@ async fn local_fallback_is_conservative_and_recovers() {
         if d.is_granted() {
             break lost.elapsed();
         }
-        assert!(lost.elapsed() < HANDOVER_WINDOW * 4, "never granted locally");
+        assert!(
+            lost.elapsed() < HANDOVER_WINDOW * 4,
+            "never granted locally"
+        );
         tokio::time::sleep(d.retry_after()).await;
     };
     assert!(

@@ -290,14 +290,14 @@ impl Limiter {
             idempotency_id: request.idempotency_id.as_deref(),
         };
         let decided = match &self.inner.backend {
-            Backend::Memory(m) => m.acquire(user, &ask).map(|raw| (raw, None)),
+            Backend::Memory(m) => m.acquire(user, &ask).map(|raw| (raw, Via::Shared)),
             Backend::Redis(r) => self.decide_on_redis(r, user, ask).await,
         };
         let (raw, degraded) = decided.inspect_err(|_| {
             crate::telemetry::limiter_decision(self.backend_name(), "error", false);
         })?;
         let decision = to_decision(user, request, &ask, raw, degraded);
-        let degraded = degraded.is_some();
+        let degraded = matches!(degraded, Via::Local { .. });
         crate::telemetry::limiter_decision(
             self.backend_name(),
             if decision.is_granted() {
@@ -322,22 +322,21 @@ impl Limiter {
     }
 
     /// Asks Redis; when it is unreachable and the policy allows, decides locally at each
-    /// worker's share of the limit, and says so: `Some` (with a grant's journal stamp, if
-    /// it was journaled) when the decision is degraded.
+    /// worker's share of the limit, and says so.
     async fn decide_on_redis(
         &self,
         redis: &RedisBackend,
         user: TornUserId,
         mut ask: Ask<'_>,
-    ) -> Result<(RawDecision, Option<Option<u64>>)> {
+    ) -> Result<(RawDecision, Via)> {
         let Some(f) = self.inner.fallback.as_ref() else {
-            return Ok((redis.acquire(user, &ask).await?, None));
+            return Ok((redis.acquire(user, &ask).await?, Via::Shared));
         };
         if !f.skip_redis() {
             match redis.acquire(user, &ask).await {
                 Ok(raw) => {
                     f.recovered();
-                    return Ok((raw, None));
+                    return Ok((raw, Via::Shared));
                 }
                 Err(e) if e.is_unavailable() => {
                     f.failed(&e, self.inner.config.reconnect_interval());
@@ -360,7 +359,7 @@ impl Limiter {
         } else {
             None
         };
-        Ok((raw, Some(journaled)))
+        Ok((raw, Via::Local { journaled }))
     }
 
     /// The bucket of `user` now; consumes nothing.
@@ -520,15 +519,27 @@ fn unix_micros() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
+/// Where a decision was made.
+#[derive(Debug, Clone, Copy)]
+enum Via {
+    /// By the backend itself (Redis, or the in-memory backend).
+    Shared,
+    /// By the local fallback while Redis was unreachable (degraded); a grant's stamp in the
+    /// Redis journal, when it was journaled.
+    Local { journaled: Option<u64> },
+}
+
 fn to_decision(
     user: TornUserId,
     request: &Request,
     ask: &Ask<'_>,
     raw: RawDecision,
-    degraded: Option<Option<u64>>,
+    via: Via,
 ) -> Decision {
-    let journal_ms = degraded.flatten();
-    let degraded = degraded.is_some();
+    let (degraded, journal_ms) = match via {
+        Via::Shared => (false, None),
+        Via::Local { journaled } => (true, journaled),
+    };
     if raw.granted {
         Decision::Granted(Grant {
             user,

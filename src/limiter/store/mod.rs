@@ -234,6 +234,19 @@ impl RedisBackend {
             held,
             "a bucket holds fewer grants than this process made from it: checking redis's state"
         );
+        // Boxed: the rare path keeps its state off every decision's future.
+        Box::pin(self.redecide_if_lost(user, ask, raw, losses)).await
+    }
+
+    /// A grant from a short bucket: checks Redis's state, and when it was lost (after
+    /// `losses` were counted) gives the grant back and decides again on the rebuilt bucket.
+    async fn redecide_if_lost(
+        &self,
+        user: TornUserId,
+        ask: &Ask<'_>,
+        raw: RawDecision,
+        losses: u64,
+    ) -> Result<RawDecision> {
         let stamp = raw.at_ms + ask.hold_ms;
         // Out of the journal while the state is checked: a rebuild must not write back the
         // grant it may be about to give back.
@@ -242,7 +255,8 @@ impl RedisBackend {
             self.journal_grant(user, ask, &raw);
             return Ok(raw);
         }
-        self.refund(user, stamp, ask.cost, ask.idempotency_id).await?;
+        self.refund(user, stamp, ask.cost, ask.idempotency_id)
+            .await?;
         let again = self
             .acquire_now(user, ask)
             .await

@@ -69,6 +69,11 @@ impl RedisBackend {
         if !self.epoch_unconfirmed() {
             return Ok(false);
         }
+        // Boxed: the read and the rebuild stay off every decision's future.
+        Box::pin(self.confirm_epoch()).await
+    }
+
+    async fn confirm_epoch(&self) -> Result<bool> {
         let mut known = self.epoch.known.lock().await;
         // Read before the call: a failure during it leaves the epoch unconfirmed.
         let failures = self.store.failures.load(Ordering::Acquire);
