@@ -85,8 +85,11 @@ impl TornClient {
             self.admit_key(key, &wait).await?;
             let now = Wait::forever().until(Instant::now());
             self.wait_out_pause(Some(owner), &now).await?;
+            // The caller's ticket was taken just before (the batch sends at once): the
+            // whole timeout, as the hold assumes.
+            let deadline = Instant::now() + self.inner.config.request_timeout();
             let result = self
-                .exchange(key, Some(owner), &url, "torn request", None)
+                .exchange(key, Some(owner), &url, "torn request", None, deadline)
                 .await;
             *lock(&reach) = Reach::of(&result);
             result.map_err(|f| f.error)
@@ -98,7 +101,8 @@ impl TornClient {
 
     /// Sends once on units already taken (the call's ticket, or the caller's when `None`),
     /// and reads the answer, inside a span that names the owner (never the key), counting
-    /// the answer by Torn's code.
+    /// the answer by Torn's code. The request is over by `deadline` (its ticket's), however
+    /// late it leaves.
     pub(super) async fn exchange(
         &self,
         key: &ApiKey,
@@ -106,6 +110,7 @@ impl TornClient {
         url: &url::Url,
         operation: &'static str,
         ticket: Option<Ticket>,
+        deadline: Instant,
     ) -> Result<Value, Failure> {
         use tracing::Instrument as _;
         let span = tracing::info_span!(
@@ -114,7 +119,7 @@ impl TornClient {
             operation
         );
         let result = self
-            .exchange_once(key, owner, url, operation, ticket)
+            .exchange_once(key, owner, url, operation, ticket, deadline)
             .instrument(span)
             .await;
         crate::telemetry::torn_answer(match &result {
@@ -135,6 +140,7 @@ impl TornClient {
         url: &url::Url,
         operation: &'static str,
         ticket: Option<Ticket>,
+        deadline: Instant,
     ) -> Result<Value, Failure> {
         tracing::debug!(
             owner = owner.map(TornUserId::get),
@@ -145,7 +151,7 @@ impl TornClient {
             operation,
             source: Source::new(e.without_url()),
         };
-        let response = match self.send(key, url).await {
+        let response = match self.send(key, url, deadline).await {
             Ok(r) => r,
             Err(e) => {
                 // A request that never connected never reached Torn: its units go back.
@@ -205,10 +211,13 @@ impl TornClient {
         }
     }
 
+    /// One GET with the key in its header, timed out at `deadline`: the request timeout
+    /// counts from the grant, not from now (see [`Ticket::deadline`]).
     pub(super) async fn send(
         &self,
         key: &ApiKey,
         url: &url::Url,
+        deadline: Instant,
     ) -> reqwest::Result<reqwest::Response> {
         let header = Zeroizing::new(format!("ApiKey {}", key.expose()));
         let mut auth =
@@ -220,7 +229,8 @@ impl TornClient {
             .get(url.clone())
             .header(AUTHORIZATION, auth)
             .header(USER_AGENT, self.inner.user_agent.clone())
-            .timeout(self.inner.config.request_timeout())
+            // What is left of the ticket's timeout; the callers checked that enough is.
+            .timeout(deadline.saturating_duration_since(Instant::now()))
             .send()
             .await
     }
