@@ -11,7 +11,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 use zeroize::Zeroizing;
 
-use super::retry::Failure;
+use super::retry::{Failure, least_time_left};
 use super::wire::torn_error;
 use super::{Boxed, TornClient, lock};
 use crate::error::{Error, Result, Source};
@@ -62,17 +62,26 @@ impl TornClient {
     /// and Torn's codes act by class (code 5 penalizes the owner, 8 and 9 pause the client).
     /// A unit taken in advance must be sent at once, or Torn's count drifts from ours: while
     /// the client is paused the call fails at once with the code that paused it.
+    ///
+    /// The request timeout counts from this call, so the caller's units must have been
+    /// taken just before it.
     pub async fn send_prepaid(&self, key: &ApiKey, owner: TornUserId, path: &str) -> Result<Value> {
-        self.send_on_ticket(key, owner, path).await.0
+        let deadline = Instant::now() + self.inner.config.request_timeout();
+        self.send_on_ticket(key, owner, path, deadline).await.0
     }
 
-    /// [`send_prepaid`](Self::send_prepaid), and whether the request reached Torn, for the
-    /// caller's ticket.
+    /// [`send_prepaid`](Self::send_prepaid) on a ticket that runs out at `deadline` (its
+    /// [`Ticket::deadline`]), and whether the request reached Torn, for the caller's
+    /// ticket. When too little is left by the time it would leave (a key re-check ran
+    /// first, the runtime was busy), nothing is sent: [`Error::Deadline`] and
+    /// [`Reach::NotSent`], so that the caller gives the ticket back and sends again on a
+    /// fresh one.
     pub(crate) async fn send_on_ticket(
         &self,
         key: &ApiKey,
         owner: TornUserId,
         path: &str,
+        deadline: Instant,
     ) -> (Result<Value>, Reach) {
         let url = match self.v2_url(key, path) {
             Ok(url) => url,
@@ -85,9 +94,14 @@ impl TornClient {
             self.admit_key(key, &wait).await?;
             let now = Wait::forever().until(Instant::now());
             self.wait_out_pause(Some(owner), &now).await?;
-            // The caller's ticket was taken just before (the batch sends at once): the
-            // whole timeout, as the hold assumes.
-            let deadline = Instant::now() + self.inner.config.request_timeout();
+            let least = least_time_left(self.inner.config.request_timeout());
+            if deadline.saturating_duration_since(Instant::now()) < least {
+                tracing::debug!(
+                    owner = owner.get(),
+                    "too little of the ticket's time is left to send on: not sent"
+                );
+                return Err(Error::Deadline);
+            }
             let result = self
                 .exchange(key, Some(owner), &url, "torn request", None, deadline)
                 .await;
