@@ -1,7 +1,7 @@
 //! The Torn client against the simulator over real sockets, with real Redis: malformed keys
 //! and keys in a path never sent, v2 and v1 calls, the owner's and the IP's quota, the owner
-//! cache, shutdown and deadlines, a request's timeout counted from its grant, and keys that
-//! never reach a log line, a URL or an error.
+//! cache, shutdown and deadlines, a request's timeout counted from its grant, leases
+//! released only by their holder, and keys that never reach a log line, a URL or an error.
 //! Error codes: torn_client_codes.rs; retries: torn_client_retries.rs.
 
 mod common;
@@ -23,7 +23,7 @@ use torn_quota::gate::QuotaGate;
 use torn_quota::sim::{Fault, SimHandle};
 use torn_quota::torn::TornClient;
 use torn_quota::vault::ResolveOwner;
-use torn_quota::{AccessLevel, ApiKey, KeyInfo, Limiter, TornUserId, Wait};
+use torn_quota::{AccessLevel, ApiKey, KeyBuilder, KeyHash, KeyInfo, Limiter, TornUserId, Wait};
 
 #[tokio::test]
 async fn a_malformed_key_or_a_key_in_the_path_never_leaves() {
@@ -421,4 +421,110 @@ async fn a_request_sent_late_has_only_what_is_left_of_its_timeout() {
     // It reached Torn: its unit stays held.
     assert_eq!(sim.admissions(OWNER_4).len(), 1);
     assert_eq!(limiter.status(OWNER_4).await.unwrap().used, 1);
+}
+
+// ---------------------------------------------------------------------------------------
+// Leases (the owner lookup's) are released by compare-and-delete: a holder whose lease
+// expired and was taken by another leaves the other's alone.
+
+#[tokio::test]
+async fn a_lease_released_after_it_expired_leaves_the_next_holders() {
+    let limiter = limiter("lease", LIMIT, WINDOW_MS).await;
+    let name = "owner-lookup:lease-test";
+    let a = limiter
+        .claim_lease(name, Duration::from_millis(300))
+        .await
+        .unwrap()
+        .expect("a free lease");
+    assert!(
+        limiter
+            .claim_lease(name, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_none(),
+        "held by A"
+    );
+    // A's lease runs out while A still works; B takes it as soon as it is free.
+    let b = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Some(b) = limiter
+                .claim_lease(name, Duration::from_secs(60))
+                .await
+                .unwrap()
+            {
+                break b;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("A's lease expires");
+    let held = limiter.recall(name).await.unwrap();
+    let released = limiter.release_lease(a).await.unwrap();
+    assert_eq!(
+        limiter.recall(name).await.unwrap(),
+        held,
+        "B's lease is still there"
+    );
+    assert!(!released, "A's had gone already");
+    assert!(
+        limiter
+            .claim_lease(name, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_none(),
+        "and still keeps others out"
+    );
+    assert!(limiter.release_lease(b).await.unwrap());
+    assert_eq!(limiter.recall(name).await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_lookup_that_outlived_its_lease_leaves_the_next_holders() {
+    let s = setup("lookup-lease", |c| c).await;
+    let lease = s
+        .limiter
+        .keys()
+        .memo(&KeyBuilder::owner_lookup_name(KeyHash::of(FULL_A).as_str()));
+    // The key info call is slow: the lookup holds its lease meanwhile.
+    s.sim.inject(Fault::Slow(Duration::from_millis(1000)));
+    let client = s.client.clone();
+    let lookup = tokio::spawn(async move { client.owner_of(&key(FULL_A)).await });
+    let mut c = common::redis_conn().await;
+    let token = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let v: Option<String> = redis::cmd("GET")
+                .arg(&lease)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            if let Some(v) = v {
+                break v;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the lookup takes its lease");
+    assert!(
+        token.len() == 32 && token.bytes().all(|b| b.is_ascii_hexdigit()),
+        "a random token per holder, got {token:?}"
+    );
+    // As if it expired and another process took it: what that process's SET NX leaves.
+    let _: () = redis::cmd("SET")
+        .arg(&lease)
+        .arg("the-next-holder")
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let info = lookup.await.unwrap().unwrap();
+    assert_eq!(info.owner, OWNER_4);
+    let after: Option<String> = redis::cmd("GET")
+        .arg(&lease)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(after.as_deref(), Some("the-next-holder"));
 }
