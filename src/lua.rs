@@ -44,6 +44,9 @@ pub const RECORD: &str = with_prelude!("record.lua");
 /// `lua/restore.lua` after the prelude: write a process's journal of grants back into a
 /// bucket Redis lost, idempotently by grant id.
 pub const RESTORE: &str = with_prelude!("restore.lua");
+/// `lua/release.lua` after the prelude: delete a lease only while it holds the caller's
+/// token.
+pub const RELEASE: &str = with_prelude!("release.lua");
 
 const PRELUDE_END: &str = "-- @prelude-end\n";
 const SHARED_END: &str = "-- @shared-end";
@@ -99,6 +102,7 @@ mod tests {
             ("settle.lua", include_str!("../lua/settle.lua").to_owned()),
             ("record.lua", include_str!("../lua/record.lua").to_owned()),
             ("restore.lua", include_str!("../lua/restore.lua").to_owned()),
+            ("release.lua", include_str!("../lua/release.lua").to_owned()),
         ]
     }
 
@@ -190,6 +194,7 @@ mod tests {
             SETTLE,
             RECORD,
             RESTORE,
+            RELEASE,
             &acquire_many_source(),
         ] {
             assert!(text.starts_with(PRELUDE));

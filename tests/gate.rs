@@ -7,6 +7,9 @@ mod common;
 use std::time::Duration;
 
 use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use common::torn_client::SlowFirstGrant;
 
 use torn_quota::batch::{BatchConfig, BatchHandler, BatchRequest, PoolKey};
 use torn_quota::gate::QuotaGate;
@@ -317,4 +320,70 @@ async fn a_batchs_share_overrides_expire_on_their_own() {
         "share override without expiry: {ttl}"
     );
     shares.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_ticket_stale_before_its_send_goes_back_and_the_request_goes_again() {
+    let owner = TornUserId::new(6);
+    let keys = vec![SimKey::new("StaleBatchKey001", owner, AccessLevel::Full)];
+    let sim = Simulator::start(keys.clone(), SimConfig::default())
+        .await
+        .unwrap();
+    let limiter = Limiter::redis(
+        common::config("gate-stale-batch", 100, 60_000)
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    let timeout = Duration::from_millis(300);
+    let config = TornClientConfig::builder()
+        .base_url(sim.base_url())
+        .request_timeout(timeout)
+        .build()
+        .unwrap();
+    // The first grant comes back after the timeout has run out: its ticket is stale on
+    // arrival at the send.
+    let slow = Arc::new(SlowFirstGrant::new(
+        limiter.clone(),
+        Duration::from_millis(450),
+    ));
+    let gate = QuotaGate::builder(limiter.clone(), &config)
+        .owner_quota(slow.clone())
+        .build()
+        .unwrap();
+    let client = TornClient::builder(limiter.clone(), config)
+        .gate(gate)
+        .build()
+        .unwrap();
+    let key = ApiKey::new(&keys[0].key).unwrap();
+    let outcome = BatchHandler::new(client.clone(), BatchConfig::default())
+        .run(
+            [BatchRequest::new("user/6/basic")],
+            vec![PoolKey::new(key).known(KeyInfo {
+                owner,
+                access: AccessLevel::Full,
+            })],
+        )
+        .await
+        .unwrap();
+    let data = outcome.results[0]
+        .as_ref()
+        .expect("answered on a fresh ticket");
+    assert_eq!(data["profile"]["id"], 6);
+    assert_eq!(
+        slow.late_arrival(&sim, owner, timeout),
+        None,
+        "a request reached torn this many µs after its grant, past the {timeout:?} its \
+         units are held for"
+    );
+    assert_eq!(slow.asked_us().len(), 2, "the stale ticket was replaced");
+    assert_eq!(sim.admissions(owner).len(), 1);
+    assert_eq!(
+        outcome.stats.sent, 1,
+        "the request never sent is not counted"
+    );
+    // The stale ticket's units went back, the fresh one's were settled.
+    assert_eq!(limiter.status(owner).await.unwrap().used, 1);
+    let ip = client.ip_limiter().status(TornUserId::new(0)).await;
+    assert_eq!(ip.unwrap().used, 1);
 }

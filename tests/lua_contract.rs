@@ -674,3 +674,56 @@ async fn settle_restamps_provisional_records() {
         .unwrap();
     assert_eq!(again, vec![0]);
 }
+
+#[tokio::test]
+async fn release_deletes_a_lease_only_while_it_holds_the_token() {
+    let mut c = common::redis_conn().await;
+    let kb = KeyBuilder::new(common::unique_prefix("lua-release"));
+    let lease = kb.memo(&KeyBuilder::owner_lookup_name("ab12"));
+    let k = [lease.as_str()];
+    // Absent: nothing to release.
+    assert_eq!(
+        eval_raw(&mut c, lua::RELEASE, &k, &["a"]).await.unwrap(),
+        redis::Value::Int(0)
+    );
+    let _: () = redis::cmd("SET")
+        .arg(&lease)
+        .arg("b")
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    // Another holder's token: left as it is, its ttl too.
+    assert_eq!(
+        eval_raw(&mut c, lua::RELEASE, &k, &["a"]).await.unwrap(),
+        redis::Value::Int(0)
+    );
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&lease)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(ttl > 50_000, "pttl {ttl}");
+    // The holder's own: gone.
+    assert_eq!(
+        eval_raw(&mut c, lua::RELEASE, &k, &["b"]).await.unwrap(),
+        redis::Value::Int(1)
+    );
+    assert!(!exists(&mut c, &lease).await);
+
+    let long = "x".repeat(129);
+    for args in [vec![], vec![""], vec![long.as_str()]] {
+        let err = eval_raw(&mut c, lua::RELEASE, &k, &args).await.unwrap_err();
+        assert!(err.to_string().contains("ARGV[1] token"), "{args:?}: {err}");
+    }
+    // A lease that is not a string is an error, and is kept.
+    let _: () = redis::cmd("RPUSH")
+        .arg(&lease)
+        .arg("b")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(eval_raw(&mut c, lua::RELEASE, &k, &["b"]).await.is_err());
+    assert_eq!(key_type(&mut c, &lease).await, "list");
+}

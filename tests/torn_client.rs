@@ -1,26 +1,29 @@
 //! The Torn client against the simulator over real sockets, with real Redis: malformed keys
 //! and keys in a path never sent, v2 and v1 calls, the owner's and the IP's quota, the owner
-//! cache, shutdown and deadlines, and keys that never reach a log line, a URL or an error.
+//! cache, shutdown and deadlines, a request's timeout counted from its grant, leases
+//! released only by their holder, and keys that never reach a log line, a URL or an error.
 //! Error codes: torn_client_codes.rs; retries: torn_client_retries.rs.
 
 mod common;
 
 use common::torn_client::{
-    FULL_A, FULL_B, INACTIVE, JAILED, LIMIT, MINIMAL, OWNER_4, PAUSED, SPARE, UNKNOWN, WINDOW_MS,
-    assert_clean, assert_no_key, assert_no_key_in_urls, captured, captured_text, client_config,
-    key, limiter, sent_with, setup, sim_config, start_sim,
+    FULL_A, FULL_B, INACTIVE, JAILED, LIMIT, MINIMAL, OWNER_4, PAUSED, SPARE, SlowFirstGrant,
+    UNKNOWN, WINDOW_MS, assert_clean, assert_no_key, assert_no_key_in_urls, captured,
+    captured_text, client_config, key, limiter, sent_with, setup, sim_config, start_sim,
 };
 
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use torn_quota::Error;
-use torn_quota::sim::Fault;
+use torn_quota::gate::QuotaGate;
+use torn_quota::sim::{Fault, SimHandle};
 use torn_quota::torn::TornClient;
 use torn_quota::vault::ResolveOwner;
-use torn_quota::{AccessLevel, ApiKey, Wait};
+use torn_quota::{AccessLevel, ApiKey, KeyBuilder, KeyHash, KeyInfo, Limiter, TornUserId, Wait};
 
 #[tokio::test]
 async fn a_malformed_key_or_a_key_in_the_path_never_leaves() {
@@ -328,4 +331,200 @@ async fn no_key_reaches_logs_errors_or_urls() {
     );
     assert!(logs.contains("owner=4"), "log lines name the owner");
     assert_no_key(&logs, "the tracing output");
+}
+
+// ---------------------------------------------------------------------------------------
+// A request's timeout counts from its grant: its units are held for the request timeout
+// from the grant, so a request that leaves late gets only what is left, or a new ticket.
+
+/// A simulator, and a client whose gate decides owners through a [`SlowFirstGrant`], with
+/// one attempt a call and `FULL_A`'s owner known.
+async fn slow_first_grant(
+    name: &str,
+    timeout: Duration,
+    delay: Duration,
+) -> (SimHandle, TornClient, Limiter, Arc<SlowFirstGrant>) {
+    captured();
+    // A long window: every unit the test counts is still in it at the end.
+    let sim = start_sim(sim_config(LIMIT, 60_000)).await;
+    let limiter = limiter(name, LIMIT, 60_000).await;
+    let config = client_config(&sim)
+        .request_timeout(timeout)
+        .max_attempts(1)
+        .build()
+        .unwrap();
+    let slow = Arc::new(SlowFirstGrant::new(limiter.clone(), delay));
+    let gate = QuotaGate::builder(limiter.clone(), &config)
+        .owner_quota(slow.clone())
+        .build()
+        .unwrap();
+    let client = TornClient::builder(limiter.clone(), config)
+        .gate(gate)
+        .build()
+        .unwrap();
+    let info = KeyInfo {
+        owner: OWNER_4,
+        access: AccessLevel::Full,
+    };
+    client.remember_owner(&key(FULL_A), info).await;
+    (sim, client, limiter, slow)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_stale_before_its_send_goes_back_and_a_new_one_is_sent() {
+    let timeout = Duration::from_millis(300);
+    // Longer than the timeout: the first ticket's units are no longer held by its send.
+    let (sim, client, limiter, slow) =
+        slow_first_grant("stale-ticket", timeout, Duration::from_millis(450)).await;
+    let me = client.get(&key(FULL_A), "user/basic").await.unwrap();
+    assert_eq!(me["profile"]["id"], 4);
+
+    assert_eq!(
+        slow.late_arrival(&sim, OWNER_4, timeout),
+        None,
+        "a request reached torn this many µs after its grant, past the {timeout:?} its \
+         units are held for"
+    );
+    assert_eq!(sim.admissions(OWNER_4).len(), 1, "one request reached torn");
+    assert_eq!(slow.asked_us().len(), 2, "the stale ticket was replaced");
+    // Nothing lost and nothing left over: the stale ticket's units went back (owner and
+    // IP), the new one's were settled.
+    assert_eq!(limiter.status(OWNER_4).await.unwrap().used, 1);
+    let ip = client
+        .ip_limiter()
+        .status(TornUserId::new(0))
+        .await
+        .unwrap();
+    assert_eq!(ip.used, 1);
+    assert_eq!(sim.counters().requests, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_sent_late_has_only_what_is_left_of_its_timeout() {
+    let timeout = Duration::from_millis(2000);
+    // Half the timeout gone before the send: enough left to send on.
+    let (sim, client, limiter, slow) =
+        slow_first_grant("late-send", timeout, Duration::from_millis(1000)).await;
+    // Torn answers within a timeout counted from the send, not within what is left of it.
+    sim.inject(Fault::Slow(Duration::from_millis(1500)));
+    let started = Instant::now();
+    let result = client.get(&key(FULL_A), "user/basic").await;
+    let took = started.elapsed();
+    let err = result.expect_err("the answer came after the ticket's deadline");
+    assert!(matches!(err, Error::Http { .. }), "{err:?}");
+    assert_eq!(slow.asked_us().len(), 1, "sent on its ticket");
+    // Cut at the grant plus the timeout (the send plus the timeout would be 3 s).
+    assert!(
+        took >= timeout && took < Duration::from_millis(2400),
+        "the request ended {took:?} after the call began"
+    );
+    // It reached Torn: its unit stays held.
+    assert_eq!(sim.admissions(OWNER_4).len(), 1);
+    assert_eq!(limiter.status(OWNER_4).await.unwrap().used, 1);
+}
+
+// ---------------------------------------------------------------------------------------
+// Leases (the owner lookup's) are released by compare-and-delete: a holder whose lease
+// expired and was taken by another leaves the other's alone.
+
+#[tokio::test]
+async fn a_lease_released_after_it_expired_leaves_the_next_holders() {
+    let limiter = limiter("lease", LIMIT, WINDOW_MS).await;
+    let name = "owner-lookup:lease-test";
+    let a = limiter
+        .claim_lease(name, Duration::from_millis(300))
+        .await
+        .unwrap()
+        .expect("a free lease");
+    assert!(
+        limiter
+            .claim_lease(name, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_none(),
+        "held by A"
+    );
+    // A's lease runs out while A still works; B takes it as soon as it is free.
+    let b = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Some(b) = limiter
+                .claim_lease(name, Duration::from_secs(60))
+                .await
+                .unwrap()
+            {
+                break b;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("A's lease expires");
+    let held = limiter.recall(name).await.unwrap();
+    let released = limiter.release_lease(a).await.unwrap();
+    assert_eq!(
+        limiter.recall(name).await.unwrap(),
+        held,
+        "B's lease is still there"
+    );
+    assert!(!released, "A's had gone already");
+    assert!(
+        limiter
+            .claim_lease(name, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_none(),
+        "and still keeps others out"
+    );
+    assert!(limiter.release_lease(b).await.unwrap());
+    assert_eq!(limiter.recall(name).await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_lookup_that_outlived_its_lease_leaves_the_next_holders() {
+    let s = setup("lookup-lease", |c| c).await;
+    let lease = s
+        .limiter
+        .keys()
+        .memo(&KeyBuilder::owner_lookup_name(KeyHash::of(FULL_A).as_str()));
+    // The key info call is slow: the lookup holds its lease meanwhile.
+    s.sim.inject(Fault::Slow(Duration::from_millis(1000)));
+    let client = s.client.clone();
+    let lookup = tokio::spawn(async move { client.owner_of(&key(FULL_A)).await });
+    let mut c = common::redis_conn().await;
+    let token = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let v: Option<String> = redis::cmd("GET")
+                .arg(&lease)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            if let Some(v) = v {
+                break v;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the lookup takes its lease");
+    assert!(
+        token.len() == 32 && token.bytes().all(|b| b.is_ascii_hexdigit()),
+        "a random token per holder, got {token:?}"
+    );
+    // As if it expired and another process took it: what that process's SET NX leaves.
+    let _: () = redis::cmd("SET")
+        .arg(&lease)
+        .arg("the-next-holder")
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let info = lookup.await.unwrap().unwrap();
+    assert_eq!(info.owner, OWNER_4);
+    let after: Option<String> = redis::cmd("GET")
+        .arg(&lease)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(after.as_deref(), Some("the-next-holder"));
 }

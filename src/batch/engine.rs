@@ -84,6 +84,8 @@ struct Sent {
     key: usize,
     /// Sent as the one probe of its selection on a key not known to have the access.
     probe: bool,
+    /// Not sent after all: its ticket ran out before it could leave.
+    stale: bool,
     result: Result<Value>,
 }
 
@@ -584,7 +586,9 @@ impl<'h> Engine<'h> {
         let client = self.handler.client.clone();
         let gate = self.gate.clone();
         self.in_flight.spawn(async move {
-            let (result, reach) = client.send_on_ticket(&key, owner_id, &path).await;
+            let deadline = ticket.deadline();
+            let (result, reach) = client.send_on_ticket(&key, owner_id, &path, deadline).await;
+            let stale = reach == Reach::NotSent && matches!(result, Err(Error::Deadline));
             match reach {
                 Reach::Answered => gate.settle(ticket).await,
                 Reach::NotSent => gate.give_back(ticket).await,
@@ -597,6 +601,7 @@ impl<'h> Engine<'h> {
                 owner: o,
                 key: k,
                 probe,
+                stale,
                 result,
             }
         });
@@ -609,9 +614,18 @@ impl<'h> Engine<'h> {
             owner: o,
             key: k,
             probe,
+            stale,
             result,
         } = sent;
         self.end_probe(fetch, probe);
+        if stale {
+            // Nothing reached Torn and the units went back: the fetch goes again, on a
+            // fresh ticket, without counting as a failure or a send.
+            self.sent -= 1;
+            self.owners[o].stats.sent -= 1;
+            self.requeue(fetch);
+            return;
+        }
         // A wait the gate advised while this unit was provisional assumed it would count
         // for the whole request timeout: ask again now (unless Torn held the owner).
         let owner = &mut self.owners[o];

@@ -15,9 +15,11 @@
 //!
 //! A unit is recorded provisionally when taken: it counts for the request timeout (plus the
 //! optional `TORN_QUOTA_SAFETY_MARGIN_MS`) plus one window, the longest Torn may still
-//! count the call. Settling shortens that to one window after the answer. So however late
-//! a request reaches Torn, its unit still counts when Torn counts it, and no network delay
-//! becomes a code 5; a unit costs one window plus the real round trip.
+//! count the call. Settling shortens that to one window after the answer. A request on a
+//! ticket is given only what is left of its timeout from the grant
+//! ([`Ticket::deadline`]), not the whole timeout from its send, so however late it leaves
+//! or reaches Torn, its unit still counts when Torn counts it, and no delay becomes a code
+//! 5; a unit costs one window plus the real round trip.
 //!
 //! [`TornClient`](crate::torn::TornClient), the [batch handler](crate::batch), owner
 //! resolution and the CLI take quota only here; nothing else derives windows or margins.
@@ -74,6 +76,8 @@ struct Inner {
     ip: Limiter,
     /// How long a unit counts before its window starts, while the call may be in flight.
     hold: Duration,
+    /// The part of `hold` a request may take: each ticket's deadline is its grant plus this.
+    request_timeout: Duration,
     mode: Mode,
 }
 
@@ -152,6 +156,7 @@ impl QuotaGateBuilder {
                 limiter: self.limiter,
                 ip,
                 hold,
+                request_timeout: self.request_timeout,
                 mode,
             }),
         })
@@ -161,6 +166,10 @@ impl QuotaGateBuilder {
 /// The units one call (or one batch chunk) holds: the owner's, the IP's and the share's.
 /// End it with [`QuotaGate::settle`] when Torn answered or [`QuotaGate::give_back`] when
 /// nothing was sent; dropped, its units keep their provisional records.
+///
+/// Its units are held for the [hold](QuotaGate::hold) from their grant, not from the send:
+/// a request sent on it must be over by its [`deadline`](Self::deadline), or Torn may count
+/// it after the records stopped holding it.
 #[derive(Debug)]
 #[must_use = "settle it when Torn answers, give it back when the call is never sent"]
 pub struct Ticket {
@@ -169,6 +178,7 @@ pub struct Ticket {
     ip: Option<Grant>,
     share: Option<(Limiter, Grant)>,
     enforced_by: Option<EnforcedBy>,
+    deadline: Instant,
 }
 
 impl Ticket {
@@ -183,6 +193,17 @@ impl Ticket {
     /// Which limiter decided the owner's units; `None` while the owner is unknown.
     pub fn enforced_by(&self) -> Option<EnforcedBy> {
         self.enforced_by
+    }
+    /// The grant plus the request timeout: the latest a request on this ticket may still
+    /// be reaching Torn. Taken from a moment before the first of its units was asked for,
+    /// so never later than what the earliest record holds.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+    /// The time left before the [`deadline`](Self::deadline), zero once it passed: the
+    /// most a request sent now may be given.
+    pub fn time_left(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
     }
 }
 
@@ -359,13 +380,7 @@ impl QuotaGate {
         };
         let mut want = want.max(1);
         'ask: loop {
-            let mut ticket = Ticket {
-                units: want,
-                owner: None,
-                ip: None,
-                share: None,
-                enforced_by: None,
-            };
+            let mut ticket = self.empty_ticket(want);
             for (i, stage) in order.iter().enumerate() {
                 let refused = match stage {
                     Stage::Owner => {
@@ -486,6 +501,20 @@ impl QuotaGate {
         Ok(Ok(tickets))
     }
 
+    /// A ticket of `units` with no grant yet, its deadline counted from now: before the
+    /// first stage's script runs, so no later than any of its grants (each record holds
+    /// from its own Redis time, which comes after).
+    fn empty_ticket(&self, units: u32) -> Ticket {
+        Ticket {
+            units,
+            owner: None,
+            ip: None,
+            share: None,
+            enforced_by: None,
+            deadline: deadline_after(Instant::now(), self.inner.request_timeout),
+        }
+    }
+
     async fn decide_owner(
         &self,
         user: TornUserId,
@@ -575,6 +604,12 @@ async fn join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) -> V
     })
     .await;
     results.into_iter().flatten().collect()
+}
+
+/// `at + timeout`, or a year on when that overflows (a timeout nobody meant literally).
+fn deadline_after(at: Instant, timeout: Duration) -> Instant {
+    at.checked_add(timeout)
+        .unwrap_or_else(|| at + Duration::from_secs(365 * 24 * 3600))
 }
 
 fn refusal(remaining: u32, want: u32, wait: Duration) -> Refusal {

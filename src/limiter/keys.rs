@@ -142,7 +142,8 @@ impl KeyBuilder {
 
     /// The memo name (see [`memo`](Self::memo)) of the lease a process holds while it asks
     /// Torn for a key's owner, so that other processes wait for its answer instead of
-    /// sending a second uncounted lookup.
+    /// sending a second uncounted lookup. A [`Lease`](crate::limiter::Lease): its value is
+    /// the holder's random token, and only that holder deletes it (`lua/release.lua`).
     pub fn owner_lookup_name(key_hash: &str) -> String {
         format!("owner-lookup:{key_hash}")
     }

@@ -9,6 +9,7 @@ mod fallback;
 mod grant;
 mod journal;
 mod keys;
+mod lease;
 mod memory;
 mod request;
 mod status;
@@ -34,6 +35,7 @@ pub use config::{MAX_CONNECTIONS, Mode, OnRedisDown, RateLimitConfig, RateLimitC
 pub use decision::Decision;
 pub use grant::Grant;
 pub use keys::{BucketKeys, DisagreementKeys, KeyBuilder};
+pub use lease::Lease;
 pub use request::{Priority, Request};
 pub use status::Status;
 pub use wait::Wait;

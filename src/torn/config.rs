@@ -19,7 +19,7 @@ const MAX_KEY_RECHECK: Duration = Duration::from_secs(86_400);
 /// |---|---|---|
 /// | `TORN_API_BASE_URL` | `https://api.torn.com` | Torn's address: https, or http to a loopback host only (127.0.0.0/8, ::1, localhost); v2 paths go under `/v2/` |
 /// | `TORN_API_USER_AGENT` | `torn-quota/<version>` | the `User-Agent` of every request |
-/// | `TORN_API_TIMEOUT_MS` | 10 000 | one HTTP exchange, from connect to the last body byte |
+/// | `TORN_API_TIMEOUT_MS` | 10 000 | one HTTP exchange, from its quota's grant to the last body byte |
 /// | `TORN_API_CONNECT_TIMEOUT_MS` | 3 000 | opening a connection |
 /// | `TORN_API_MAX_ATTEMPTS` | 3 | attempts of a call that fails transiently (codes 0, 11, 12, 17, transport failures), 1 to 10 |
 /// | `TORN_API_RETRY_MIN_DELAY_MS` | 250 | the first back-off delay (exponential, with jitter) |
@@ -200,7 +200,8 @@ impl TornClientConfigBuilder {
         self.config.user_agent = agent.into();
         self
     }
-    /// Time allowed for one HTTP exchange (default 10 s).
+    /// Time allowed for one HTTP exchange, counted from the grant of its quota: the units
+    /// are held that long (plus the safety margin) before their window (default 10 s).
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.config.request_timeout = timeout;
         self

@@ -1,6 +1,7 @@
 //! What the Torn client's tests share: the simulator's keys (one per state Torn answers),
 //! the usual setup at 20 per second, a capture of every tracing event of the test binary,
-//! and the checks that no key leaks into an error, a log line or a URL.
+//! the checks that no key leaks into an error, a log line or a URL, and an owner quota that
+//! is slow once after its grant.
 
 use std::fmt::Write as _;
 use std::io::Write;
@@ -8,10 +9,11 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use torn_quota::rollout::{OwnerQuota, QuotaFuture};
 use torn_quota::sim::{KeyState, SimConfig, SimHandle, SimKey, Simulator};
 use torn_quota::torn::{TornClient, TornClientConfig, TornClientConfigBuilder};
 use torn_quota::{AccessLevel, ApiKey};
-use torn_quota::{Error, Limiter, TornUserId};
+use torn_quota::{Error, Limiter, Request, TornUserId};
 
 /// Owner 4's keys, both full.
 pub const FULL_A: &str = "FullKeyOfOwner04";
@@ -114,6 +116,74 @@ pub fn torn_code(result: &Result<serde_json::Value, Error>) -> u16 {
         }
         Err(other) => panic!("expected a Torn error, got {other:?}"),
         Ok(v) => panic!("expected a Torn error, got {v}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+
+/// The per-user limiter as the gate's owner quota, with the first decision returned
+/// `delay` after its grant (a slow task, a slow store): the time between a grant and its
+/// send. Notes when each decision was asked for, in wall-clock µs, the simulator's clock.
+#[derive(Debug)]
+pub struct SlowFirstGrant {
+    limiter: Limiter,
+    delay: Duration,
+    asked_us: Mutex<Vec<u64>>,
+}
+
+impl SlowFirstGrant {
+    pub fn new(limiter: Limiter, delay: Duration) -> Self {
+        Self {
+            limiter,
+            delay,
+            asked_us: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// When each decision was asked for, oldest first.
+    pub fn asked_us(&self) -> Vec<u64> {
+        self.asked_us.lock().unwrap().clone()
+    }
+
+    /// Whether every request `sim` counted for `owner` reached it within `timeout` of the
+    /// latest decision asked before it: the longest its units are held before their
+    /// window. The first one that did not, as µs after that decision.
+    pub fn late_arrival(
+        &self,
+        sim: &SimHandle,
+        owner: TornUserId,
+        timeout: Duration,
+    ) -> Option<u64> {
+        let asked = self.asked_us();
+        sim.admissions(owner).into_iter().find_map(|at| {
+            let since = at - asked.iter().rev().find(|&&a| a <= at).copied()?;
+            (since > timeout.as_micros() as u64).then_some(since)
+        })
+    }
+}
+
+impl OwnerQuota for SlowFirstGrant {
+    fn decide<'a>(
+        &'a self,
+        user: TornUserId,
+        key_hash: Option<&'a str>,
+        request: &'a Request,
+    ) -> QuotaFuture<'a> {
+        Box::pin(async move {
+            let first = {
+                let mut asked = self.asked_us.lock().unwrap();
+                asked.push(super::oracle_worker::epoch_us());
+                asked.len() == 1
+            };
+            let decision = OwnerQuota::decide(&self.limiter, user, key_hash, request).await?;
+            if first {
+                tokio::time::sleep(self.delay).await;
+            }
+            Ok(decision)
+        })
+    }
+    fn per_key(&self, _user: TornUserId) -> bool {
+        false
     }
 }
 

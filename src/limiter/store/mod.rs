@@ -498,6 +498,33 @@ impl RedisBackend {
         .await
     }
 
+    /// `SET <memo name> <token> NX PX <ttl_ms>`: true when the lease is now `token`'s.
+    pub(crate) async fn claim_lease(&self, name: &str, token: &str, ttl_ms: u64) -> Result<bool> {
+        let key = self.keys.memo(name);
+        self.run("claim lease", |mut c| async move {
+            let set: Option<String> = redis::cmd("SET")
+                .arg(&key)
+                .arg(token)
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl_ms)
+                .query_async(&mut c)
+                .await?;
+            Ok(set.is_some())
+        })
+        .await
+    }
+
+    /// Deletes the lease only while it is still `token` (`release.lua`): true when it was.
+    pub(crate) async fn release_lease(&self, name: &str, token: &str) -> Result<bool> {
+        let key = self.keys.memo(name);
+        self.run("release lease", |mut c| async move {
+            let released: i64 = SCRIPTS.release.eval(&mut c, &[&key], &[token]).await?;
+            Ok(released == 1)
+        })
+        .await
+    }
+
     pub(crate) async fn set_user_limit(
         &self,
         user: TornUserId,

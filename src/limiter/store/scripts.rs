@@ -18,6 +18,7 @@ pub(super) struct Scripts {
     pub(super) settle: Lua,
     pub(super) record: Lua,
     pub(super) restore: Lua,
+    pub(super) release: Lua,
 }
 
 pub(super) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -29,6 +30,7 @@ pub(super) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     settle: Lua::new(crate::lua::SETTLE.to_owned()),
     record: Lua::new(crate::lua::RECORD.to_owned()),
     restore: Lua::new(crate::lua::RESTORE.to_owned()),
+    release: Lua::new(crate::lua::RELEASE.to_owned()),
 });
 
 /// One script: its text and SHA-1.

@@ -11,7 +11,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 use zeroize::Zeroizing;
 
-use super::retry::Failure;
+use super::retry::{Failure, least_time_left};
 use super::wire::torn_error;
 use super::{Boxed, TornClient, lock};
 use crate::error::{Error, Result, Source};
@@ -62,17 +62,26 @@ impl TornClient {
     /// and Torn's codes act by class (code 5 penalizes the owner, 8 and 9 pause the client).
     /// A unit taken in advance must be sent at once, or Torn's count drifts from ours: while
     /// the client is paused the call fails at once with the code that paused it.
+    ///
+    /// The request timeout counts from this call, so the caller's units must have been
+    /// taken just before it.
     pub async fn send_prepaid(&self, key: &ApiKey, owner: TornUserId, path: &str) -> Result<Value> {
-        self.send_on_ticket(key, owner, path).await.0
+        let deadline = Instant::now() + self.inner.config.request_timeout();
+        self.send_on_ticket(key, owner, path, deadline).await.0
     }
 
-    /// [`send_prepaid`](Self::send_prepaid), and whether the request reached Torn, for the
-    /// caller's ticket.
+    /// [`send_prepaid`](Self::send_prepaid) on a ticket that runs out at `deadline` (its
+    /// [`Ticket::deadline`]), and whether the request reached Torn, for the caller's
+    /// ticket. When too little is left by the time it would leave (a key re-check ran
+    /// first, the runtime was busy), nothing is sent: [`Error::Deadline`] and
+    /// [`Reach::NotSent`], so that the caller gives the ticket back and sends again on a
+    /// fresh one.
     pub(crate) async fn send_on_ticket(
         &self,
         key: &ApiKey,
         owner: TornUserId,
         path: &str,
+        deadline: Instant,
     ) -> (Result<Value>, Reach) {
         let url = match self.v2_url(key, path) {
             Ok(url) => url,
@@ -85,8 +94,16 @@ impl TornClient {
             self.admit_key(key, &wait).await?;
             let now = Wait::forever().until(Instant::now());
             self.wait_out_pause(Some(owner), &now).await?;
+            let least = least_time_left(self.inner.config.request_timeout());
+            if deadline.saturating_duration_since(Instant::now()) < least {
+                tracing::debug!(
+                    owner = owner.get(),
+                    "too little of the ticket's time is left to send on: not sent"
+                );
+                return Err(Error::Deadline);
+            }
             let result = self
-                .exchange(key, Some(owner), &url, "torn request", None)
+                .exchange(key, Some(owner), &url, "torn request", None, deadline)
                 .await;
             *lock(&reach) = Reach::of(&result);
             result.map_err(|f| f.error)
@@ -98,7 +115,8 @@ impl TornClient {
 
     /// Sends once on units already taken (the call's ticket, or the caller's when `None`),
     /// and reads the answer, inside a span that names the owner (never the key), counting
-    /// the answer by Torn's code.
+    /// the answer by Torn's code. The request is over by `deadline` (its ticket's), however
+    /// late it leaves.
     pub(super) async fn exchange(
         &self,
         key: &ApiKey,
@@ -106,6 +124,7 @@ impl TornClient {
         url: &url::Url,
         operation: &'static str,
         ticket: Option<Ticket>,
+        deadline: Instant,
     ) -> Result<Value, Failure> {
         use tracing::Instrument as _;
         let span = tracing::info_span!(
@@ -114,7 +133,7 @@ impl TornClient {
             operation
         );
         let result = self
-            .exchange_once(key, owner, url, operation, ticket)
+            .exchange_once(key, owner, url, operation, ticket, deadline)
             .instrument(span)
             .await;
         crate::telemetry::torn_answer(match &result {
@@ -135,6 +154,7 @@ impl TornClient {
         url: &url::Url,
         operation: &'static str,
         ticket: Option<Ticket>,
+        deadline: Instant,
     ) -> Result<Value, Failure> {
         tracing::debug!(
             owner = owner.map(TornUserId::get),
@@ -145,7 +165,7 @@ impl TornClient {
             operation,
             source: Source::new(e.without_url()),
         };
-        let response = match self.send(key, url).await {
+        let response = match self.send(key, url, deadline).await {
             Ok(r) => r,
             Err(e) => {
                 // A request that never connected never reached Torn: its units go back.
@@ -205,10 +225,13 @@ impl TornClient {
         }
     }
 
+    /// One GET with the key in its header, timed out at `deadline`: the request timeout
+    /// counts from the grant, not from now (see [`Ticket::deadline`]).
     pub(super) async fn send(
         &self,
         key: &ApiKey,
         url: &url::Url,
+        deadline: Instant,
     ) -> reqwest::Result<reqwest::Response> {
         let header = Zeroizing::new(format!("ApiKey {}", key.expose()));
         let mut auth =
@@ -220,7 +243,8 @@ impl TornClient {
             .get(url.clone())
             .header(AUTHORIZATION, auth)
             .header(USER_AGENT, self.inner.user_agent.clone())
-            .timeout(self.inner.config.request_timeout())
+            // What is left of the ticket's timeout; the callers checked that enough is.
+            .timeout(deadline.saturating_duration_since(Instant::now()))
             .send()
             .await
     }

@@ -10,10 +10,18 @@ use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::identity::{AccessLevel, ApiKey, KeyHash, KeyInfo, TornUserId};
-use crate::limiter::{KeyBuilder, Wait};
+use crate::limiter::{KeyBuilder, Lease, Wait};
 
 /// How often a process waiting on another's owner lookup looks for its memo.
 const LEASE_POLL: Duration = Duration::from_millis(10);
+
+/// What [`TornClient::claim_lookup`] allows.
+enum LookupClaim {
+    /// Ask Torn, and release the lease after (`None`: there was none to take).
+    Ask(Option<Lease>),
+    /// Another process is asking: wait for its memo.
+    Wait,
+}
 
 /// The name of a key's owner memo, as [`TornClient::lookup`] shares it.
 pub(super) fn owner_memo_name(hash: &KeyHash) -> String {
@@ -100,10 +108,8 @@ impl TornClient {
         let hash = key.hash();
         let memo = owner_memo_name(&hash);
         let limiter = self.inner.gate.limiter();
-        let lease = limiter
-            .keys()
-            .memo(&KeyBuilder::owner_lookup_name(hash.as_str()));
-        loop {
+        let lease_name = KeyBuilder::owner_lookup_name(hash.as_str());
+        let lease = loop {
             match limiter.recall(&memo).await {
                 Ok(Some(v)) => {
                     if let Some(info) = parse_owner_memo(&v) {
@@ -113,11 +119,11 @@ impl TornClient {
                 Ok(None) => {}
                 Err(e) => {
                     tracing::debug!(error = %e, "shared owner mapping unreadable; asking torn");
-                    break;
+                    break None;
                 }
             }
-            if self.claim_lookup(&lease).await {
-                break;
+            if let LookupClaim::Ask(lease) = self.claim_lookup(&lease_name).await {
+                break lease;
             }
             // Another process is asking Torn: its memo (or its lease's end) comes within
             // the lookup's own timeouts.
@@ -125,7 +131,7 @@ impl TornClient {
                 return Err(Error::Cancelled);
             }
             tokio::time::sleep(LEASE_POLL).await;
-        }
+        };
         let fetched = self.fetch_key_info(key, None, wait).await;
         if let Ok(info) = &fetched {
             let value = format!("{}:{}", info.owner.get(), info.access.number());
@@ -136,22 +142,28 @@ impl TornClient {
                 tracing::debug!(error = %e, "cannot share the owner mapping");
             }
         }
-        // After the memo: a waiter finds the answer, or (after a failure) asks itself.
-        let released = limiter
-            .with_redis("release owner lookup", |mut c| async move {
-                ::redis::cmd("DEL").arg(&lease).exec_async(&mut c).await
-            })
-            .await;
-        if let Some(Err(e)) = released {
-            tracing::debug!(error = %e, "cannot release the owner lookup; it expires on its own");
+        // After the memo: a waiter finds the answer, or (after a failure) asks itself. Only
+        // while the lease is still ours: past its ttl another process may hold it.
+        if let Some(lease) = lease {
+            match limiter.release_lease(lease).await {
+                Ok(true) => {}
+                Ok(false) => tracing::debug!(
+                    key_hash = hash.short(),
+                    "the owner lookup outlived its lease; another process holds it now"
+                ),
+                Err(e) => tracing::debug!(
+                    error = %e,
+                    "cannot release the owner lookup; it expires on its own"
+                ),
+            }
         }
         fetched
     }
 
-    /// Takes the lease on a key's owner lookup (`SET NX`), for as long as the lookup may
-    /// take: every attempt's hold. True when this process may ask Torn: the lease is its
+    /// Takes the lease on a key's owner lookup, for as long as the lookup may take: every
+    /// attempt's hold. [`LookupClaim::Ask`] when this process may ask Torn: the lease is its
     /// own, or there is no Redis to share it through (in memory, or Redis failing).
-    async fn claim_lookup(&self, lease: &str) -> bool {
+    async fn claim_lookup(&self, lease_name: &str) -> LookupClaim {
         let attempts = self.inner.config.max_attempts().get();
         let ttl = self
             .inner
@@ -159,29 +171,12 @@ impl TornClient {
             .hold()
             .saturating_add(self.inner.config.retry_max_delay())
             .saturating_mul(attempts);
-        let ttl_ms = (ttl.as_millis() as u64).max(1);
-        let lease = lease.to_owned();
-        let claimed = self
-            .inner
-            .gate
-            .limiter()
-            .with_redis("claim owner lookup", |mut c| async move {
-                ::redis::cmd("SET")
-                    .arg(&lease)
-                    .arg("1")
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(ttl_ms)
-                    .query_async::<Option<String>>(&mut c)
-                    .await
-            })
-            .await;
-        match claimed {
-            None => true,
-            Some(Ok(reply)) => reply.is_some(),
-            Some(Err(e)) => {
+        match self.inner.gate.limiter().claim_lease(lease_name, ttl).await {
+            Ok(Some(lease)) => LookupClaim::Ask(Some(lease)),
+            Ok(None) => LookupClaim::Wait,
+            Err(e) => {
                 tracing::debug!(error = %e, "cannot share the owner lookup; asking torn");
-                true
+                LookupClaim::Ask(None)
             }
         }
     }

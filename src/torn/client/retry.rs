@@ -119,30 +119,97 @@ impl TornClient {
         // Another call may have disabled the key, or paused everything, while this one
         // waited for its back-off.
         self.check_key(key).map_err(Failure::fatal)?;
-        let ticket = self
-            .take_ticket(key, owner, wait)
-            .await
-            .map_err(Failure::fatal)?;
-        self.exchange(key, owner, url, operation, Some(ticket))
+        let ticket = self.take_ticket(key, owner, wait).await?;
+        let deadline = ticket.deadline();
+        self.exchange(key, owner, url, operation, Some(ticket), deadline)
             .await
     }
 
-    /// Waits out any pause, then takes the call's ticket from the gate.
+    /// Waits out any pause, then takes the call's ticket from the gate: one with enough
+    /// of its time left to send on (see [`least_time_left`]).
     pub(super) async fn take_ticket(
         &self,
         key: &ApiKey,
         owner: Option<TornUserId>,
         wait: &Wait,
-    ) -> Result<Ticket> {
+    ) -> Result<Ticket, Failure> {
         let hash = key.hash();
+        let least = least_time_left(self.inner.config.request_timeout());
+        let mut stale = 0;
         loop {
-            self.wait_out_pause(owner, wait).await?;
-            let ticket = self.inner.gate.take(owner, &hash, wait).await?;
+            self.wait_out_pause(owner, wait)
+                .await
+                .map_err(Failure::fatal)?;
+            let ticket = self
+                .inner
+                .gate
+                .take(owner, &hash, wait)
+                .await
+                .map_err(Failure::fatal)?;
             // A pause may have begun while this call waited for quota.
-            if self.current_pause().is_none() {
+            if self.current_pause().is_some() {
+                self.inner.gate.give_back(ticket).await;
+                continue;
+            }
+            let left = ticket.time_left();
+            if left >= least {
                 return Ok(ticket);
             }
+            // Its units hold only until the grant plus the timeout: sent now, the request
+            // could reach Torn after our records let it go. Nothing was sent, so they all
+            // go back, and a fresh ticket has the whole timeout.
             self.inner.gate.give_back(ticket).await;
+            stale += 1;
+            tracing::debug!(
+                owner = owner.map(TornUserId::get),
+                left_ms = left.as_millis() as u64,
+                stale,
+                "too little of the ticket's time is left to send on: taking another"
+            );
+            if stale >= MAX_STALE_TICKETS {
+                // Each ticket went stale before it could be used: the quota store answers
+                // too slowly for any request to go out in time. Another attempt, after
+                // back-off, may find it faster.
+                return Err(Failure::transient(Error::Timeout {
+                    operation: "take quota",
+                    timeout: self.inner.config.request_timeout().saturating_sub(least),
+                }));
+            }
         }
+    }
+}
+
+/// Tickets in a row that may go stale before one attempt gives up: more than one, since a
+/// slow task or a slow decision is usually a moment, not a state.
+const MAX_STALE_TICKETS: u32 = 3;
+
+/// The least time a request is sent with, below which its ticket goes back and another is
+/// taken: a tenth of the timeout, at least 50 ms, at most half of it.
+///
+/// A request sent with less would most likely time out (50 ms is below most round trips
+/// to Torn; a tenth of the timeout is far below what the caller allowed for an answer),
+/// and a timed-out request is the worst end of a unit: Torn may count it, so it stays held
+/// for the whole hold and a window, and the attempt is spent. Giving the ticket back costs
+/// one refund round trip, and the fresh ticket likely finds the units just freed. The half
+/// cap keeps the floor below what a fresh ticket has left, so taking again ends even for a
+/// tiny timeout.
+pub(super) fn least_time_left(timeout: Duration) -> Duration {
+    (timeout / 10)
+        .max(Duration::from_millis(50))
+        .min(timeout / 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_floor_is_a_tenth_at_least_50_ms_and_below_a_fresh_ticket() {
+        let ms = Duration::from_millis;
+        assert_eq!(least_time_left(ms(10_000)), ms(1_000));
+        assert_eq!(least_time_left(ms(300)), ms(50));
+        // A tiny timeout: half of it, so a fresh ticket is never stale on arrival.
+        assert_eq!(least_time_left(ms(60)), ms(30));
+        assert_eq!(least_time_left(ms(1)), Duration::from_micros(500));
     }
 }
