@@ -70,6 +70,8 @@ struct Inner {
     config: RateLimitConfig,
     backend: Backend,
     fallback: Option<Fallback>,
+    /// True while a task watches for Redis to answer again (see [`Limiter::watch_recovery`]).
+    watching: std::sync::atomic::AtomicBool,
 }
 
 impl Limiter {
@@ -103,6 +105,7 @@ impl Limiter {
                 config,
                 backend,
                 fallback,
+                watching: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -332,7 +335,15 @@ impl Limiter {
         mut ask: Ask<'_>,
     ) -> Result<(RawDecision, Via)> {
         let Some(f) = self.inner.fallback.as_ref() else {
-            return Ok((redis.acquire(user, &ask).await?, Via::Shared));
+            return match redis.acquire(user, &ask).await {
+                Ok(raw) => Ok((raw, Via::Shared)),
+                Err(e) => {
+                    if e.is_unavailable() {
+                        self.watch_recovery();
+                    }
+                    Err(e)
+                }
+            };
         };
         if !f.skip_redis() {
             match redis.acquire(user, &ask).await {
@@ -342,6 +353,7 @@ impl Limiter {
                 }
                 Err(e) if e.is_unavailable() => {
                     f.failed(&e, self.inner.config.reconnect_interval());
+                    self.watch_recovery();
                 }
                 Err(e) => return Err(e),
             }
@@ -362,6 +374,43 @@ impl Limiter {
             None
         };
         Ok((raw, Via::Local { journaled }))
+    }
+
+    /// Watches, on a task of its own, for Redis to answer again after a call failed to
+    /// reach it, and then writes this key space's journal back at once (when Redis lost
+    /// its state) and ends the degraded spell. Without it a process rebuilt only at its
+    /// next decision, which a waiting batch may make a whole window later, while the other
+    /// processes already granted from the rebuilt Redis without its grants (the soak's code
+    /// 5 after the restart). Tries every reconnect interval, at most every 250 ms.
+    fn watch_recovery(&self) {
+        use std::sync::atomic::Ordering;
+        if self.inner.watching.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let weak = Arc::downgrade(&self.inner);
+        let every = self
+            .inner
+            .config
+            .reconnect_interval()
+            .min(Duration::from_millis(250));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(inner) = weak.upgrade() else {
+                    return;
+                };
+                let Backend::Redis(redis) = &inner.backend else {
+                    return;
+                };
+                if redis.recheck().await.is_ok() {
+                    if let Some(f) = &inner.fallback {
+                        f.recovered();
+                    }
+                    inner.watching.store(false, Ordering::Release);
+                    return;
+                }
+            }
+        });
     }
 
     /// The bucket of `user` now; consumes nothing.

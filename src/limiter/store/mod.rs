@@ -290,6 +290,15 @@ impl RedisBackend {
         self.journal.live(user)
     }
 
+    /// Reads the epoch again if a failure left it unconfirmed, writing the journal back
+    /// when Redis lost its state; Ok once Redis answered.
+    pub(crate) async fn recheck(&self) -> Result<()> {
+        self.ensure_state().await?;
+        self.ping().await?;
+        self.note_answered();
+        Ok(())
+    }
+
     /// Journals a grant the local fallback made for this key space while Redis was
     /// unreachable, so that a Redis that comes back empty gets it written back too.
     ///
