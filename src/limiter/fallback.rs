@@ -12,7 +12,7 @@
 //! and [`FRESH_SLACK`]); otherwise nothing. A busy owner at full quota thus waits, and a
 //! bucket with room (say, the per-IP one) goes on.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -30,9 +30,8 @@ pub(super) struct Fallback {
     pub(super) local: MemoryBackend,
     workers: NonZeroU32,
     down: Mutex<Option<Down>>,
-    /// Owners whose local window this spell has started from the journal.
-    seeded: Mutex<HashSet<TornUserId>>,
-    /// Units granted per owner during this spell's hand-over.
+    /// The owners whose local window this spell has started from the journal, and the
+    /// units each was granted during the spell's hand-over.
     handed: Mutex<HashMap<TornUserId, u32>>,
     /// How long before the failure was noticed an answer of Redis still describes the
     /// bucket: the failing call's connect and command timeouts, and [`FRESH_SLACK`].
@@ -62,7 +61,6 @@ impl Fallback {
                 ),
                 workers,
                 down: Mutex::new(None),
-                seeded: Mutex::new(HashSet::new()),
                 handed: Mutex::new(HashMap::new()),
                 fresh: config.connect_timeout() + config.command_timeout() + FRESH_SLACK,
             }),
@@ -100,10 +98,6 @@ impl Fallback {
             });
             // Grants made on Redis since the last spell: each owner starts again from the
             // journal.
-            self.seeded
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clear();
             self.handed
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -128,13 +122,12 @@ impl Fallback {
         unreachable_since: Option<std::time::Instant>,
         retry_in: Duration,
     ) -> Result<RawDecision> {
-        if self
-            .seeded
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(user)
         {
-            self.local.reseed(user, &journal());
+            let mut handed = self.handed.lock().unwrap_or_else(PoisonError::into_inner);
+            if let std::collections::hash_map::Entry::Vacant(e) = handed.entry(user) {
+                e.insert(0);
+                self.local.reseed(user, &journal());
+            }
         }
         let Some(down) = self.state().filter(|_| self.workers.get() > 1) else {
             return self.local.acquire(user, ask);
