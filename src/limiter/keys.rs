@@ -150,6 +150,7 @@ impl KeyBuilder {
 
     /// The memo name (see [`memo`](Self::memo)) of the claim on a key nobody knows yet:
     /// the one process holding it sends the key to Torn, the others wait for its answer.
+    /// A [`Lease`](crate::limiter::Lease), like [`owner_lookup_name`](Self::owner_lookup_name).
     pub fn first_send_memo_name(key_hash: &str) -> String {
         format!("sending:{key_hash}")
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::identity::KeyHash;
-use crate::limiter::{KeyBuilder, Limiter};
+use crate::limiter::{KeyBuilder, Lease, Limiter};
 use crate::torn::TornErrorCode;
 
 /// How long a key Torn calls incorrect (2) or jailed (10) is refused: a day. Torn will
@@ -78,14 +78,15 @@ pub(crate) enum FirstSend {
     Refused(TornErrorCode),
 }
 
-/// This process's claim on a key's first send.
+/// This process's claim on a key's first send: a [`Lease`], so that a send outliving
+/// [`CLAIM_HOLD`] cannot delete the claim another process took after it.
 #[derive(Debug)]
 pub(crate) struct Claim {
-    name: String,
+    lease: Lease,
 }
 
-/// Claims the first send of the key with `hash` for every gateway on this Redis (`SET NX
-/// PX`), so that two processes seeing a bad key at the same moment send it once: the
+/// Claims the first send of the key with `hash` for every gateway on this Redis (a
+/// [`Lease`]), so that two processes seeing a bad key at the same moment send it once: the
 /// loser waits, until `deadline`, for the winner's refusal mark or its claim to go (a good
 /// key: then it sends too). Redis failing, or the wait running out, lets the call go.
 pub(crate) async fn claim_first_send(
@@ -93,27 +94,11 @@ pub(crate) async fn claim_first_send(
     hash: &KeyHash,
     deadline: Instant,
 ) -> FirstSend {
-    let name = limiter
-        .keys()
-        .memo(&KeyBuilder::first_send_memo_name(hash.as_str()));
+    let name = KeyBuilder::first_send_memo_name(hash.as_str());
     loop {
-        let key = name.clone();
-        let won = limiter
-            .with_redis("claim a key's first send", |mut c| async move {
-                let set: Option<String> = ::redis::cmd("SET")
-                    .arg(&key)
-                    .arg("1")
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(CLAIM_HOLD.as_millis() as u64)
-                    .query_async(&mut c)
-                    .await?;
-                Ok(set.is_some())
-            })
-            .await;
-        match won {
-            Some(Ok(true)) => {
-                let claim = Claim { name };
+        match limiter.claim_lease(&name, CLAIM_HOLD).await {
+            Ok(Some(lease)) => {
+                let claim = Claim { lease };
                 // The claim may be free because its last holder just marked the key refused
                 // and let go: look once more, or this call would send it again.
                 if let Some(code) = recall(limiter, hash).await {
@@ -122,8 +107,11 @@ pub(crate) async fn claim_first_send(
                 }
                 return FirstSend::Send(Some(claim));
             }
-            Some(Ok(false)) => {}
-            None | Some(Err(_)) => return FirstSend::Send(None),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot claim a key's first send; sending it");
+                return FirstSend::Send(None);
+            }
         }
         if let Some(code) = recall(limiter, hash).await {
             return FirstSend::Refused(code);
@@ -136,16 +124,15 @@ pub(crate) async fn claim_first_send(
 }
 
 impl Claim {
-    /// Lets the waiting processes go: after the refusal, if any, is remembered.
+    /// Lets the waiting processes go: after the refusal, if any, is remembered. Only while
+    /// the claim is still this process's: past its hold another process may own it.
     pub(crate) async fn release(self, limiter: &Limiter) {
-        let name = self.name;
-        let released = limiter
-            .with_redis("release a key's first send", |mut c| async move {
-                ::redis::cmd("DEL").arg(&name).exec_async(&mut c).await
-            })
-            .await;
-        if let Some(Err(e)) = released {
-            tracing::debug!(error = %e, "cannot release a first-send claim; it expires");
+        match limiter.release_lease(self.lease).await {
+            Ok(true) => {}
+            Ok(false) => tracing::debug!(
+                "a key's first send outlived its claim; another process holds it now"
+            ),
+            Err(e) => tracing::debug!(error = %e, "cannot release a first-send claim; it expires"),
         }
     }
 }
