@@ -47,6 +47,9 @@ pub const RESTORE: &str = with_prelude!("restore.lua");
 /// `lua/release.lua` after the prelude: delete a lease only while it holds the caller's
 /// token.
 pub const RELEASE: &str = with_prelude!("release.lua");
+/// `lua/epoch.lua` after the prelude: a key space's state epoch and the server's run_id,
+/// which together tell that Redis lost writes.
+pub const EPOCH: &str = with_prelude!("epoch.lua");
 
 const PRELUDE_END: &str = "-- @prelude-end\n";
 const SHARED_END: &str = "-- @shared-end";
@@ -103,6 +106,7 @@ mod tests {
             ("record.lua", include_str!("../lua/record.lua").to_owned()),
             ("restore.lua", include_str!("../lua/restore.lua").to_owned()),
             ("release.lua", include_str!("../lua/release.lua").to_owned()),
+            ("epoch.lua", include_str!("../lua/epoch.lua").to_owned()),
         ]
     }
 
@@ -195,6 +199,7 @@ mod tests {
             RECORD,
             RESTORE,
             RELEASE,
+            EPOCH,
             &acquire_many_source(),
         ] {
             assert!(text.starts_with(PRELUDE));

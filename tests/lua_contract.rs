@@ -727,3 +727,44 @@ async fn release_deletes_a_lease_only_while_it_holds_the_token() {
     assert!(eval_raw(&mut c, lua::RELEASE, &k, &["b"]).await.is_err());
     assert_eq!(key_type(&mut c, &lease).await, "list");
 }
+
+#[tokio::test]
+async fn epoch_is_set_once_and_answered_with_the_servers_run_id() {
+    let mut c = common::redis_conn().await;
+    let kb = KeyBuilder::new(common::unique_prefix("lua-epoch"));
+    let epoch = kb.epoch();
+    let k = [epoch.as_str()];
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let run_id = info
+        .lines()
+        .find_map(|l| l.strip_prefix("run_id:"))
+        .expect("INFO server names the run_id")
+        .trim()
+        .to_owned();
+    let read = |v: redis::Value| -> (String, String) { redis::from_redis_value(v).unwrap() };
+    // Missing: the offered value is set, without expiry, and answered.
+    let first = read(eval_raw(&mut c, lua::EPOCH, &k, &["aaa"]).await.unwrap());
+    assert_eq!(first, ("aaa".to_owned(), run_id.clone()));
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&epoch)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(ttl, -1, "the epoch never expires");
+    // Present: kept, whatever another process offers.
+    let second = read(eval_raw(&mut c, lua::EPOCH, &k, &["bbb"]).await.unwrap());
+    assert_eq!(second, ("aaa".to_owned(), run_id));
+
+    let long = "x".repeat(65);
+    for args in [vec![], vec![""], vec![long.as_str()], vec!["a b"]] {
+        let err = eval_raw(&mut c, lua::EPOCH, &k, &args).await.unwrap_err();
+        assert!(
+            err.to_string().contains("ARGV[1] offered"),
+            "{args:?}: {err}"
+        );
+    }
+}

@@ -42,6 +42,10 @@ async fn a_redis_flushed_mid_batch_costs_no_code_5() {
 }
 
 async fn full_quota_batch_through(fault: Fault) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let mut redis = PrivateRedis::start();
     let port = redis.port;
     let owner = TornUserId::new(46);

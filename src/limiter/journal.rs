@@ -22,10 +22,6 @@ pub(crate) const DEGRADED_PAD_MS: u64 = 50;
 /// Every this many pushes, owners not touched since are swept too.
 const SWEEP_EVERY: u64 = 1024;
 
-/// Redis may count a settled or degraded entry this much shorter than the journal
-/// does (its stamp is an estimate, padded): a bucket is taken for lost only when it counts
-/// fewer than the grants that are certainly still in it.
-const CHECK_SLACK_MS: u64 = 2 * DEGRADED_PAD_MS;
 /// `granted_ms` of a grant Redis never saw (made by the local fallback).
 const NOT_IN_REDIS: u64 = u64::MAX;
 
@@ -33,13 +29,30 @@ const NOT_IN_REDIS: u64 = u64::MAX;
 /// and how many. 32 bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Entry {
-    seq: u64,
-    /// The Redis time of the decision, or [`NOT_IN_REDIS`].
-    granted_ms: u64,
-    stamp_ms: u64,
+    /// Names the grant for restore.lua, with the process. Wraps after 2^32 grants, long
+    /// after the first one's window (the only span ids must be unique in) has passed.
+    seq: u32,
     /// At most one day: [`crate::MAX_SPAN`].
     window_ms: u32,
+    /// The Redis time of the decision, or [`NOT_IN_REDIS`].
+    granted_ms: u64,
+    /// The stamp written back: Redis's own, or for a settled or degraded grant an estimate
+    /// padded so that it never leaves the window before Redis's (or Torn's) count does.
+    stamp_ms: u64,
+    /// How far before `stamp_ms` Redis's records may be stamped: 0 for Redis's own stamp;
+    /// for a settled grant, down to the Redis time estimated before the settle was sent
+    /// (the estimate trails Redis). Until then plus the window Redis certainly counts the
+    /// grant: the short-bucket check trusts this, not the padded stamp, so that it has no
+    /// blind spot just before a grant leaves (where a batch at full quota asks next).
+    low_lag_ms: u32,
     cost: u32,
+}
+
+impl Entry {
+    /// The earliest Redis's records of this grant may be stamped.
+    fn low_ms(&self) -> u64 {
+        self.stamp_ms.saturating_sub(u64::from(self.low_lag_ms))
+    }
 }
 
 /// One owner's grants to write back: the longest window among them and `(id, stamp, cost)`.
@@ -132,7 +145,7 @@ impl Journal {
             inner.latest_at = Some(std::time::Instant::now());
         }
         inner.next += 1;
-        let (seq, latest) = (inner.next, inner.latest_ms);
+        let (next, latest) = (inner.next, inner.latest_ms);
         let entries = inner.owners.entry(user).or_default();
         prune(entries, latest);
         if call_id
@@ -149,8 +162,10 @@ impl Journal {
             entries
                 .iter()
                 .filter(|e| {
+                    // A grant of the same millisecond may have run after this one in
+                    // Redis; a record counts while its stamp + window >= Redis's now.
                     e.granted_ms.saturating_add(1) < now_ms
-                        && e.stamp_ms + u64::from(e.window_ms) >= now_ms + CHECK_SLACK_MS
+                        && e.low_ms() + u64::from(e.window_ms) > now_ms
                 })
                 .map(|e| u64::from(e.cost))
                 .sum()
@@ -160,14 +175,15 @@ impl Journal {
         }
         // Kept in push order; restore.lua inserts each in time order itself.
         entries.push_back(Entry {
-            seq,
-            granted_ms,
-            stamp_ms,
+            seq: next as u32,
             // The limiter refuses windows above one day, which fits.
             window_ms: u32::try_from(window_ms).unwrap_or(u32::MAX),
+            granted_ms,
+            stamp_ms,
+            low_lag_ms: 0,
             cost,
         });
-        if seq % SWEEP_EVERY == 0 {
+        if next % SWEEP_EVERY == 0 {
             inner.owners.retain(|_, e| {
                 prune(e, latest);
                 !e.is_empty()
@@ -271,10 +287,21 @@ impl Journal {
         })
     }
 
+    /// The Redis time now, estimated from the last one seen: never ahead of Redis's, since
+    /// that answer took a while to arrive. `None` before Redis was ever seen.
+    pub(crate) fn redis_now(&self) -> Option<u64> {
+        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let at = inner.latest_at?;
+        Some(inner.latest_ms + at.elapsed().as_millis() as u64)
+    }
+
     /// Notes that the grant stamped `stamp_ms` was settled: Redis now counts it one window
     /// from about now (the Redis time estimated from the last one seen, plus
     /// [`DEGRADED_PAD_MS`] so it never leaves early), not from its provisional stamp.
-    pub(crate) fn settle(&self, user: TornUserId, stamp_ms: u64, cost: u32) {
+    /// `sent_ms`, the [`redis_now`](Self::redis_now) read before the settle went out, is
+    /// the earliest Redis can have restamped it (`None`: a degraded grant, which Redis
+    /// never saw).
+    pub(crate) fn settle(&self, user: TornUserId, stamp_ms: u64, cost: u32, sent_ms: Option<u64>) {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(at) = inner.latest_at else {
             return;
@@ -287,6 +314,9 @@ impl Journal {
                 .find(|e| e.stamp_ms == stamp_ms && e.cost == cost)
         }) {
             e.stamp_ms = now;
+            e.low_lag_ms = sent_ms.map_or(0, |sent| {
+                u32::try_from(now.saturating_sub(sent)).unwrap_or(u32::MAX)
+            });
         }
     }
 
@@ -389,11 +419,20 @@ mod tests {
         let u = TornUserId::new(4);
         // Granted at 1000 with a 10 s hold: provisional until 11000.
         j.push(u, 1_000, 11_000, 1, 100, false);
-        j.settle(u, 11_000, 1);
+        let sent = j.redis_now().unwrap();
+        j.settle(u, 11_000, 1, Some(sent));
         let stamp = j.rebuilds()[0].grants[0].1;
         assert!(
             (1_000 + DEGRADED_PAD_MS..2_000).contains(&stamp),
             "settled at about 1000 (+ the pad), not at its provisional 11000: {stamp}"
+        );
+        // The check counts it from when the settle was sent, without the pad: up to the
+        // last millisecond before that plus the window, and not after.
+        assert_eq!(j.push(u, sent + 99, sent + 99, 1, 100, false), 1);
+        assert_eq!(
+            j.push(u, sent + 101, sent + 101, 1, 100, false),
+            1,
+            "only the grant at sent + 99"
         );
     }
 
@@ -458,13 +497,14 @@ mod tests {
         // A grant the fallback made is not in Redis until a rebuild writes it.
         j.push_degraded(u, 0, 5, 1_000);
         assert_eq!(j.push(u, 1_800, 1_800, 1, 1_000, false), 4);
-        // Near the end of their window (inside the slack) the first ones no longer count
-        // for certain; the grant at 1500 still does.
-        assert_eq!(j.push(u, 1_950, 1_950, 1, 1_000, false), 2);
+        // Up to the last millisecond of their window the first ones still count; past it
+        // only the grant at 1500 and later do.
+        assert_eq!(j.push(u, 1_999, 1_999, 1, 1_000, false), 5);
+        assert_eq!(j.push(u, 2_000, 2_000, 1, 1_000, false), 2);
         // Another owner's grants never count for this one.
-        assert_eq!(j.push(TornUserId::new(7), 1_960, 1_960, 1, 1_000, false), 0);
+        assert_eq!(j.push(TornUserId::new(7), 2_010, 2_010, 1, 1_000, false), 0);
         // A replay is an old decision: nothing to compare.
-        assert_eq!(j.push(u, 1_960, 1_960, 9, 1_000, true), 0);
+        assert_eq!(j.push(u, 2_010, 2_010, 9, 1_000, true), 0);
     }
 
     #[test]

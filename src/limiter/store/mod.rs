@@ -251,7 +251,7 @@ impl RedisBackend {
         // Out of the journal while the state is checked: a rebuild must not write back the
         // grant it may be about to give back.
         self.journal.forget(user, stamp, ask.cost);
-        if !self.check_short_bucket(losses).await? {
+        if !self.check_short_bucket(user, losses).await? {
             self.journal_grant(user, ask, &raw);
             return Ok(raw);
         }
@@ -317,7 +317,7 @@ impl RedisBackend {
 
     /// Restamps a degraded grant Torn answered (by its journal stamp) with about now.
     pub(crate) fn journal_settle(&self, user: TornUserId, stamp_ms: u64, cost: u32) {
-        self.journal.settle(user, stamp_ms, cost);
+        self.journal.settle(user, stamp_ms, cost, None);
     }
 
     async fn acquire_now(&self, user: TornUserId, ask: &Ask<'_>) -> Result<RawDecision> {
@@ -366,6 +366,8 @@ impl RedisBackend {
         window_ms: u64,
     ) -> Result<u32> {
         self.ensure_state().await?;
+        // Before the settle goes out: Redis restamps at this Redis time or later.
+        let sent_ms = self.journal.redis_now();
         let (tx, rx) = oneshot::channel();
         self.enqueue(Job::Settle(QueuedSettle {
             key: self.keys.bucket(user).state,
@@ -385,7 +387,7 @@ impl RedisBackend {
             }),
         };
         if reply.is_ok() {
-            self.journal.settle(user, stamp_ms, cost);
+            self.journal.settle(user, stamp_ms, cost, sent_ms);
         }
         reply.inspect_err(|e| self.note_if_unreachable(e))
     }

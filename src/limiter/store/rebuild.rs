@@ -4,11 +4,14 @@
 //! without expiry. Each key space reads it on its first call and again after any call of
 //! the store failed to reach Redis (a restart, a failover and a network cut all break
 //! connections first). Missing or changed, it means the Redis now answering is not the one
-//! the journal's grants were written to: the journal goes back (`lua/restore.lua`, one
+//! the journal's grants were written to; so does a new server run_id under the same epoch
+//! (a restart that reloaded the epoch from disk, and lost whatever came after the last
+//! save), read in the same script (`lua/epoch.lua`). Then the journal goes back (`lua/restore.lua`, one
 //! call per bucket) before this key space decides anything new. On the healthy path the
 //! check is one atomic load; the epoch read costs one round trip per key space at start
 //! and after each failure, never per decision.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use redis::Value;
@@ -16,12 +19,13 @@ use redis::Value;
 use super::scripts::SCRIPTS;
 use super::{RedisBackend, decode::unexpected_msg};
 use crate::error::Result;
+use crate::identity::TornUserId;
 
 /// What one key space knows of its Redis's epoch.
 #[derive(Debug, Default)]
 pub(super) struct EpochWatch {
-    /// The epoch last read, or `None` before the first read.
-    known: tokio::sync::Mutex<Option<String>>,
+    /// The epoch and run_id last read, or `None` before the first read.
+    known: tokio::sync::Mutex<Option<Seen>>,
     /// The store's failure count when the epoch was last confirmed, plus one (0: never).
     confirmed: AtomicU64,
     /// The store's primary generation (Sentinel failovers followed) when the epoch was last
@@ -32,10 +36,31 @@ pub(super) struct EpochWatch {
     /// count moved may have come from an emptied bucket.
     losses: AtomicU64,
     /// Taken by each grant from a bucket that held too little, one at a time, and holding
-    /// when such a grant last made this key space read its epoch (ms since the Unix epoch):
-    /// at most once per [`SUSPECT_EVERY_MS`], since a bucket may be short for reasons that
-    /// are no loss (a limit override above the configured one, an operator's reset).
-    suspicion: tokio::sync::Mutex<u64>,
+    /// when such a grant of each owner last made this key space read its epoch (ms since
+    /// the Unix epoch): at most once per [`SUSPECT_EVERY_MS`] per owner, since a bucket may
+    /// be short for reasons that are no loss (a limit override above the configured one,
+    /// an operator's reset). Per owner, so that one owner's override never hides another's
+    /// loss.
+    suspicion: tokio::sync::Mutex<HashMap<TornUserId, u64>>,
+}
+
+/// What one epoch read saw (`lua/epoch.lua`).
+#[derive(Debug)]
+struct Seen {
+    epoch: String,
+    /// The answering server's run_id: new at every start, even one that reloaded the epoch
+    /// from disk (and lost the writes after its last save).
+    run_id: String,
+}
+
+impl Seen {
+    /// True when `now` is not the Redis state this was read from: a new epoch, or the same
+    /// epoch on a server started since (an empty run_id, from a server that names none,
+    /// tells nothing).
+    fn lost_since(&self, now: &Seen) -> bool {
+        self.epoch != now.epoch
+            || (!self.run_id.is_empty() && !now.run_id.is_empty() && self.run_id != now.run_id)
+    }
 }
 
 /// The least time between two epoch reads prompted by a short bucket.
@@ -81,27 +106,20 @@ impl RedisBackend {
             return Ok(false);
         }
         let primary_before = self.epoch.primary.load(Ordering::Acquire);
-        let key = self.keys.epoch();
-        let mine = format!("{:032x}", rand::random::<u128>());
-        let offered = mine.clone();
-        // SET NX GET: sets the epoch when it is missing, and answers what was there.
-        let before: Option<String> = self
+        let keys = [self.keys.epoch()];
+        let offered = [format!("{:032x}", rand::random::<u128>())];
+        // Sets the epoch when it is missing, and answers it with the server's run_id.
+        let (epoch, run_id): (String, String) = self
             .run("epoch", |mut c| async move {
-                redis::cmd("SET")
-                    .arg(&key)
-                    .arg(&offered)
-                    .arg("NX")
-                    .arg("GET")
-                    .query_async(&mut c)
-                    .await
+                SCRIPTS.epoch.eval(&mut c, &keys, &offered).await
             })
             .await?;
-        let now = before.unwrap_or(mine);
+        let now = Seen { epoch, run_id };
         // The read above went to the primary now in charge: if the store followed a
         // failover since the last confirmation, the journal goes back even under the same
         // epoch (restore.lua is idempotent by grant id, so a needless write-back is harmless).
         let primary_now = self.store.conns.primary_generation();
-        let lost = known.as_ref().is_some_and(|k| *k != now)
+        let lost = known.as_ref().is_some_and(|k| k.lost_since(&now))
             || (known.is_some() && primary_now != primary_before);
         if lost {
             self.rebuild().await?;
@@ -119,14 +137,19 @@ impl RedisBackend {
     /// seen since), rebuilding when Redis lost its state. True when a loss was seen after
     /// the grant was decided: the grant may have come from the emptied bucket.
     /// Such grants wait for each other here, so none of a batch slips past the check.
-    pub(super) async fn check_short_bucket(&self, before: u64) -> Result<bool> {
+    pub(super) async fn check_short_bucket(&self, user: TornUserId, before: u64) -> Result<bool> {
         let mut last = self.epoch.suspicion.lock().await;
         if self.epoch.losses() == before {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64);
-            if now >= last.saturating_add(SUSPECT_EVERY_MS) {
-                *last = now;
+            if now
+                >= last
+                    .get(&user)
+                    .map_or(0, |t| t.saturating_add(SUSPECT_EVERY_MS))
+            {
+                last.retain(|_, t| now < t.saturating_add(SUSPECT_EVERY_MS));
+                last.insert(user, now);
                 self.note_failure();
                 self.ensure_state().await?;
             }
@@ -162,7 +185,7 @@ impl RedisBackend {
         tracing::warn!(
             owners = rebuilds.len(),
             units,
-            "redis lost its state (a new epoch or a new primary): this process's grants of the last window written back"
+            "redis lost its state (a new epoch, a restarted server or a new primary): this process's grants of the last window written back"
         );
         Ok(())
     }

@@ -19,6 +19,7 @@ pub(super) struct Scripts {
     pub(super) record: Lua,
     pub(super) restore: Lua,
     pub(super) release: Lua,
+    pub(super) epoch: Lua,
 }
 
 pub(super) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -31,6 +32,7 @@ pub(super) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     record: Lua::new(crate::lua::RECORD.to_owned()),
     restore: Lua::new(crate::lua::RESTORE.to_owned()),
     release: Lua::new(crate::lua::RELEASE.to_owned()),
+    epoch: Lua::new(crate::lua::EPOCH.to_owned()),
 });
 
 /// One script: its text and SHA-1.
