@@ -2,7 +2,9 @@
 //! (fail-fast): the batch waits the outage out, the process writes its journal of grants
 //! back before granting anything new, and Torn (the simulator) never answers code 5.
 //! The same for a Redis flushed under the batch, where no connection breaks: the first
-//! grant from a bucket holding less than this process granted gives the loss away.
+//! grant from a bucket holding less than this process granted gives the loss away. And for
+//! a Redis restarted from an old snapshot, whose epoch survived: its new run_id gives it
+//! away.
 
 mod common;
 
@@ -29,6 +31,10 @@ enum Fault {
     Restart,
     /// `FLUSHALL` from another client: every window is gone, no connection breaks.
     Flush,
+    /// Killed and started again from a snapshot taken in the first window: the epoch is
+    /// there, as when it was saved, and the grants since are gone. Only the server's new
+    /// run_id tells.
+    RestartFromSnapshot,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -41,12 +47,40 @@ async fn a_redis_flushed_mid_batch_costs_no_code_5() {
     full_quota_batch_through(Fault::Flush).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restarted_from_an_old_snapshot_mid_batch_costs_no_code_5() {
+    full_quota_batch_through(Fault::RestartFromSnapshot).await;
+}
+
+/// A directory of one test's own, removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(common::unique_prefix(name).replace(':', "-"));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 async fn full_quota_batch_through(fault: Fault) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    let mut redis = PrivateRedis::start();
+    let dir = TempDir::new("redis-snapshot");
+    let mut redis = match fault {
+        Fault::RestartFromSnapshot => {
+            PrivateRedis::start_persistent_on(common::redis_server::free_port(), &dir.0)
+        }
+        Fault::Restart | Fault::Flush => PrivateRedis::start(),
+    };
     let port = redis.port;
     let owner = TornUserId::new(46);
     let k = SimKey::new("Owner00046Key001", owner, AccessLevel::Full);
@@ -94,7 +128,24 @@ async fn full_quota_batch_through(fault: Fault) {
         .collect();
     let restarter = {
         let done = done.clone();
+        let dir = dir.0.clone();
         tokio::task::spawn_blocking(move || {
+            let cli = |args: &[&str]| {
+                let out = std::process::Command::new("redis-cli")
+                    .arg("-p")
+                    .arg(port.to_string())
+                    .args(args)
+                    .output()
+                    .expect("run redis-cli");
+                String::from_utf8_lossy(&out.stdout).trim().to_owned()
+            };
+            if let Fault::RestartFromSnapshot = fault {
+                // In the first window: the epoch and the first grants go to disk.
+                while *done.lock().unwrap() < 2 {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                assert_eq!(cli(&["SAVE"]), "OK");
+            }
             while *done.lock().unwrap() < 2 * LIMIT as usize + 2 {
                 std::thread::sleep(Duration::from_millis(2));
             }
@@ -105,12 +156,13 @@ async fn full_quota_batch_through(fault: Fault) {
                     PrivateRedis::start_on(port)
                 }
                 Fault::Flush => {
-                    let out = std::process::Command::new("redis-cli")
-                        .args(["-p", &port.to_string(), "FLUSHALL"])
-                        .output()
-                        .expect("run redis-cli");
-                    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
+                    assert_eq!(cli(&["FLUSHALL"]), "OK");
                     redis
+                }
+                Fault::RestartFromSnapshot => {
+                    // SIGKILL: nothing is saved on the way down.
+                    redis.kill();
+                    PrivateRedis::start_persistent_on(port, &dir)
                 }
             }
         })

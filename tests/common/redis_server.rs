@@ -33,6 +33,31 @@ impl PrivateRedis {
         Self { port, child }
     }
 
+    /// A server on `port` that keeps its data in `dir` (`dump.rdb`), written only by an
+    /// explicit `SAVE` and loaded when a server starts there again: a restart that comes
+    /// back with an old snapshot, as with persistence on.
+    pub fn start_persistent_on(port: u16, dir: &std::path::Path) -> Self {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dbfilename",
+                "dump.rdb",
+            ])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("these tests start their own redis-server, which is not on PATH ({e})")
+            });
+        wait_for_ping(port, "private redis-server did not start");
+        Self { port, child }
+    }
+
     /// `redis://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
