@@ -71,6 +71,7 @@ async fn until_received(sim: &SimHandle, n: u64) {
 /// no bucket: before the lookup lease, B's second call met Torn's code 5.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stalled_owner_lookup_in_one_process_never_becomes_a_code_5_in_another() {
+    common::trace_on_failure();
     let (limit, window) = (3, Duration::from_millis(1500));
     let sim = sim(limit, window).await;
     let prefix = common::unique_prefix("hostile-lookup");
@@ -113,6 +114,7 @@ async fn a_stalled_owner_lookup_in_one_process_never_becomes_a_code_5_in_another
 /// than the limit in a window.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn late_arrivals_and_slow_answers_never_overfill_torns_window() {
+    common::trace_on_failure();
     let (limit, window) = (8, Duration::from_millis(400));
     let config = SimConfig::builder()
         .limit(NonZeroU32::new(limit).unwrap())

@@ -70,10 +70,7 @@ impl Drop for TempDir {
 }
 
 async fn full_quota_batch_through(fault: Fault) {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
+    common::trace_on_failure();
     let dir = TempDir::new("redis-snapshot");
     let mut redis = match fault {
         Fault::RestartFromSnapshot => {

@@ -62,6 +62,19 @@ pub fn config(name: &str, limit: u32, window_ms: u64) -> RateLimitConfigBuilder 
         .connect_timeout(Duration::from_secs(2))
 }
 
+/// Sends this test binary's tracing (`RUST_LOG`, else torn_quota's debug events) to the
+/// test's captured output, which libtest prints only when the test fails: a failure that
+/// happens once in a loaded CI run then says what the client and the simulator did.
+pub fn trace_on_failure() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("torn_quota=debug"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_test_writer()
+        .try_init();
+}
+
 /// A plain connection for inspecting Redis; panics loudly when Redis does not answer.
 pub async fn redis_conn() -> redis::aio::MultiplexedConnection {
     let url = redis_url();
