@@ -201,3 +201,64 @@ async fn a_lone_worker_goes_on_from_its_journal() {
         "{d:?}"
     );
 }
+
+/// The hand-back: Redis restarts empty and one worker reaches it first. It writes its own
+/// grants back, but the bucket still lacks the other worker's, which Torn still counts:
+/// until that worker wrote them back too (an idle one notices within its epoch heartbeat,
+/// a second), the first grants only what its local decision allows (here nothing: Redis
+/// last said the bucket was full), so the two never grant more than the limit in a window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_back_on_redis_first_grants_nothing_the_others_still_hold() {
+    let mut redis = PrivateRedis::start();
+    let port = redis.port;
+    let policy = OnRedisDown::LocalFallback {
+        workers: NonZeroU32::new(2).unwrap(),
+    };
+    let config = config(&redis.url(), policy);
+    let (a, b) = (
+        Limiter::redis(config.clone()).unwrap(),
+        Limiter::redis(config).unwrap(),
+    );
+    // B takes half the window's 20, then A the other half: A last saw the bucket full.
+    for who in [&b, &a] {
+        for _ in 0..10 {
+            let d = who.try_acquire(USER, 1).await.unwrap();
+            assert!(d.is_granted() && !d.is_degraded(), "{d:?}");
+        }
+    }
+    redis.kill();
+    // A notices the loss; B, idle, does not.
+    let d = a.try_acquire(USER, 1).await.unwrap();
+    assert!(!d.is_granted() && d.is_degraded(), "{d:?}");
+    let _redis = PrivateRedis::start_on(port);
+
+    // A reaches the empty Redis within its reconnect interval and writes its 10 back; B's
+    // 10 are not there until B notices.
+    let mut granted = 0;
+    let until = Instant::now() + Duration::from_millis(400);
+    while Instant::now() < until {
+        if a.try_acquire(USER, 1).await.unwrap().is_granted() {
+            granted += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        granted, 0,
+        "A granted units B's grants still held in Torn's window"
+    );
+    // B's heartbeat finds the new Redis and writes its grants back: all 20 are there.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let used = b.status(USER).await.map(|s| s.used).unwrap_or(0);
+        if used >= 20 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "B never wrote its grants back: {used} of 20 in Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let d = a.try_acquire(USER, 1).await.unwrap();
+    assert!(!d.is_granted(), "the window is full: {d:?}");
+}

@@ -11,6 +11,17 @@
 //! provided Redis said so just before it was lost (within the connect and command timeouts
 //! and [`FRESH_SLACK`]); otherwise nothing. A busy owner at full quota thus waits, and a
 //! bucket with room (say, the per-IP one) goes on.
+//!
+//! The hand-back is the same problem the other way round. The first worker to reach Redis
+//! again writes its journal back and would grant from a bucket that holds its own grants
+//! of the window and those of the workers that came back before it, while the others still
+//! decide locally, their grants not yet written back: it would grant their shares a second
+//! time (the soak's code 5 after Redis restarted). So until the `settle` time has passed
+//! since its spell ended (every worker, busy or idle, tried Redis again by then, and wrote
+//! its journal back), a worker grants only what both Redis and its local decision allow
+//! ([`Fallback::gate`]: its share, and during the hand-over its share of the room last
+//! seen): each worker keeps to the local rules, whichever side of the hand-back it is on,
+//! and those add up to the limit.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -36,7 +47,30 @@ pub(super) struct Fallback {
     /// How long before the failure was noticed an answer of Redis still describes the
     /// bucket: the failing call's connect and command timeouts, and [`FRESH_SLACK`].
     fresh: Duration,
+    /// When the last spell ended, and the spell, while its hand-back lasts.
+    returned: Mutex<Option<(Instant, Down)>>,
+    /// How long the hand-back lasts: the longest another worker may take to write its
+    /// journal back after Redis answers this one: an idle one notices at its next epoch
+    /// heartbeat ([`HEARTBEAT`](super::store::HEARTBEAT)), then its watcher tries within
+    /// [`WATCH_EVERY`] (or the reconnect interval, if shorter), plus a connect and a
+    /// command timeout, and [`FRESH_SLACK`].
+    settle: Duration,
 }
+
+/// What [`Fallback::gate`] says of a decision about to be asked of Redis.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Gate {
+    /// No hand-back: Redis decides alone.
+    Open,
+    /// The local window at this worker's share took the units, stamped `stamp_ms`: ask
+    /// Redis, and [`Fallback::ungate`] them if it does not grant.
+    Held { stamp_ms: u64 },
+    /// The local window at this worker's share is full: this denial, without asking Redis.
+    Shut(RawDecision),
+}
+
+/// The longest a limiter's recovery watcher waits between two tries of Redis.
+pub(super) const WATCH_EVERY: Duration = Duration::from_millis(250);
 
 /// Added to the timeouts for an answer to count as fresh: about one round trip on a loaded
 /// machine.
@@ -63,6 +97,12 @@ impl Fallback {
                 down: Mutex::new(None),
                 handed: Mutex::new(HashMap::new()),
                 fresh: config.connect_timeout() + config.command_timeout() + FRESH_SLACK,
+                returned: Mutex::new(None),
+                settle: super::store::HEARTBEAT
+                    + config.reconnect_interval().min(WATCH_EVERY)
+                    + config.connect_timeout()
+                    + config.command_timeout()
+                    + FRESH_SLACK,
             }),
         }
     }
@@ -122,14 +162,8 @@ impl Fallback {
         unreachable_since: Option<std::time::Instant>,
         retry_in: Duration,
     ) -> Result<RawDecision> {
-        {
-            let mut handed = self.handed.lock().unwrap_or_else(PoisonError::into_inner);
-            if let std::collections::hash_map::Entry::Vacant(e) = handed.entry(user) {
-                e.insert(0);
-                self.local.reseed(user, &journal());
-            }
-        }
-        let Some(down) = self.state().filter(|_| self.workers.get() > 1) else {
+        self.seed(user, journal);
+        let Some(down) = self.spell().filter(|_| self.workers.get() > 1) else {
             return self.local.acquire(user, ask);
         };
         // Redis was lost when the first call of the store failed, which may be long before
@@ -162,9 +196,81 @@ impl Fallback {
         })
     }
 
+    /// Starts `user`'s local window from `journal` on its first decision of the spell (or
+    /// of the hand-back after it).
+    fn seed(&self, user: TornUserId, journal: impl FnOnce() -> Vec<(i64, u32, u64)>) {
+        let mut handed = self.handed.lock().unwrap_or_else(PoisonError::into_inner);
+        if let std::collections::hash_map::Entry::Vacant(e) = handed.entry(user) {
+            e.insert(0);
+            self.local.reseed(user, &journal());
+        }
+    }
+
+    /// Before `ask` goes to Redis: during a spell (Redis is being tried again) or its
+    /// hand-back, and with other workers, the units must first be granted by this
+    /// worker's local decision ([`decide`](Self::decide), with the same arguments): its
+    /// share, and during the hand-over its share of the room last seen. Alone, or outside
+    /// both, Redis decides. A cost above the share, which the local window could never
+    /// grant, is left to Redis.
+    pub(super) fn gate(
+        &self,
+        user: TornUserId,
+        ask: &Ask<'_>,
+        journal: impl FnOnce() -> Vec<(i64, u32, u64)>,
+        remaining_seen: impl FnOnce(std::time::Instant) -> u32,
+        unreachable_since: Option<std::time::Instant>,
+        retry_in: Duration,
+    ) -> Result<Gate> {
+        let share = self.share(ask.limit);
+        if self.workers.get() == 1 || ask.cost > share.saturating_sub(ask.reserve) {
+            return Ok(Gate::Open);
+        }
+        if self.spell().is_none() {
+            return Ok(Gate::Open);
+        }
+        let local = Ask {
+            limit: share,
+            idempotency_id: None,
+            ..*ask
+        };
+        let raw = self.decide(
+            user,
+            &local,
+            journal,
+            remaining_seen,
+            unreachable_since,
+            retry_in,
+        )?;
+        Ok(if raw.granted {
+            Gate::Held {
+                stamp_ms: raw.at_ms + ask.hold_ms,
+            }
+        } else {
+            Gate::Shut(raw)
+        })
+    }
+
+    /// The spell in force: the current one, or the last one while its hand-back lasts.
+    fn spell(&self) -> Option<Down> {
+        self.state().or_else(|| {
+            self.returned
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .filter(|(ended, _)| ended.elapsed() < self.settle)
+                .map(|(_, spell)| spell)
+        })
+    }
+
+    /// Gives back what [`gate`](Self::gate) held for a decision Redis did not grant.
+    pub(super) fn ungate(&self, user: TornUserId, stamp_ms: u64, cost: u32) {
+        self.local.refund(user, stamp_ms, cost, None);
+    }
+
     pub(super) fn recovered(&self) {
         let mut down = self.down.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(d) = down.take() {
+            *self.returned.lock().unwrap_or_else(PoisonError::into_inner) =
+                Some((Instant::now(), d));
             crate::telemetry::degraded_leave(true);
             tracing::warn!(
                 degraded_ms = d.since.elapsed().as_millis() as u64,

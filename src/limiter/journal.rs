@@ -287,6 +287,17 @@ impl Journal {
         })
     }
 
+    /// Whether any owner has entries (some perhaps no longer in their window until the
+    /// next sweep): nothing to write back otherwise.
+    pub(crate) fn holds_any(&self) -> bool {
+        !self
+            .inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .owners
+            .is_empty()
+    }
+
     /// The Redis time now, estimated from the last one seen: never ahead of Redis's, since
     /// that answer took a while to arrive. `None` before Redis was ever seen.
     pub(crate) fn redis_now(&self) -> Option<u64> {

@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 // The limiter's own files name the identity it buckets by through here.
 use crate::identity::TornUserId;
 use backend::{Ask, RawDecision};
-use fallback::Fallback;
+use fallback::{Fallback, Gate};
 use memory::MemoryBackend;
 use status::to_status;
 pub(crate) use store::Conn as RedisConn;
@@ -72,6 +72,8 @@ struct Inner {
     fallback: Option<Fallback>,
     /// True while a task watches for Redis to answer again (see [`Limiter::watch_recovery`]).
     watching: std::sync::atomic::AtomicBool,
+    /// True once the epoch heartbeat runs (see [`Limiter::start_heartbeat`]).
+    beating: std::sync::atomic::AtomicBool,
 }
 
 impl Limiter {
@@ -106,6 +108,7 @@ impl Limiter {
                 backend,
                 fallback,
                 watching: std::sync::atomic::AtomicBool::new(false),
+                beating: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -334,6 +337,7 @@ impl Limiter {
         user: TornUserId,
         mut ask: Ask<'_>,
     ) -> Result<(RawDecision, Via)> {
+        self.start_heartbeat();
         let Some(f) = self.inner.fallback.as_ref() else {
             return match redis.acquire(user, &ask).await {
                 Ok(raw) => Ok((raw, Via::Shared)),
@@ -346,7 +350,24 @@ impl Limiter {
             };
         };
         if !f.skip_redis() {
-            match redis.acquire(user, &ask).await {
+            let gate = f.gate(
+                user,
+                &ask,
+                || redis.journal_live(user),
+                |since| redis.remaining_seen(user, since),
+                redis.unreachable_since(),
+                self.inner.config.reconnect_interval(),
+            )?;
+            if let Gate::Shut(raw) = gate {
+                return Ok((raw, Via::Local { journaled: None }));
+            }
+            let asked = redis.acquire(user, &ask).await;
+            if let Gate::Held { stamp_ms } = gate
+                && !asked.as_ref().is_ok_and(|raw| raw.granted)
+            {
+                f.ungate(user, stamp_ms, ask.cost);
+            }
+            match asked {
                 Ok(raw) => {
                     f.recovered();
                     return Ok((raw, Via::Shared));
@@ -381,7 +402,8 @@ impl Limiter {
     /// its state) and ends the degraded spell. Without it a process rebuilt only at its
     /// next decision, which a waiting batch may make a whole window later, while the other
     /// processes already granted from the rebuilt Redis without its grants (the soak's code
-    /// 5 after the restart). Tries every reconnect interval, at most every 250 ms.
+    /// 5 after the restart). Tries every reconnect interval, at most every
+    /// [`WATCH_EVERY`](fallback::WATCH_EVERY): the hand-back after a spell counts on it.
     fn watch_recovery(&self) {
         use std::sync::atomic::Ordering;
         if self.inner.watching.swap(true, Ordering::AcqRel) {
@@ -392,7 +414,7 @@ impl Limiter {
             .inner
             .config
             .reconnect_interval()
-            .min(Duration::from_millis(250));
+            .min(fallback::WATCH_EVERY);
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
@@ -408,6 +430,42 @@ impl Limiter {
                     }
                     inner.watching.store(false, Ordering::Release);
                     return;
+                }
+            }
+        });
+    }
+
+    /// Starts, once, the task that reads this key space's epoch every
+    /// [`HEARTBEAT`](store::HEARTBEAT) while it holds grants that may still count, so that
+    /// a Redis that lost its state between two decisions gets this process's grants back
+    /// within a second even when the process decides nothing more (see
+    /// `RedisBackend::heartbeat`). Stops when the limiter is dropped.
+    fn start_heartbeat(&self) {
+        use std::sync::atomic::Ordering;
+        if self.inner.beating.load(Ordering::Relaxed)
+            || self.inner.beating.swap(true, Ordering::AcqRel)
+            || !matches!(self.inner.backend, Backend::Redis(_))
+        {
+            return;
+        }
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(store::HEARTBEAT).await;
+                let Some(inner) = weak.upgrade() else {
+                    return;
+                };
+                let Backend::Redis(redis) = &inner.backend else {
+                    return;
+                };
+                // Degraded: the recovery watcher reads the epoch when Redis answers.
+                if inner.fallback.as_ref().is_some_and(|f| f.state().is_some()) {
+                    continue;
+                }
+                if let Err(e) = redis.heartbeat().await
+                    && e.is_unavailable()
+                {
+                    Limiter { inner }.watch_recovery();
                 }
             }
         });

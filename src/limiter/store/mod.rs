@@ -54,6 +54,7 @@ use connect::{Conns, Pools};
 use decode::unexpected;
 use dispatch::{Job, Queued, QueuedSettle, dispatch};
 use rebuild::EpochWatch;
+pub(crate) use rebuild::HEARTBEAT;
 use scripts::SCRIPTS;
 
 pub(crate) struct RedisBackend {

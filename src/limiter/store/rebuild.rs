@@ -63,6 +63,11 @@ impl Seen {
     }
 }
 
+/// How often a key space holding grants still in their window reads its epoch while every
+/// call succeeds ([`RedisBackend::heartbeat`]): one round trip a second per key space, and
+/// the longest an idle process leaves its grants unwritten after Redis lost them.
+pub(crate) const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The least time between two epoch reads prompted by a short bucket.
 const SUSPECT_EVERY_MS: u64 = 1_000;
 
@@ -105,6 +110,33 @@ impl RedisBackend {
         if !self.epoch_unconfirmed() {
             return Ok(false);
         }
+        self.read_epoch(&mut known, failures).await
+    }
+
+    /// Reads the epoch although nothing failed, when this key space holds grants that may
+    /// still count: a Redis that lost its state while this process sent nothing (a flush,
+    /// a restart between two of its calls) is otherwise noticed only at its next decision,
+    /// which an idle process may not make for a long time, while the others grant from a
+    /// bucket missing its grants. [`HEARTBEAT`] apart, from a task of each limiter. True
+    /// when it rebuilt.
+    pub(crate) async fn heartbeat(&self) -> Result<bool> {
+        if !self.journal.holds_any() {
+            return Ok(false);
+        }
+        if self.epoch_unconfirmed() {
+            // A call failed since (a status read, say): confirm now, not at a next decision
+            // that may never come.
+            return self.ensure_state().await;
+        }
+        let mut known = self.epoch.known.lock().await;
+        let failures = self.store.failures.load(Ordering::Acquire);
+        if known.is_none() {
+            return Ok(false);
+        }
+        self.read_epoch(&mut known, failures).await
+    }
+
+    async fn read_epoch(&self, known: &mut Option<Seen>, failures: u64) -> Result<bool> {
         let primary_before = self.epoch.primary.load(Ordering::Acquire);
         let keys = [self.keys.epoch()];
         let offered = [format!("{:032x}", rand::random::<u128>())];
