@@ -11,7 +11,7 @@ KEYS[1]  the key space's epoch, `<prefix>:epoch`
 ARGV[1]  offered: the epoch to set when there is none, 1 to 64 visible characters
 
 reply    {epoch, run_id}: the epoch now (ARGV[1] when this call set it) and the server's
-         run_id from INFO server ("" if INFO does not name one)
+         run_id from INFO server ("" if INFO does not name one, or is refused in scripts)
 errors   "ERR epoch: ARGV[1] offered ..." for a missing, empty or longer value; an epoch
          that is not a string is an error (WRONGTYPE), and is left as it is.
 ]]
@@ -27,5 +27,7 @@ if not epoch then
   redis.call("SET", KEYS[1], offered)
   epoch = offered
 end
-local run_id = string.match(redis.call("INFO", "server"), "run_id:(%x+)") or ""
+-- pcall: a managed Redis may refuse INFO inside scripts; the epoch alone then tells.
+local info = redis.pcall("INFO", "server")
+local run_id = type(info) == "string" and string.match(info, "run_id:(%x+)") or ""
 return {epoch, run_id}
