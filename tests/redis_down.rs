@@ -249,7 +249,7 @@ async fn a_worker_back_on_redis_first_grants_nothing_the_others_still_hold() {
     // B's heartbeat finds the new Redis and writes its grants back: all 20 are there.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let used = b.status(USER).await.map(|s| s.used).unwrap_or(0);
+        let used = b.status(USER).await.map_or(0, |s| s.used);
         if used >= 20 {
             break;
         }

@@ -72,13 +72,12 @@ impl Drop for TempDir {
 async fn full_quota_batch_through(fault: Fault) {
     common::trace_on_failure();
     let dir = TempDir::new("redis-snapshot");
-    let mut redis = match fault {
+    let redis = match fault {
         Fault::RestartFromSnapshot => {
             PrivateRedis::start_persistent_on(common::redis_server::free_port(), &dir.0)
         }
         Fault::Restart | Fault::Flush => PrivateRedis::start(),
     };
-    let port = redis.port;
     let owner = TornUserId::new(46);
     let k = SimKey::new("Owner00046Key001", owner, AccessLevel::Full);
     let sim = Simulator::start(
@@ -126,43 +125,7 @@ async fn full_quota_batch_through(fault: Fault) {
     let restarter = {
         let done = done.clone();
         let dir = dir.0.clone();
-        tokio::task::spawn_blocking(move || {
-            let cli = |args: &[&str]| {
-                let out = std::process::Command::new("redis-cli")
-                    .arg("-p")
-                    .arg(port.to_string())
-                    .args(args)
-                    .output()
-                    .expect("run redis-cli");
-                String::from_utf8_lossy(&out.stdout).trim().to_owned()
-            };
-            if let Fault::RestartFromSnapshot = fault {
-                // In the first window: the epoch and the first grants go to disk.
-                while *done.lock().unwrap() < 2 {
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-                assert_eq!(cli(&["SAVE"]), "OK");
-            }
-            while *done.lock().unwrap() < 2 * LIMIT as usize + 2 {
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            match fault {
-                Fault::Restart => {
-                    redis.kill();
-                    // Back on the same port, empty (no persistence): every window is gone.
-                    PrivateRedis::start_on(port)
-                }
-                Fault::Flush => {
-                    assert_eq!(cli(&["FLUSHALL"]), "OK");
-                    redis
-                }
-                Fault::RestartFromSnapshot => {
-                    // SIGKILL: nothing is saved on the way down.
-                    redis.kill();
-                    PrivateRedis::start_persistent_on(port, &dir)
-                }
-            }
-        })
+        tokio::task::spawn_blocking(move || inject(fault, redis, &dir, &done))
     };
     let outcome = handler
         .run(requests, vec![ApiKey::new(&k.key).unwrap()])
@@ -187,4 +150,51 @@ async fn full_quota_batch_through(fault: Fault) {
         "Torn counted {} in a window",
         c.max_in_window
     );
+}
+
+/// Waits for the batch's progress, then does `fault` to `redis`; returns the server now
+/// running on its port.
+fn inject(
+    fault: Fault,
+    mut redis: PrivateRedis,
+    dir: &std::path::Path,
+    done: &Mutex<usize>,
+) -> PrivateRedis {
+    let port = redis.port;
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new("redis-cli")
+            .arg("-p")
+            .arg(port.to_string())
+            .args(args)
+            .output()
+            .expect("run redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let until_done = |n: usize| {
+        while *done.lock().unwrap() < n {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    };
+    if let Fault::RestartFromSnapshot = fault {
+        // In the first window: the epoch and the first grants go to disk.
+        until_done(2);
+        assert_eq!(cli(&["SAVE"]), "OK");
+    }
+    until_done(2 * LIMIT as usize + 2);
+    match fault {
+        Fault::Restart => {
+            redis.kill();
+            // Back on the same port, empty (no persistence): every window is gone.
+            PrivateRedis::start_on(port)
+        }
+        Fault::Flush => {
+            assert_eq!(cli(&["FLUSHALL"]), "OK");
+            redis
+        }
+        Fault::RestartFromSnapshot => {
+            // SIGKILL: nothing is saved on the way down.
+            redis.kill();
+            PrivateRedis::start_persistent_on(port, dir)
+        }
+    }
 }
