@@ -32,6 +32,7 @@ use tokio::time::Instant;
 
 use super::backend::{Ask, RawDecision};
 use super::memory::MemoryBackend;
+use super::store::RedisBackend;
 use super::{OnRedisDown, RateLimitConfig, SystemClock, TornUserId};
 use crate::error::{Error, Result};
 
@@ -147,28 +148,27 @@ impl Fallback {
     }
 
     /// Decides `ask` (already at this worker's share) locally for `user`. The owner's local
-    /// window starts from `journal` (this process's grants still in their window) on its
-    /// first decision of the spell. With other workers, during the hand-over (one window
-    /// plus the ask's hold after Redis was lost: `unreachable_since`, when the store's
-    /// first call failed, or this spell's start if earlier) at most this worker's share of
-    /// `remaining_seen(fresh_since)` is granted (the wait is capped at `retry_in`, so that
-    /// the caller tries Redis again meanwhile).
+    /// window starts from `redis`'s journal (this process's grants still in their window)
+    /// on its first decision of the spell. With other workers, during the hand-over (one
+    /// window plus the ask's hold after Redis was lost: when the store's first call
+    /// failed, or this spell's start if earlier) at most this worker's share of what Redis
+    /// last said the bucket had left, if it said so fresh, is granted (the wait is capped
+    /// at `retry_in`, so that the caller tries Redis again meanwhile).
     pub(super) fn decide(
         &self,
+        redis: &RedisBackend,
         user: TornUserId,
         ask: &Ask<'_>,
-        journal: impl FnOnce() -> Vec<(i64, u32, u64)>,
-        remaining_seen: impl FnOnce(std::time::Instant) -> u32,
-        unreachable_since: Option<std::time::Instant>,
         retry_in: Duration,
     ) -> Result<RawDecision> {
-        self.seed(user, journal);
+        self.seed(user, || redis.journal_live(user));
         let Some(down) = self.spell().filter(|_| self.workers.get() > 1) else {
             return self.local.acquire(user, ask);
         };
         // Redis was lost when the first call of the store failed, which may be long before
         // this key space's first failure (its calls wait behind another key space's).
-        let lost = unreachable_since
+        let lost = redis
+            .unreachable_since()
             .map(Instant::from_std)
             .map_or(down.since, |u| u.min(down.since));
         let handed_over = lost + Duration::from_millis(ask.window_ms.saturating_add(ask.hold_ms));
@@ -177,7 +177,8 @@ impl Fallback {
             return self.local.acquire(user, ask);
         }
         let fresh_since = lost.into_std().checked_sub(self.fresh);
-        let budget = fresh_since.map_or(0, remaining_seen) / self.workers.get();
+        let budget =
+            fresh_since.map_or(0, |since| redis.remaining_seen(user, since)) / self.workers.get();
         let mut handed = self.handed.lock().unwrap_or_else(PoisonError::into_inner);
         let used = handed.entry(user).or_default();
         if used.saturating_add(ask.cost) <= budget {
@@ -214,11 +215,9 @@ impl Fallback {
     /// grant, is left to Redis.
     pub(super) fn gate(
         &self,
+        redis: &RedisBackend,
         user: TornUserId,
         ask: &Ask<'_>,
-        journal: impl FnOnce() -> Vec<(i64, u32, u64)>,
-        remaining_seen: impl FnOnce(std::time::Instant) -> u32,
-        unreachable_since: Option<std::time::Instant>,
         retry_in: Duration,
     ) -> Result<Gate> {
         let share = self.share(ask.limit);
@@ -233,14 +232,7 @@ impl Fallback {
             idempotency_id: None,
             ..*ask
         };
-        let raw = self.decide(
-            user,
-            &local,
-            journal,
-            remaining_seen,
-            unreachable_since,
-            retry_in,
-        )?;
+        let raw = self.decide(redis, user, &local, retry_in)?;
         Ok(if raw.granted {
             Gate::Held {
                 stamp_ms: raw.at_ms + ask.hold_ms,

@@ -350,14 +350,7 @@ impl Limiter {
             };
         };
         if !f.skip_redis() {
-            let gate = f.gate(
-                user,
-                &ask,
-                || redis.journal_live(user),
-                |since| redis.remaining_seen(user, since),
-                redis.unreachable_since(),
-                self.inner.config.reconnect_interval(),
-            )?;
+            let gate = f.gate(redis, user, &ask, self.inner.config.reconnect_interval())?;
             if let Gate::Shut(raw) = gate {
                 return Ok((raw, Via::Local { journaled: None }));
             }
@@ -381,14 +374,7 @@ impl Limiter {
         }
         crate::telemetry::degraded_tick();
         ask.limit = f.share(ask.limit);
-        let raw = f.decide(
-            user,
-            &ask,
-            || redis.journal_live(user),
-            |since| redis.remaining_seen(user, since),
-            redis.unreachable_since(),
-            self.inner.config.reconnect_interval(),
-        )?;
+        let raw = f.decide(redis, user, &ask, self.inner.config.reconnect_interval())?;
         let journaled = if raw.granted {
             redis.journal_degraded(user, &ask)
         } else {
