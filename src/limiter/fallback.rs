@@ -63,10 +63,10 @@ pub(super) struct Fallback {
 pub(super) enum Gate {
     /// No hand-back: Redis decides alone.
     Open,
-    /// The local window at this worker's share took the units, stamped `stamp_ms`: ask
+    /// The local decision granted the units, stamped `stamp_ms` in the local window: ask
     /// Redis, and [`Fallback::ungate`] them if it does not grant.
     Held { stamp_ms: u64 },
-    /// The local window at this worker's share is full: this denial, without asking Redis.
+    /// The local decision denied them: this denial, without asking Redis.
     Shut(RawDecision),
 }
 
