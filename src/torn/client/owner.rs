@@ -123,6 +123,25 @@ impl TornClient {
                 }
             }
             if let LookupClaim::Ask(lease) = self.claim_lookup(&lease_name).await {
+                // The lease may be free because its last holder just shared the memo and
+                // let go, after the read above: look once more, or this process would send
+                // a second lookup (seen under a loaded CI run: 5 admissions for 4).
+                if lease.is_some()
+                    && let Ok(Some(info)) = limiter
+                        .recall(&memo)
+                        .await
+                        .map(|v| v.as_deref().and_then(parse_owner_memo))
+                {
+                    if let Some(lease) = lease
+                        && let Err(e) = limiter.release_lease(lease).await
+                    {
+                        tracing::debug!(
+                            error = %e,
+                            "cannot release the owner lookup; it expires on its own"
+                        );
+                    }
+                    return Ok(info);
+                }
                 break lease;
             }
             // Another process is asking Torn: its memo (or its lease's end) comes within
