@@ -86,6 +86,14 @@ struct Inner {
     seen: HashMap<TornUserId, (u32, u64, std::time::Instant)>,
 }
 
+impl Inner {
+    /// The Redis time now, estimated from the newest one seen (see [`Journal::redis_now`]).
+    fn redis_now(&self) -> Option<u64> {
+        let at = self.latest_at?;
+        Some(self.latest_ms + at.elapsed().as_millis() as u64)
+    }
+}
+
 /// How long an owner's last answer is kept for [`Journal::remaining_seen`].
 const SEEN_FOR: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -210,11 +218,7 @@ impl Journal {
         if !self.enabled {
             return None;
         }
-        let estimate = {
-            let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-            let at = inner.latest_at?;
-            inner.latest_ms + at.elapsed().as_millis() as u64 + DEGRADED_PAD_MS
-        };
+        let estimate = self.redis_now()? + DEGRADED_PAD_MS;
         // Without the hold: the local fallback's settle cannot find this entry (its stamp is
         // local), and a hold of a whole request timeout written back would keep the owner
         // full for that long after Redis returns. A degraded call still in flight then
@@ -270,10 +274,9 @@ impl Journal {
     /// positive for provisional ones held ahead. Empty before Redis was ever seen.
     pub(crate) fn live(&self, user: TornUserId) -> Vec<(i64, u32, u64)> {
         let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(at) = inner.latest_at else {
+        let Some(now) = inner.redis_now() else {
             return Vec::new();
         };
-        let now = inner.latest_ms + at.elapsed().as_millis() as u64;
         inner.owners.get(&user).map_or_else(Vec::new, |entries| {
             entries
                 .iter()
@@ -301,9 +304,10 @@ impl Journal {
     /// The Redis time now, estimated from the last one seen: never ahead of Redis's, since
     /// that answer took a while to arrive. `None` before Redis was ever seen.
     pub(crate) fn redis_now(&self) -> Option<u64> {
-        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        let at = inner.latest_at?;
-        Some(inner.latest_ms + at.elapsed().as_millis() as u64)
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .redis_now()
     }
 
     /// Notes that the grant stamped `stamp_ms` was settled: Redis now counts it one window
@@ -314,10 +318,9 @@ impl Journal {
     /// never saw).
     pub(crate) fn settle(&self, user: TornUserId, stamp_ms: u64, cost: u32, sent_ms: Option<u64>) {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(at) = inner.latest_at else {
+        let Some(now) = inner.redis_now().map(|t| t + DEGRADED_PAD_MS) else {
             return;
         };
-        let now = inner.latest_ms + at.elapsed().as_millis() as u64 + DEGRADED_PAD_MS;
         if let Some(e) = inner.owners.get_mut(&user).and_then(|entries| {
             entries
                 .iter_mut()

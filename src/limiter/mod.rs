@@ -425,12 +425,13 @@ impl Limiter {
     /// [`HEARTBEAT`](store::HEARTBEAT) while it holds grants that may still count, so that
     /// a Redis that lost its state between two decisions gets this process's grants back
     /// within a second even when the process decides nothing more (see
-    /// `RedisBackend::heartbeat`). Stops when the limiter is dropped.
+    /// `RedisBackend::heartbeat`). Stops when the limiter is dropped; none without a
+    /// journal, which has nothing to write back.
     fn start_heartbeat(&self) {
         use std::sync::atomic::Ordering;
         if self.inner.beating.load(Ordering::Relaxed)
             || self.inner.beating.swap(true, Ordering::AcqRel)
-            || !matches!(self.inner.backend, Backend::Redis(_))
+            || !matches!(&self.inner.backend, Backend::Redis(r) if r.journals())
         {
             return;
         }

@@ -123,6 +123,11 @@ impl RedisBackend {
         }
     }
 
+    /// Whether this key space journals its grants ([`RateLimitConfig::journal`]).
+    pub(crate) fn journals(&self) -> bool {
+        self.journal.enabled()
+    }
+
     pub(crate) fn keys(&self) -> &KeyBuilder {
         &self.keys
     }
